@@ -1,0 +1,53 @@
+// flipbits_cuda.cc: the ORT CUDA kernel and a C entry point that run the CUDA launcher on ORT's or the caller's stream.
+#include "flipbits_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "flipbits_launch.h"
+
+namespace onnxflip {
+
+OrtStatusPtr FlipBitsCudaKernel::ComputeV2(OrtKernelContext* raw_context) {
+  return guarded([&] {
+    Ort::KernelContext context{raw_context};
+    const FlipPlan plan = plan_for(context);
+    Ort::ConstValue x = context.GetInput(kX);
+    const auto info = x.GetTensorTypeAndShapeInfo();
+    Ort::UnownedValue y = context.GetOutput(0, info.GetShape());
+    const int err = launch_flip_bits(x.GetTensorRawData(), y.GetTensorMutableRawData(),
+                                     static_cast<int64_t>(info.GetElementCount()), format_.width / 8, plan,
+                                     context.GetGPUComputeStream());
+    if (err != cudaSuccess) {
+      throw std::runtime_error("FlipBits node '" + node_ + "': CUDA error " +
+                               cudaGetErrorString(static_cast<cudaError_t>(err)));
+    }
+  });
+}
+
+}  // namespace onnxflip
+
+// Runs FlipBits on device memory with an explicit stream, for callers without ORT's CUDA provider
+// (torch or CuPy tensors).  Returns 0, a cudaError_t value, or -1 for invalid settings.
+extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
+    const void* x, void* y, int64_t count, int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id,
+    uint32_t run, uint64_t mask, int32_t nonfinite, void* cuda_stream) {
+  using namespace onnxflip;
+  const Format format = format_of(static_cast<ONNXTensorElementDataType>(onnx_type));
+  const uint64_t all = format.width == 64 ? ~uint64_t{0} : ((uint64_t{1} << format.width) - 1);
+  if (format.width == 0 || !(p01 >= 0.0 && p01 <= 1.0) || !(p10 >= 0.0 && p10 <= 1.0) || (mask & ~all) != 0 ||
+      nonfinite < 0 || nonfinite > 2 || stream_id < 0 || stream_id > 0xFFFFFFFFll) {
+    return -1;
+  }
+  FlipSettings settings;
+  settings.p01 = p01;
+  settings.p10 = p10;
+  settings.seed = seed;
+  settings.stream = stream_id;
+  settings.mask = mask;
+  settings.randomness = Randomness::kPerRun;  // `run` is used as given
+  settings.nonfinite = static_cast<NonFinite>(nonfinite);
+  return launch_flip_bits(x, y, count, format.width / 8, make_plan(settings, format, run), cuda_stream);
+}

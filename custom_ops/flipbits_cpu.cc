@@ -1,0 +1,59 @@
+// flipbits_cpu.cc: Y = X with bits flipped per the FlipPlan, one block per task on ORT's intra-op pool.
+#include "flipbits_cpu.h"
+
+#include <cstring>
+
+namespace onnxflip {
+namespace {
+
+constexpr size_t kSerialBlocks = 16;  // below this, threading costs more than it saves
+
+struct Work {
+  const uint8_t* in;
+  uint8_t* out;
+  int64_t count;
+  int bytes;
+  const FlipPlan* plan;
+};
+
+template <typename U>
+void copy_and_flip(const Work& w, size_t block) {
+  const int64_t begin = static_cast<int64_t>(block) * kBlockElems;
+  const int64_t n = begin + kBlockElems < w.count ? kBlockElems : w.count - begin;
+  U* out = reinterpret_cast<U*>(w.out) + begin;
+  std::memcpy(out, reinterpret_cast<const U*>(w.in) + begin, static_cast<size_t>(n) * sizeof(U));
+  flip_block<U>(out, n, block, *w.plan);
+}
+
+void run_block(void* data, size_t block) {
+  const Work& w = *static_cast<const Work*>(data);
+  switch (w.bytes) {
+    case 1: return copy_and_flip<uint8_t>(w, block);
+    case 2: return copy_and_flip<uint16_t>(w, block);
+    case 4: return copy_and_flip<uint32_t>(w, block);
+    default: return copy_and_flip<uint64_t>(w, block);
+  }
+}
+
+}  // namespace
+
+OrtStatusPtr FlipBitsCpuKernel::ComputeV2(OrtKernelContext* raw_context) {
+  return guarded([&] {
+    Ort::KernelContext context{raw_context};
+    const FlipPlan plan = plan_for(context);
+    Ort::ConstValue x = context.GetInput(kX);
+    const auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    Ort::UnownedValue y = context.GetOutput(0, shape);
+    Work work{static_cast<const uint8_t*>(x.GetTensorRawData()), static_cast<uint8_t*>(y.GetTensorMutableRawData()),
+              static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()), format_.width / 8, &plan};
+    if (work.count == 0) return;
+    const size_t blocks = static_cast<size_t>((work.count + kBlockElems - 1) / kBlockElems);
+    if (blocks < kSerialBlocks) {
+      for (size_t b = 0; b < blocks; ++b) run_block(&work, b);
+      return;
+    }
+    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(raw_context, run_block, blocks, 0, &work));
+  });
+}
+
+}  // namespace onnxflip

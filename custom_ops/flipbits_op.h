@@ -1,0 +1,95 @@
+// flipbits_op.h: the FlipBits operator description shared by every execution provider.
+//
+// Y = FlipBits(X [, p01] [, p10] [, seed]); Y has X's shape and element type.
+// One op is registered per element type and provider; the kernel type says
+// how to apply a FlipPlan on its device.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "flipbits_settings.h"
+
+namespace onnxflip {
+
+// What every FlipBits kernel holds: its node's checked settings and run counter.
+class FlipBitsKernelBase {
+ public:
+  FlipBitsKernelBase(const OrtKernelInfo* info, ONNXTensorElementDataType type)
+      : format_(format_of(type)) {
+    Ort::ConstKernelInfo kernel_info{info};
+    node_ = kernel_info.GetNodeName();
+    settings_ = read_attributes(kernel_info, format_, node_);
+  }
+
+ protected:
+  // The plan for this run: scalar inputs applied, per-run counter advanced.
+  FlipPlan plan_for(Ort::KernelContext& context) {
+    const FlipSettings settings = with_inputs(settings_, context, node_);
+    return make_plan(settings, format_, runs_.fetch_add(1, std::memory_order_relaxed));
+  }
+
+  Format format_;
+  std::string node_;
+  FlipSettings settings_;
+  std::atomic<uint32_t> runs_{0};
+};
+
+template <typename Kernel>
+struct FlipBitsOp : Ort::CustomOpBase<FlipBitsOp<Kernel>, Kernel, /*WithStatus=*/true> {
+  FlipBitsOp(ONNXTensorElementDataType type, const char* provider) : type_(type), provider_(provider) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new Kernel(info, type_);
+      return nullptr;
+    } catch (const SettingsError& e) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.message.c_str());
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_FAIL, e.what());
+    }
+  }
+
+  const char* GetName() const { return kOpType; }
+  const char* GetExecutionProviderType() const { return provider_; }
+
+  size_t GetInputTypeCount() const { return kInputCount; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    switch (index) {
+      case kX: return type_;
+      case kSeed: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    }
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == kX ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  // The scalar settings are read on the host, whatever the device of X.
+  OrtMemType GetInputMemoryType(size_t index) const {
+    return index == kX ? OrtMemTypeDefault : OrtMemTypeCPUInput;
+  }
+
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return type_; }
+
+ private:
+  ONNXTensorElementDataType type_;
+  const char* provider_;
+};
+
+// Runs fn, turning exceptions into the status ORT expects from ComputeV2.
+template <typename Fn>
+OrtStatusPtr guarded(Fn&& fn) {
+  try {
+    fn();
+    return nullptr;
+  } catch (const SettingsError& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, e.message.c_str());
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  }
+}
+
+}  // namespace onnxflip

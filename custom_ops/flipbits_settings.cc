@@ -1,0 +1,135 @@
+// flipbits_settings.cc: parses and validates FlipBits settings, and derives the sampling constants.
+#include "flipbits_settings.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+namespace onnxflip {
+namespace {
+
+std::string describe(const std::string& node) { return "FlipBits node '" + node + "': "; }
+
+void check_probability(double p, const char* name, const std::string& node) {
+  if (!(p >= 0.0 && p <= 1.0)) {
+    std::ostringstream msg;
+    msg << describe(node) << name << " = " << p << " is not a probability in [0, 1]";
+    throw SettingsError{msg.str()};
+  }
+}
+
+template <typename T>
+bool attribute(const Ort::ConstKernelInfo& info, const char* name, T& out) {
+  // ORT reports a missing attribute as an error status; absence means "use the default".
+  try {
+    out = info.GetAttribute<T>(name);
+    return true;
+  } catch (const Ort::Exception&) {
+    return false;
+  }
+}
+
+template <typename T>
+bool scalar_input(Ort::KernelContext& context, size_t index, T& out, const char* name, const std::string& node) {
+  if (index >= context.GetInputCount()) return false;
+  Ort::ConstValue value = context.GetInput(index);
+  if (value == nullptr) return false;
+  const size_t count = value.GetTensorTypeAndShapeInfo().GetElementCount();
+  if (count == 0) return false;
+  if (count != 1) throw SettingsError{describe(node) + "input " + name + " must hold one value"};
+  out = value.GetTensorData<T>()[0];
+  return true;
+}
+
+}  // namespace
+
+Format format_of(ONNXTensorElementDataType type) {
+  switch (type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return {16, 5, 10, true};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return {16, 8, 7, true};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return {32, 8, 23, true};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return {64, 11, 52, true};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FN: return {8, 4, 3, false};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2: return {8, 5, 2, true};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8:
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return {8, 0, 0, false};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return {16, 0, 0, false};
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return {32, 0, 0, false};
+    default: return {0, 0, 0, false};
+  }
+}
+
+FlipSettings read_attributes(const Ort::ConstKernelInfo& info, const Format& format, const std::string& node) {
+  FlipSettings s;
+  float p = 0.0f;
+  if (attribute(info, "p01", p)) s.p01 = p;
+  if (attribute(info, "p10", p)) s.p10 = p;
+  check_probability(s.p01, "attribute p01", node);
+  check_probability(s.p10, "attribute p10", node);
+  attribute(info, "seed", s.seed);
+  attribute(info, "stream", s.stream);
+  if (s.stream < 0 || s.stream > std::numeric_limits<uint32_t>::max()) {
+    throw SettingsError{describe(node) + "attribute stream must be in [0, 2^32)"};
+  }
+  const uint64_t all = format.width == 64 ? ~uint64_t{0} : ((uint64_t{1} << format.width) - 1);
+  int64_t mask = 0;
+  s.mask = attribute(info, "bitmask", mask) ? static_cast<uint64_t>(mask) : all;
+  if ((s.mask & ~all) != 0) {
+    std::ostringstream msg;
+    msg << describe(node) << "bitmask 0x" << std::hex << s.mask << " has bits outside the " << std::dec
+        << format.width << "-bit element type";
+    throw SettingsError{msg.str()};
+  }
+  std::string text;
+  if (attribute(info, "randomness", text)) {
+    if (text == "fixed") s.randomness = Randomness::kFixed;
+    else if (text == "per_run") s.randomness = Randomness::kPerRun;
+    else throw SettingsError{describe(node) + "randomness '" + text + "' is not 'fixed' or 'per_run'"};
+  }
+  if (attribute(info, "nonfinite", text)) {
+    if (text == "keep") s.nonfinite = NonFinite::kKeep;
+    else if (text == "zero") s.nonfinite = NonFinite::kZero;
+    else if (text == "nan_to_num") s.nonfinite = NonFinite::kNanToNum;
+    else throw SettingsError{describe(node) + "nonfinite '" + text + "' is not 'keep', 'zero' or 'nan_to_num'"};
+  }
+  return s;
+}
+
+FlipSettings with_inputs(FlipSettings s, Ort::KernelContext& context, const std::string& node) {
+  float p = 0.0f;
+  if (scalar_input(context, kP01, p, "p01", node)) {
+    s.p01 = p;
+    check_probability(s.p01, "input p01", node);
+  }
+  if (scalar_input(context, kP10, p, "p10", node)) {
+    s.p10 = p;
+    check_probability(s.p10, "input p10", node);
+  }
+  scalar_input(context, kSeed, s.seed, "seed", node);
+  return s;
+}
+
+FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
+  FlipPlan plan{};
+  plan.seed = static_cast<uint64_t>(s.seed);
+  plan.stream = static_cast<uint32_t>(s.stream);
+  plan.run = s.randomness == Randomness::kPerRun ? run : 0;
+  plan.mask = s.mask;
+  plan.mask_bits = 0;
+  for (int bit = 0; bit < format.width; ++bit) {
+    if ((s.mask >> bit) & 1) plan.positions[plan.mask_bits++] = static_cast<uint8_t>(bit);
+  }
+  const double pmax = std::max(s.p01, s.p10);
+  plan.inv_log1m_pmax = 1.0 / std::log1p(-pmax);
+  plan.active = plan.mask_bits > 0 && pmax > 0.0 && (pmax == 1.0 || std::isfinite(plan.inv_log1m_pmax));
+  plan.asymmetric = s.p01 != s.p10;
+  const double scale = 4294967296.0;  // 2^32: a u32 below accept[v] happens with probability p/pmax
+  plan.accept[0] = pmax > 0.0 ? static_cast<uint64_t>(std::ceil(s.p01 / pmax * scale)) : 0;
+  plan.accept[1] = pmax > 0.0 ? static_cast<uint64_t>(std::ceil(s.p10 / pmax * scale)) : 0;
+  plan.format = format;
+  plan.nonfinite = s.nonfinite;
+  return plan;
+}
+
+}  // namespace onnxflip

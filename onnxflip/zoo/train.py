@@ -1,0 +1,164 @@
+"""Train a zoo VGG on CIFAR-10: SGD, one-cycle schedule, crop+flip augmentation.
+
+Checkpoints are written after every epoch and a run resumes from its
+checkpoint, so an interrupted training loses at most one epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onnxflip.data import Split, load_split
+from onnxflip.zoo.vgg import build_vgg
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate_torch", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "vgg11"
+    width: float = 0.25
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    max_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: nn.Module
+    test_accuracy: float
+    wall_seconds: float
+    losses: list[float]
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of a 4-pixel zero-padded image, then random horizontal flip."""
+    n = batch.shape[0]
+    padded = F.pad(batch, (4, 4, 4, 4))
+    oy = torch.randint(0, 9, (n,), generator=generator, device="cpu").to(batch.device)
+    ox = torch.randint(0, 9, (n,), generator=generator, device="cpu").to(batch.device)
+    ar = torch.arange(32, device=batch.device)
+    rows = (oy[:, None] + ar)[:, :, None]
+    cols = (ox[:, None] + ar)[:, None, :]
+    cropped = padded[torch.arange(n, device=batch.device)[:, None, None], :, rows, cols]
+    cropped = cropped.permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+
+
+def _to_tensor(split: Split, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(split.as_float_nchw()).to(device)
+    labels = torch.from_numpy(np.array(split.labels)).to(device)
+    return images, labels
+
+
+@torch.no_grad()
+def evaluate_torch(model: nn.Module, split: Split, *, device: str = "cpu", batch_size: int = 500) -> float:
+    """Top-1 accuracy of a torch model on a split."""
+    model.eval()
+    images, labels = _to_tensor(split, device)
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(images[start : start + batch_size])
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / len(labels)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    checkpoint: pathlib.Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) a zoo model; returns it with its test accuracy."""
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = build_vgg(config.model, width=config.width).to(config.device)
+    train_split = load_split(data_dir, "train")
+    images, labels = _to_tensor(train_split, config.device)
+    steps_per_epoch = len(labels) // config.batch_size
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    start_epoch, losses, elapsed = 0, [], 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=config.device, weights_only=False)
+        if state["config"] != dataclasses.asdict(config):
+            raise ValueError(f"checkpoint {checkpoint} was made with other settings: {state['config']}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start_epoch, losses, elapsed = state["epoch"], state["losses"], state["elapsed"]
+        logger.info("resuming %s from epoch %d", checkpoint, start_epoch)
+
+    began = time.perf_counter() - elapsed
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=generator).to(config.device)
+        bar = tqdm(range(steps_per_epoch), desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        running = 0.0
+        for i in bar:
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            x = _augment(images[idx], generator)
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = loss.item()
+            running += value
+            losses.append(value)
+            bar.set_postfix(loss=f"{running / (i + 1):.3f}")
+            step += 1
+            if config.max_steps is not None and step >= config.max_steps:
+                break
+        logger.info("%s epoch %d: mean loss %.4f", config.model, epoch + 1, running / max(1, i + 1))
+        if checkpoint is not None:
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(
+                {
+                    "config": dataclasses.asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch + 1,
+                    "losses": losses,
+                    "elapsed": time.perf_counter() - began,
+                },
+                tmp,
+            )
+            os.replace(tmp, checkpoint)
+        if config.max_steps is not None and step >= config.max_steps:
+            break
+    wall = time.perf_counter() - began
+    accuracy = evaluate_torch(model, load_split(data_dir, "test"), device=config.device)
+    return TrainResult(model=model.cpu().eval(), test_accuracy=accuracy, wall_seconds=wall, losses=losses)

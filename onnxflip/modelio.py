@@ -1,0 +1,67 @@
+"""Reading and writing ONNX models: clear errors on bad files, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxflip.errors import OnnxflipError
+
+__all__ = ["MAX_IR_VERSION", "check_output_path", "load_model", "save_model"]
+
+# The newest IR version the ONNX Runtime releases onnxflip supports all read.
+MAX_IR_VERSION = 10
+
+
+def load_model(path: str | os.PathLike[str]) -> ir.Model:
+    """Load an ONNX file as an ``onnx_ir`` model, with one-line errors for bad files."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise OnnxflipError(f"model file {path} does not exist")
+    try:
+        proto = onnx.load(str(path))
+    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError, RuntimeError) as exc:
+        raise OnnxflipError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise OnnxflipError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not proto.HasField("graph") or len(proto.graph.node) == 0:
+        raise OnnxflipError(f"{path} is not an ONNX model (no graph with nodes; the file may be truncated)")
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means a broken file
+        raise OnnxflipError(f"{path} is not a valid ONNX model: {exc}") from None
+
+
+def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[pathlib.Path, ...] = ()) -> pathlib.Path:
+    """Refuse an output path in a missing or unwritable folder, before any work is done."""
+    out = pathlib.Path(path)
+    folder = out.parent if str(out.parent) else pathlib.Path(".")
+    if not folder.is_dir():
+        raise OnnxflipError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OnnxflipError(f"output folder {folder} is not writable")
+    if out.is_dir():
+        raise OnnxflipError(f"output path {out} is a folder")
+    return out
+
+
+def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Write a model atomically (temporary file, then rename), at an IR version ONNX Runtime reads."""
+    proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
+    proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    out = check_output_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,72 @@
+"""Site listings for ``onnxflip inspect``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+from onnxflip.bits import element_type, field_mask
+from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, plan_sites
+from onnxflip.modelio import load_model
+from onnxflip.sites import Selection
+
+__all__ = ["describe_sites", "format_site_table"]
+
+
+def describe_sites(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str,
+    targets: tuple[str, ...],
+    bits: str,
+    selection: Selection,
+    no_fold_batchnorm: bool = False,
+) -> list[dict]:
+    """One row per site: tensor, target, dtype, elements, bits, mask."""
+    model = load_model(path)
+    if METADATA_KEY in model.metadata_props:
+        return json.loads(model.metadata_props[METADATA_KEY])["sites"]
+    fault = FaultModel(bits=bits)
+    config = InjectionConfig(
+        format=fmt,
+        **{t: (fault if t in targets else None) for t in ("activations", "weights", "biases")},
+        selection=selection,
+        fold_batchnorm=not no_fold_batchnorm,
+    )
+    _, sites = plan_sites(model, config)
+    rows = []
+    for site in sites:
+        etype = element_type(int(site.stored_dtype))
+        rows.append({
+            "tensor": site.name,
+            "target": site.target,
+            "dtype": etype.name,
+            "elements": site.elements(),
+            "bits": etype.width,
+            "mask": hex(field_mask(etype, bits)),
+        })
+    return rows
+
+
+def format_site_table(rows: list[dict]) -> str:
+    """The rows as an aligned table, then totals per target class."""
+    if not rows:
+        return "no sites"
+    header = ("tensor", "target", "dtype", "elements", "bits", "mask")
+    cells = [[str(r[h] if r[h] is not None else "?") for h in header] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        t = totals[r["target"]]
+        t[0] += 1
+        if r["elements"] is not None:
+            t[1] += r["elements"]
+            t[2] += r["elements"] * bin(int(r["mask"], 16)).count("1")
+    lines.append("")
+    for target, (count, elements, flippable) in totals.items():
+        lines.append(f"{target}: {count} sites, {elements:,} elements, {flippable:,} flippable bits"
+                     + (" (per sample)" if target == "activations" else ""))
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""Where a model writes values to memory: the sites FlipBits is inserted at.
+
+Three target classes:
+
+* ``activations``: tensors a layer writes.  In a float graph, by default the
+  outputs of activation functions and pooling layers, plus the graph outputs
+  (the logits), so ``Conv -> Relu`` is one write, not two; or the outputs of
+  chosen op types; or every intermediate float tensor.  In a QDQ graph, the
+  outputs of QuantizeLinear.  Only values computed from some Conv, Gemm or
+  MatMul count, so input preprocessing is never a target.
+* ``weights``: weight initializers of Conv, ConvTranspose, Gemm and MatMul (in
+  a QDQ graph, the int8 initializers their DequantizeLinear reads).
+* ``biases``: bias initializers of Conv, ConvTranspose and Gemm, and of an
+  Add that follows a MatMul (in a QDQ graph, the int32 quantised biases).
+
+``include``/``exclude`` regular expressions match a site's tensor name or the
+name of the node that writes (or first reads) it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_ir as ir
+
+from onnxflip.errors import OnnxflipError
+
+__all__ = [
+    "COMPUTE_OPS",
+    "DEFAULT_ACTIVATION_OPS",
+    "TARGETS",
+    "Selection",
+    "Site",
+    "find_sites",
+]
+
+TARGETS = ("activations", "weights", "biases")
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+DEFAULT_ACTIVATION_OPS = (
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Gelu", "Softplus", "Mish", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+)  # fmt: skip
+_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which tensors are sites, beyond the target classes."""
+
+    activation_ops: tuple[str, ...] = DEFAULT_ACTIVATION_OPS
+    every_intermediate: bool = False
+    include: str | None = None
+    exclude: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [op for op in self.activation_ops if not onnx.defs.has(op)]
+        if unknown:
+            raise OnnxflipError(f"unknown ONNX op type(s) in the selection: {', '.join(unknown)}")
+        for pattern in (self.include, self.exclude):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise OnnxflipError(f"bad regular expression {pattern!r}: {exc}") from None
+
+
+@dataclass
+class Site:
+    """One tensor FlipBits will act on."""
+
+    value: ir.Value
+    target: str
+    node_name: str
+    stored_dtype: ir.DataType = field(default=ir.DataType.UNDEFINED)
+
+    @property
+    def name(self) -> str:
+        return self.value.name or ""
+
+    def elements(self) -> int | None:
+        """Elements in the tensor (per sample for activations with a symbolic batch)."""
+        shape = self.value.shape
+        if shape is None:
+            return None
+        dims = list(shape)
+        if self.target == "activations" and dims and not isinstance(dims[0], int):
+            dims = dims[1:]
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        return math.prod(dims)
+
+
+def _matches(site: Site, selection: Selection) -> bool:
+    names = (site.name, site.node_name)
+    if selection.include and not any(re.search(selection.include, n or "") for n in names):
+        return False
+    return not (selection.exclude and any(re.search(selection.exclude, n or "") for n in names))
+
+
+def _downstream_of_compute(graph: ir.Graph) -> set[ir.Value]:
+    """Values computed, directly or not, from a Conv, Gemm or MatMul."""
+    reached: set[ir.Value] = set()
+    for node in graph:
+        if node.op_type in COMPUTE_OPS or any(v in reached for v in node.inputs if v is not None):
+            reached.update(node.outputs)
+    return reached
+
+
+def _is_initializer(value: ir.Value | None) -> bool:
+    return value is not None and value.is_initializer() and value.const_value is not None
+
+
+def _parameter_sites(graph: ir.Graph, qdq: bool) -> Iterable[Site]:
+    seen: set[ir.Value] = set()
+    for node in graph:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        roles = {1: "weights"}
+        if node.op_type == "MatMul":
+            roles = {0: "weights", 1: "weights"}
+        if node.op_type in _BIAS_INPUT:
+            roles[_BIAS_INPUT[node.op_type]] = "biases"
+        if node.op_type == "MatMul" and len(node.outputs[0].uses()) == 1:
+            add, _ = next(iter(node.outputs[0].uses()))
+            if add.op_type == "Add":
+                for inp in add.inputs:
+                    stored = _stored_parameter(inp, qdq)
+                    if stored is not None and stored not in seen:
+                        seen.add(stored)
+                        yield Site(stored, "biases", add.name or "")
+        for index, target in roles.items():
+            if index >= len(node.inputs):
+                continue
+            stored = _stored_parameter(node.inputs[index], qdq)
+            if stored is not None and stored not in seen:
+                seen.add(stored)
+                yield Site(stored, target, node.name or "")
+
+
+def _stored_parameter(value: ir.Value | None, qdq: bool) -> ir.Value | None:
+    """The initializer that holds a compute op's parameter, looking through DequantizeLinear in QDQ graphs."""
+    if value is None:
+        return None
+    if qdq:
+        producer = value.producer()
+        if producer is None or producer.op_type != "DequantizeLinear":
+            return None
+        value = producer.inputs[0]
+    return value if _is_initializer(value) else None
+
+
+def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_dtype: ir.DataType) -> Iterable[Site]:
+    downstream = _downstream_of_compute(graph)
+    chosen: list[ir.Value] = []
+    for node in graph:
+        if qdq:
+            wanted = node.op_type == "QuantizeLinear"
+        elif selection.every_intermediate:
+            wanted = node.op_type not in ("Constant", "Cast")
+        else:
+            wanted = node.op_type in selection.activation_ops
+        if not wanted:
+            continue
+        for out in node.outputs:
+            if out in downstream and (qdq or out.dtype == compute_dtype):
+                chosen.append(out)
+    if not qdq:
+        chosen += [out for out in graph.outputs if out in downstream and out.dtype == compute_dtype]
+    for value in dict.fromkeys(chosen):
+        producer = value.producer()
+        yield Site(value, "activations", producer.name if producer is not None else "")
+
+
+def find_sites(
+    model: ir.Model,
+    *,
+    targets: Iterable[str] = TARGETS,
+    selection: Selection = Selection(),
+    qdq: bool = False,
+    compute_dtype: ir.DataType = ir.DataType.FLOAT,
+) -> list[Site]:
+    """The sites of the requested target classes, in graph order (activations last)."""
+    wanted = set(targets)
+    unknown = wanted - set(TARGETS)
+    if unknown:
+        raise OnnxflipError(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
+    graph = model.graph
+    sites = [s for s in _parameter_sites(graph, qdq) if s.target in wanted]
+    if "activations" in wanted:
+        sites += list(_activation_sites(graph, selection, qdq, compute_dtype))
+    sites = [s for s in sites if _matches(s, selection)]
+    for site in sites:
+        site.stored_dtype = site.value.dtype or ir.DataType.UNDEFINED
+    return sites

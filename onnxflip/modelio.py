@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 from onnxflip.errors import OnnxflipError
 
-__all__ = ["MAX_IR_VERSION", "check_output_path", "load_model", "save_model"]
+__all__ = ["MAX_IR_VERSION", "check_output_path", "load_model", "save_model", "write_atomically"]
 
 # The newest IR version the ONNX Runtime releases onnxflip supports all read.
 MAX_IR_VERSION = 10
@@ -56,11 +56,23 @@ def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) 
     proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
     proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     out = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    write_atomically(out, proto.SerializeToString())
+
+
+def write_atomically(out: pathlib.Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside ``out``, then rename it over ``out``."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise OnnxflipError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
+            f.write(data)
         os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OnnxflipError(f"cannot write {out}: {exc.strerror or exc}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -153,12 +153,21 @@ def _stored_parameter(value: ir.Value | None, qdq: bool) -> ir.Value | None:
     return value if _is_initializer(value) else None
 
 
+_VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def _requantises_a_view(quantize: ir.Node) -> bool:
+    """A QuantizeLinear of a reshaped tensor re-stores data already stored: not a new write."""
+    producer = quantize.inputs[0].producer() if quantize.inputs[0] is not None else None
+    return producer is not None and producer.op_type in _VIEW_OPS
+
+
 def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_dtype: ir.DataType) -> Iterable[Site]:
     downstream = _downstream_of_compute(graph)
     chosen: list[ir.Value] = []
     for node in graph:
         if qdq:
-            wanted = node.op_type == "QuantizeLinear"
+            wanted = node.op_type == "QuantizeLinear" and not _requantises_a_view(node)
         elif selection.every_intermediate:
             wanted = node.op_type not in ("Constant", "Cast")
         else:

@@ -58,3 +58,82 @@ class FlipBitsNode:
 @pytest.fixture(params=TYPE_NAMES)
 def type_name(request) -> str:
     return request.param
+
+
+# --- models -------------------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import pathlib  # noqa: E402
+
+import onnx_ir as ir  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from onnxflip import session_options  # noqa: E402
+from onnxflip.modelio import save_model  # noqa: E402
+
+def run_model(model, feeds: dict, *, exact: bool = False) -> list[np.ndarray]:
+    """Run an ir.Model, a proto or a path on the CPU.
+
+    ``exact`` runs without the optimisations that only apply to constant
+    weights (graph level basic, no prepacking), so that a model whose weights
+    pass through FlipBits computes in the same order as the original.
+    """
+    options = session_options()
+    if exact:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model)
+    if hasattr(model, "SerializeToString"):
+        model.ir_version = min(model.ir_version, 10)
+        model = model.SerializeToString()
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def file_digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tiny_vgg(seed: int = 0):
+    """A randomly initialised VGG-11 at width 1/8 with non-trivial BatchNorm statistics."""
+    import torch
+
+    from onnxflip.zoo import build_vgg
+
+    torch.manual_seed(seed)
+    model = build_vgg("vgg11", width=0.125)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def vgg_path(tmp_path_factory) -> pathlib.Path:
+    from onnxflip.zoo.export import export_onnx
+
+    path = tmp_path_factory.mktemp("models") / "vgg.onnx"
+    export_onnx(tiny_vgg(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qdq_path(vgg_path, tmp_path_factory) -> pathlib.Path:
+    from onnxflip.quantize import quantize_model
+
+    path = tmp_path_factory.mktemp("models") / "vgg_int8.onnx"
+    calibration = np.random.default_rng(0).random((32, 3, 32, 32), dtype=np.float32)
+    quantize_model(vgg_path, path, calibration=calibration)
+    return path
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    return np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
+
+
+__all__ = ["FlipBitsNode", "file_digest", "run_model", "save_model", "tiny_vgg"]

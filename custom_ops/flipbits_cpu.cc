@@ -1,4 +1,5 @@
-// flipbits_cpu.cc: Y = X with bits flipped per the FlipPlan, one block per task on ORT's intra-op pool.
+// flipbits_cpu.cc: Y = X with bits flipped per the FlipPlan, one block per task on ORT's intra-op pool
+// (in place when ORT hands Y the buffer of X).
 #include "flipbits_cpu.h"
 
 #include <cstring>
@@ -21,7 +22,7 @@ void copy_and_flip(const Work& w, size_t block) {
   const int64_t begin = static_cast<int64_t>(block) * kBlockElems;
   const int64_t n = begin + kBlockElems < w.count ? kBlockElems : w.count - begin;
   U* out = reinterpret_cast<U*>(w.out) + begin;
-  std::memcpy(out, reinterpret_cast<const U*>(w.in) + begin, static_cast<size_t>(n) * sizeof(U));
+  if (w.in != w.out) std::memcpy(out, reinterpret_cast<const U*>(w.in) + begin, static_cast<size_t>(n) * sizeof(U));
   flip_block<U>(out, n, block, *w.plan);
 }
 
@@ -46,7 +47,7 @@ OrtStatusPtr FlipBitsCpuKernel::ComputeV2(OrtKernelContext* raw_context) {
     Ort::UnownedValue y = context.GetOutput(0, shape);
     Work work{static_cast<const uint8_t*>(x.GetTensorRawData()), static_cast<uint8_t*>(y.GetTensorMutableRawData()),
               static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()), format_.width / 8, &plan};
-    if (work.count == 0) return;
+    if (work.count == 0 || (work.in == work.out && !plan.active)) return;
     const size_t blocks = static_cast<size_t>((work.count + kBlockElems - 1) / kBlockElems);
     if (blocks < kSerialBlocks) {
       for (size_t b = 0; b < blocks; ++b) run_block(&work, b);

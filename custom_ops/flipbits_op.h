@@ -37,7 +37,18 @@ class FlipBitsKernelBase {
 
 template <typename Kernel>
 struct FlipBitsOp : Ort::CustomOpBase<FlipBitsOp<Kernel>, Kernel, /*WithStatus=*/true> {
-  FlipBitsOp(ONNXTensorElementDataType type, const char* provider) : type_(type), provider_(provider) {}
+  FlipBitsOp(ONNXTensorElementDataType type, const char* provider) : type_(type), provider_(provider) {
+    // Y may reuse X's buffer when nothing else reads X: then only the flipped bits are written.
+    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+      *input_index = new int[1]{0};
+      *output_index = new int[1]{0};
+      return 1;
+    };
+    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+      delete[] input_index;
+      delete[] output_index;
+    };
+  }
 
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {

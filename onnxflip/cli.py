@@ -185,6 +185,147 @@ def convert(model, output, fmt):
     click.echo(f"wrote {output}: format {fmt}")
 
 
+DATA_OPTION = click.option(
+    "--data", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
+    help="CIFAR-10 folder (ImageFolder tree or cifar-10-batches-py); default $ONNXFLIP_DATA, then ~/.cache/onnxflip/cifar10.",
+)
+
+
+@cli.command()
+@MODEL_ARG
+@DATA_OPTION
+@FORMAT_OPTION
+@TARGETS_OPTION
+@click.option("--bits", default="all", show_default=True, help="Bits that may flip, as for inject.")
+@click.option("--direction", type=click.Choice(["both", "01", "10"]), default="both", show_default=True,
+              help="Flip 0->1 and 1->0 (both), only 0->1 (01) or only 1->0 (10) with probability p.")
+@click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
+              help="What becomes of values a flip made NaN or infinite.")
+@click.option("--p", "p_spec", default="1e-7:1e-1:13", show_default=True,
+              help="Probabilities: START:STOP:COUNT (log-spaced) or a comma list.")
+@click.option("--midpoint", is_flag=True, help="Search for the midpoint (bracket, then bisect in log p) instead of a grid.")
+@click.option("--p-range", default="1e-9:0.5", show_default=True, help="LOW:HIGH bracket of the midpoint search.")
+@click.option("--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True,
+              help="Width in decades of p at which the midpoint search stops.")
+@click.option("--trials", type=click.IntRange(1), default=3, show_default=True, help="Independent trials per probability.")
+@click.option("--samples", type=click.IntRange(1), default=None, help="Use the first N test images (classes kept balanced).")
+@click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=pathlib.Path), default=None,
+              help="Results folder (default results/<model>-<format>).")
+@click.option("--resume", is_flag=True, help="Continue the sweep in --out, keeping the points measured.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
+@_apply(SELECTION_OPTIONS)
+def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midpoint, p_range, tolerance, trials,
+             samples, batch_size, seed, provider, out, resume, overwrite, ops, every_intermediate, include, exclude,
+             no_fold_batchnorm):
+    """Measure CIFAR-10 accuracy of MODEL as the bit-flip probability rises.
+
+    MODEL may be clean (it is injected with these options) or injected.
+    Writes results.json, results.csv and accuracy.png to the results folder,
+    point by point, so an interrupted sweep keeps what it measured.
+    """
+    from onnxflip.data import load_split
+    from onnxflip.evaluate import Evaluator, SweepSettings
+    from onnxflip.modelio import load_model
+    from onnxflip.sweep import MidpointSearch, parse_probabilities, prepare_output, run_sweep
+
+    probabilities = None if midpoint else parse_probabilities(p_spec)
+    search = None
+    if midpoint:
+        low, high = parse_probabilities(p_range.replace(":", ","))[0], parse_probabilities(p_range.replace(":", ","))[-1]
+        search = MidpointSearch(low=low, high=high, tolerance=tolerance)
+    settings = SweepSettings(format=fmt, targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
+                             trials=trials, batch_size=batch_size, seed=seed, samples=samples, provider=provider,
+                             selection=_selection(ops, every_intermediate, include, exclude))
+    loaded = load_model(model)
+    split = load_split(data, "test")
+    if samples is not None:
+        split = split.subset(samples)
+    out = out or pathlib.Path("results") / f"{model.stem}-{fmt}"
+    evaluator = Evaluator(loaded, split.as_float_nchw(), split.labels, settings)
+    previous = prepare_output(out, resume=resume, overwrite=overwrite)
+    result = run_sweep(evaluator, out, probabilities=probabilities, search=search, previous=previous, model_path=model)
+    mid = result["midpoint"]
+    click.echo(f"clean accuracy {result['clean_accuracy']:.4f}; {result['evaluations']} evaluations in "
+               f"{result['wall_seconds']:.0f} s; results in {out}")
+    if mid["p"] is not None:
+        span = f" [{mid['low']:.3g}, {mid['high']:.3g}]" if mid["low"] and mid["high"] else ""
+        click.echo(f"midpoint p = {mid['p']:.3g}{span} (accuracy {mid['level']:.3f})")
+    else:
+        click.echo("midpoint not reached in the measured range")
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Where to write the overlaid plot (PNG).")
+def compare(results, output):
+    """Overlay the accuracy curves of several results and tabulate their midpoints."""
+    from onnxflip.compare import compare_results
+
+    click.echo(compare_results(list(results), output))
+
+
+@cli.command()
+@MODEL_ARG
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Where to write the int8 QDQ model.")
+@DATA_OPTION
+@click.option("--samples", type=click.IntRange(1), default=1000, show_default=True,
+              help="Calibration images, taken from the training split.")
+def quantize(model, output, data, samples):
+    """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on CIFAR-10)."""
+    from onnxflip.data import load_split
+    from onnxflip.modelio import check_output_path
+    from onnxflip.quantize import quantize_model
+
+    check_output_path(output)
+    calibration = load_split(data, "train").subset(samples).as_float_nchw()
+    quantize_model(model, output, calibration=calibration)
+    click.echo(f"wrote {output}: int8 QDQ, calibrated on {samples} images")
+
+
+@cli.group()
+def zoo() -> None:
+    """Train and export the VGG models of the zoo."""
+
+
+@zoo.command()
+@click.option("--model", "name", type=click.Choice(["vgg11", "vgg13", "vgg16", "vgg19"]), default="vgg11",
+              show_default=True, help="VGG-A, -B, -D or -E.")
+@click.option("--width", type=click.FloatRange(0.01, 4), default=0.25, show_default=True, help="Channel width multiplier.")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True, help="Peak learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@DATA_OPTION
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Where to write the ONNX model.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
+def train(name, width, epochs, batch_size, lr, seed, device, threads, data, output, checkpoint):
+    """Train a VGG on CIFAR-10 and export it to ONNX."""
+    from onnxflip.modelio import check_output_path
+    from onnxflip.zoo.export import export_onnx
+    from onnxflip.zoo.train import TrainConfig
+    from onnxflip.zoo.train import train as train_model
+
+    check_output_path(output)
+    config = TrainConfig(model=name, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         device=device, threads=threads)
+    result = train_model(config, data_dir=data, checkpoint=checkpoint or output.with_suffix(".ckpt"))
+    params = sum(p.numel() for p in result.model.parameters())
+    export_onnx(result.model, output, info={"model": name, "width": width, "epochs": epochs, "seed": seed,
+                                            "parameters": params, "test_accuracy": result.test_accuracy,
+                                            "train_seconds": round(result.wall_seconds)})
+    click.echo(f"wrote {output}: {name} width {width}, {params:,} parameters, test accuracy "
+               f"{result.test_accuracy:.4f}, {result.wall_seconds / 60:.1f} min")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line of error and a non-zero exit status for any problem with the input."""
     try:

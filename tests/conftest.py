@@ -137,3 +137,89 @@ def images() -> np.ndarray:
 
 
 __all__ = ["FlipBitsNode", "file_digest", "run_model", "save_model", "tiny_vgg"]
+
+
+# --- synthetic CIFAR-like data and a classifier that solves it ---------------------------------
+
+
+def class_templates(seed: int = 0) -> np.ndarray:
+    """Ten random 32x32 RGB templates, one per class, uint8 (10, 32, 32, 3)."""
+    return np.random.default_rng(seed).integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+
+
+def synthetic_split(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images near their class template: (N, 32, 32, 3) uint8 and labels, classes interleaved."""
+    rng = np.random.default_rng(seed)
+    templates = class_templates().astype(np.float32)
+    labels = np.tile(np.arange(10), per_class)
+    noise = rng.integers(0, 256, size=(len(labels), 32, 32, 3)).astype(np.float32)
+    images = np.clip(0.6 * templates[labels] + 0.4 * noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_image_folder(root: pathlib.Path, splits: dict[str, int]) -> pathlib.Path:
+    from PIL import Image
+
+    from onnxflip.data import CLASSES
+
+    for split, per_class in splits.items():
+        images, labels = synthetic_split(per_class, seed=len(split))
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root
+
+
+def write_pickle_folder(root: pathlib.Path, splits: dict[str, int]) -> pathlib.Path:
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for split, per_class in splits.items():
+        images, labels = synthetic_split(per_class, seed=len(split))
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        for part, name in zip(np.array_split(np.arange(len(labels)), len(names)), names):
+            data = images[part].transpose(0, 3, 1, 2).reshape(len(part), -1)
+            with open(folder / name, "wb") as f:
+                pickle.dump({b"data": data, b"labels": labels[part].tolist()}, f)
+    return root
+
+
+def template_classifier() -> ir.Model:
+    """x -> Relu(Gemm(x, templates)) -> Gemm(., I): a two-layer nearest-template classifier of 10 logits."""
+    import onnx
+
+    t = class_templates().astype(np.float32).transpose(0, 3, 1, 2).reshape(10, -1) / 255.0
+    centred = t - t.mean(axis=0)
+    bias = -(centred * t).sum(axis=1) + (centred * t).sum(axis=1).max() + 1.0
+    text = """
+    <ir_version: 10, opset_import: ["" : 21]>
+    templates (float[N,3,32,32] input) => (float[N,10] logits) <float[10,3072] T, float[10] b, float[10,10] I, float[10] z> {
+      flat = Flatten (input)
+      scores = Gemm <transB = 1> (flat, T, b)
+      hidden = Relu (scores)
+      logits = Gemm (hidden, I, z)
+    }
+    """
+    proto = onnx.parser.parse_model(text)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(centred.astype(np.float32), "T"),
+        onnx.numpy_helper.from_array(bias.astype(np.float32), "b"),
+        onnx.numpy_helper.from_array(np.eye(10, dtype=np.float32), "I"),
+        onnx.numpy_helper.from_array(np.zeros(10, np.float32), "z"),
+    ])
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> pathlib.Path:
+    return write_image_folder(tmp_path_factory.mktemp("cifar"), {"train": 20, "test": 30})
+
+
+@pytest.fixture(scope="session")
+def classifier_path(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("models") / "templates.onnx"
+    save_model(template_classifier(), path)
+    return path

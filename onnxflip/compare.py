@@ -1,0 +1,44 @@
+"""``onnxflip compare``: overlay result curves and tabulate midpoints and their ratios."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+
+from onnxflip.errors import OnnxflipError
+from onnxflip.modelio import check_output_path
+from onnxflip.plots import label_of, plot_results
+
+__all__ = ["compare_results", "load_results"]
+
+
+def load_results(path: str | os.PathLike[str]) -> dict:
+    """A results.json, given the file or its folder."""
+    path = pathlib.Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OnnxflipError(f"cannot read results {file}: {exc}") from None
+    if "rows" not in data or "settings" not in data:
+        raise OnnxflipError(f"{file} is not an onnxflip results file")
+    return data
+
+
+def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> str:
+    """Write the overlay plot; return a table of midpoints and their ratios to the first result."""
+    check_output_path(output)
+    results = [load_results(p) for p in paths]
+    plot_results(results, output)
+    first = (results[0].get("midpoint") or {}).get("p")
+    lines = [f"{'result':<48} {'clean':>6} {'midpoint':>10} {'95% interval':>22} {'ratio':>8}"]
+    for result in results:
+        mid = result.get("midpoint") or {}
+        p = mid.get("p")
+        interval = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid.get("low") and mid.get("high") else "-"
+        ratio = f"{p / first:.3g}" if p and first else "-"
+        lines.append(f"{label_of(result)[:48]:<48} {result.get('clean_accuracy', float('nan')):>6.3f} "
+                     f"{(f'{p:.3g}' if p else '-'):>10} {interval:>22} {ratio:>8}")
+    return "\n".join(lines)

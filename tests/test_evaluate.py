@@ -1,0 +1,152 @@
+"""Sweeps on a tiny classifier and synthetic data: exactness, reproducibility, statistics, outputs, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import run_model, template_classifier
+
+from onnxflip import OnnxflipError
+from onnxflip.data import load_split
+from onnxflip.evaluate import Evaluator, SweepSettings, mix_seed
+from onnxflip.stats import accuracy_interval, crossing
+from onnxflip.sweep import MidpointSearch, _search, parse_probabilities, prepare_output, run_sweep
+
+
+@pytest.fixture(scope="module")
+def test_split(synthetic_data):
+    return load_split(synthetic_data, "test")
+
+
+def evaluator(split, **settings) -> Evaluator:
+    return Evaluator(template_classifier(), split.as_float_nchw(), split.labels, SweepSettings(**settings))
+
+
+def test_p0_accuracy_is_the_clean_accuracy(test_split):
+    images = test_split.as_float_nchw()
+    (logits,) = run_model(template_classifier(), {"input": images})
+    clean = float((logits.argmax(1) == test_split.labels).mean())
+    assert clean > 0.9
+    row = evaluator(test_split, trials=2, batch_size=64).evaluate_point(0.0)
+    assert row["mean"] == clean and row["min"] == row["max"] == clean
+
+
+def test_half_of_all_bits_flipped_is_chance(test_split):
+    row = evaluator(test_split, trials=2, batch_size=100).evaluate_point(0.5)
+    assert abs(row["mean"] - 0.1) < 0.06
+    assert 0.0 <= row["nonfinite"] <= 1.0
+
+
+def test_same_seed_reproduces_every_number(test_split, tmp_path):
+    def sweep(seed: int, name: str) -> dict:
+        out = tmp_path / name
+        prepare_output(out, resume=False, overwrite=False)
+        return run_sweep(evaluator(test_split, trials=2, batch_size=50, seed=seed), out,
+                         probabilities=[1e-4, 1e-3, 1e-2], progress=False)
+
+    first, again, other = sweep(7, "a"), sweep(7, "b"), sweep(8, "c")
+    assert first["rows"] == again["rows"]
+    assert first["rows"] != other["rows"]
+    assert first["trial_seeds"] == [mix_seed(7, 0), mix_seed(7, 1)]
+
+
+def _curve(p0: float, clean: float = 0.9, chance: float = 0.1):
+    return lambda p: chance + (clean - chance) / (1 + (p / p0) ** 1.5) if p > 0 else clean
+
+
+@pytest.mark.parametrize("p0", [3e-7, 2e-5, 4e-3])
+def test_midpoint_search_finds_a_known_midpoint_with_few_evaluations(p0):
+    accuracy = _curve(p0)
+    rows: dict[float, dict] = {}
+
+    def evaluate(p):
+        rows[p] = {"mean": accuracy(p)}
+        return rows[p]
+
+    _search(evaluate, rows, clean=0.9, search=MidpointSearch(low=1e-9, high=0.5, tolerance=0.05))
+    ps = sorted(rows)
+    found = crossing(ps, [rows[p]["mean"] for p in ps], 0.5)
+    assert abs(math.log10(found / p0)) < 0.05
+    assert len(rows) <= 12
+
+
+def test_grid_crossing_interpolates_in_log_p():
+    assert crossing([1e-6, 1e-5], [0.8, 0.2], 0.5) == pytest.approx(10**-5.5)
+    assert crossing([1e-6, 1e-5], [0.8, 0.6], 0.5) is None
+
+
+def test_interval_covers_the_true_accuracy_at_its_stated_rate():
+    """Simulate test sets drawn from a population and trials with flip noise; count coverage."""
+    rng = np.random.default_rng(0)
+    population = rng.beta(2, 1, size=200_000)  # per-image probability of being right under flips
+    truth = population.mean()
+    n, trials, runs = 1000, 3, 2000
+    covered = 0
+    for _ in range(runs):
+        images = rng.choice(population, size=n)
+        counts = sum((rng.random(n) < images).astype(int) for _ in range(trials))
+        interval = accuracy_interval(counts, trials)
+        covered += interval.low <= truth <= interval.high
+    assert 0.935 <= covered / runs <= 0.965, covered / runs
+
+
+def test_outputs_and_resume(test_split, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    prepare_output(out, resume=False, overwrite=False)
+    ev = evaluator(test_split, trials=2, batch_size=100)
+    calls = {"n": 0}
+    original = ev.evaluate_point
+
+    def interrupted(p, on_batch=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(p, on_batch)
+
+    monkeypatch.setattr(ev, "evaluate_point", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(ev, out, probabilities=[1e-4, 1e-3, 1e-2], progress=False)
+    kept = json.loads((out / "results.json").read_text())
+    assert [r["p"] for r in kept["rows"]] == [0.0, 1e-4]
+    with pytest.raises(OnnxflipError, match="exists"):
+        prepare_output(out, resume=False, overwrite=False)
+    previous = prepare_output(out, resume=True, overwrite=False)
+    monkeypatch.setattr(ev, "evaluate_point", original)
+    resumed = run_sweep(ev, out, probabilities=[1e-4, 1e-3, 1e-2], previous=previous, progress=False)
+    fresh_out = tmp_path / "fresh"
+    prepare_output(fresh_out, resume=False, overwrite=False)
+    fresh = run_sweep(evaluator(test_split, trials=2, batch_size=100), fresh_out,
+                      probabilities=[1e-4, 1e-3, 1e-2], progress=False)
+    assert resumed["rows"] == fresh["rows"]
+    assert {p.name for p in out.iterdir()} == {"results.json", "results.csv", "accuracy.png"}
+    assert (out / "results.csv").read_text().count("\n") == 5
+
+
+@pytest.mark.parametrize("text", ["", ",", "1e-5:1e-3", "a,b", "0.5,2", "1e-9:-1:3"])
+def test_bad_probability_lists(text):
+    with pytest.raises(OnnxflipError):
+        parse_probabilities(text)
+
+
+def test_grid_parsing():
+    assert parse_probabilities("1e-6:1e-2:5") == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+    assert parse_probabilities("1e-3, 1e-5") == [1e-5, 1e-3]
+
+
+def test_model_that_is_not_a_ten_class_classifier(test_split):
+    import onnx
+    import onnx_ir as ir
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
+      f = Flatten (input)
+      y = Gemm <transB = 1> (f, W)
+    }""")
+    del proto.graph.initializer[:]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
+    with pytest.raises(OnnxflipError, match="10 logits"):
+        Evaluator(ir.serde.deserialize_model(proto), test_split.as_float_nchw(), test_split.labels, SweepSettings())

@@ -31,14 +31,15 @@ def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.Pa
     """Write the overlay plot; return a table of midpoints and their ratios to the first result."""
     check_output_path(output)
     results = [load_results(p) for p in paths]
-    plot_results(results, output)
+    labels = [f"{pathlib.Path(p).name}: {label_of(r)}" for p, r in zip(paths, results)]
+    plot_results(results, output, labels)
     first = (results[0].get("midpoint") or {}).get("p")
     lines = [f"{'result':<48} {'clean':>6} {'midpoint':>10} {'95% interval':>22} {'ratio':>8}"]
-    for result in results:
+    for label, result in zip(labels, results):
         mid = result.get("midpoint") or {}
         p = mid.get("p")
         interval = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid.get("low") and mid.get("high") else "-"
         ratio = f"{p / first:.3g}" if p and first else "-"
-        lines.append(f"{label_of(result)[:48]:<48} {result.get('clean_accuracy', float('nan')):>6.3f} "
+        lines.append(f"{label[:48]:<48} {result.get('clean_accuracy', float('nan')):>6.3f} "
                      f"{(f'{p:.3g}' if p else '-'):>10} {interval:>22} {ratio:>8}")
     return "\n".join(lines)

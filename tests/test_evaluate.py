@@ -150,3 +150,70 @@ def test_model_that_is_not_a_ten_class_classifier(test_split):
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
     with pytest.raises(OnnxflipError, match="10 logits"):
         Evaluator(ir.serde.deserialize_model(proto), test_split.as_float_nchw(), test_split.labels, SweepSettings())
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+from onnxflip.cli import main  # noqa: E402
+
+
+def test_cli_grid_and_midpoint_write_the_three_files(classifier_path, synthetic_data, tmp_path, capsys):
+    grid = tmp_path / "grid"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--p", "1e-6:1e-2:5",
+                 "--trials", "2", "--out", str(grid)])
+    out = capsys.readouterr().out
+    assert code == 0 and "clean accuracy" in out
+    assert {p.name for p in grid.iterdir()} == {"results.json", "results.csv", "accuracy.png"}
+    search = tmp_path / "search"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--midpoint", "--p-range",
+                 "1e-7:1e-1", "--trials", "1", "--out", str(search)])
+    assert code == 0
+    capsys.readouterr()
+    data = json.loads((search / "results.json").read_text())
+    assert data["mode"] == "midpoint" and data["midpoint"]["p"] is not None
+    plot = tmp_path / "both.png"
+    assert main(["compare", str(grid), str(search), "-o", str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert plot.is_file() and "midpoint" in table and len(table.strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--p", ","], "empty"),
+        (["--samples", "100000"], "only 300"),
+        (["--p", "3"], "outside [0, 1]"),
+    ],
+)
+def test_cli_bad_sweep_input(classifier_path, synthetic_data, tmp_path, capsys, extra, message):
+    out = tmp_path / "r"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_cli_refuses_an_existing_results_folder(classifier_path, synthetic_data, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), "--p", "1e-3"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--resume" in err and (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_refuses_a_model_without_ten_logits(synthetic_data, tmp_path, capsys):
+    import onnx
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
+      f = Flatten (input)
+      y = Gemm <transB = 1> (f, W)
+    }""")
+    del proto.graph.initializer[:]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
+    path = tmp_path / "four.onnx"
+    onnx.save(proto, path)
+    code = main(["evaluate", str(path), "--data", str(synthetic_data), "--out", str(tmp_path / "r")])
+    assert code != 0 and "10 logits" in capsys.readouterr().err

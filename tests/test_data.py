@@ -1,0 +1,83 @@
+"""CIFAR-10 loading from both layouts, and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_split, write_image_folder, write_pickle_folder
+
+from onnxflip import OnnxflipError
+from onnxflip.data import CLASSES, load_split, resolve_data_dir
+
+
+@pytest.mark.parametrize("writer", [write_image_folder, write_pickle_folder], ids=["imagefolder", "pickles"])
+def test_both_layouts_load_the_same_images_and_labels(tmp_path, writer):
+    root = writer(tmp_path, {"train": 5, "test": 3})
+    for split, per_class in (("train", 5), ("test", 3)):
+        loaded = load_split(root, split)
+        assert loaded.images.shape == (10 * per_class, 32, 32, 3) and loaded.images.dtype == np.uint8
+        assert np.bincount(loaded.labels).tolist() == [per_class] * 10
+        images, labels = synthetic_split(per_class, seed=len(split))
+        order = np.lexsort((np.arange(len(labels)), labels))  # the image folder lists class by class
+        if writer is write_image_folder:
+            images, labels = images[order], labels[order]
+        np.testing.assert_array_equal(loaded.labels, labels)
+        np.testing.assert_array_equal(loaded.images, images)
+
+
+def test_class_order_is_cifar_order():
+    assert CLASSES[0] == "airplane" and CLASSES[3] == "cat" and CLASSES[9] == "truck"
+    assert list(CLASSES) == sorted(CLASSES)
+
+
+def test_float_images_and_balanced_subsets(tmp_path):
+    split = load_split(write_pickle_folder(tmp_path, {"test": 4}), "test")
+    x = split.as_float_nchw()
+    assert x.shape == (40, 3, 32, 32) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    sub = split.subset(20)
+    assert np.bincount(sub.labels).tolist() == [2] * 10
+    with pytest.raises(OnnxflipError, match="only 40"):
+        split.subset(41)
+
+
+def test_environment_variable_then_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXFLIP_DATA", str(tmp_path))
+    assert resolve_data_dir(None) == tmp_path
+    monkeypatch.delenv("ONNXFLIP_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(OnnxflipError, match="does not exist"):
+        resolve_data_dir(None)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(OnnxflipError, match="does not exist"):
+        load_split(tmp_path / "nowhere", "test")
+
+
+def test_folder_in_neither_layout(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(OnnxflipError, match="ImageFolder tree .* or the official cifar-10-batches-py"):
+        load_split(tmp_path, "test")
+
+
+def test_class_folder_missing(tmp_path):
+    root = write_image_folder(tmp_path, {"test": 1})
+    for f in (root / "test" / "frog").iterdir():
+        f.unlink()
+    (root / "test" / "frog").rmdir()
+    with pytest.raises(OnnxflipError, match="lacks class folder.*frog"):
+        load_split(root, "test")
+
+
+def test_unreadable_image(tmp_path):
+    root = write_image_folder(tmp_path / "d", {"test": 1})
+    (root / "test" / "cat" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(OnnxflipError, match="cannot read image .*broken.png"):
+        load_split(root, "test")
+
+
+def test_broken_pickle(tmp_path):
+    root = write_pickle_folder(tmp_path, {"test": 1})
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(OnnxflipError, match="not a CIFAR-10 batch file"):
+        load_split(root, "test")

@@ -24,6 +24,7 @@
 namespace onnxflip {
 
 constexpr int64_t kBlockElems = 1024;
+static_assert(kBlockElems * 64 <= (int64_t{1} << 32), "block positions must fit in 32 bits");
 
 enum class NonFinite : int { kKeep = 0, kZero = 1, kNanToNum = 2 };
 enum class Randomness : int { kFixed = 0, kPerRun = 1 };
@@ -173,12 +174,13 @@ template <typename U>
 ONNXFLIP_HD void flip_block(U* out, int64_t count, uint64_t block, const FlipPlan& plan) {
   if (!plan.active || count <= 0) return;
   BlockRng rng(plan, block);
-  const uint64_t per_elem = static_cast<uint64_t>(plan.mask_bits);
+  // Positions in a block are below kBlockElems * 64 = 2^16: 32-bit division suffices.
+  const uint32_t per_elem = static_cast<uint32_t>(plan.mask_bits);
   const double total = static_cast<double>(count) * static_cast<double>(per_elem);
   double next = draw_gap(rng, plan.inv_log1m_pmax);
   int64_t current = -1;
   while (next < total) {
-    const uint64_t pos = static_cast<uint64_t>(next);
+    const uint32_t pos = static_cast<uint32_t>(next);
     const int64_t elem = static_cast<int64_t>(pos / per_elem);
     const U bit = static_cast<U>(U(1) << plan.positions[pos % per_elem]);
     bool keep = true;

@@ -204,7 +204,7 @@ DATA_OPTION = click.option(
 @click.option("--p", "p_spec", default="1e-7:1e-1:13", show_default=True,
               help="Probabilities: START:STOP:COUNT (log-spaced) or a comma list.")
 @click.option("--midpoint", is_flag=True, help="Search for the midpoint (bracket, then bisect in log p) instead of a grid.")
-@click.option("--p-range", default="1e-9:0.5", show_default=True, help="LOW:HIGH bracket of the midpoint search.")
+@click.option("--p-range", default="1e-9:1e-2", show_default=True, help="LOW:HIGH bracket of the midpoint search.")
 @click.option("--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True,
               help="Width in decades of p at which the midpoint search stops.")
 @click.option("--trials", type=click.IntRange(1), default=3, show_default=True, help="Independent trials per probability.")

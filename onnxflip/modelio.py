@@ -59,6 +59,16 @@ def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) 
     write_atomically(out, proto.SerializeToString())
 
 
+def _mode_for(out: pathlib.Path) -> int:
+    """The mode of the file being replaced, or what a plain open() would give a new one."""
+    try:
+        return out.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomically(out: pathlib.Path, data: bytes) -> None:
     """Write bytes to a temporary file beside ``out``, then rename it over ``out``."""
     try:
@@ -68,6 +78,7 @@ def write_atomically(out: pathlib.Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _mode_for(out))
         os.replace(tmp, out)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -60,7 +60,7 @@ class MidpointSearch:
     """Bracket [low, high] in p, then bisect in log10(p) until the bracket is ``tolerance`` decades wide."""
 
     low: float = 1e-9
-    high: float = 0.5
+    high: float = 1e-2
     tolerance: float = 0.1
 
 

@@ -1,0 +1,42 @@
+"""The shipped zoo models on the real CIFAR-10 test set (slow: run with `pytest -m slow`)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_model
+
+from onnxflip.data import load_split
+
+MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "cifar10"
+NAMES = sorted(p.stem for p in MODELS.glob("vgg*.onnx") if not p.stem.endswith("_int8"))
+
+pytestmark = pytest.mark.slow
+
+
+def accuracy(path: pathlib.Path) -> float:
+    split = load_split(DATA, "test")
+    images = split.as_float_nchw()
+    right = 0
+    for start in range(0, len(images), 1000):
+        (logits,) = run_model(path, {"input": images[start : start + 1000]})
+        right += int((logits.argmax(1) == split.labels[start : start + 1000]).sum())
+    return right / len(images)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/cifar10")
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_model_reaches_its_recorded_accuracy(name):
+    path = MODELS / f"{name}.onnx"
+    recorded = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["onnxflip.model"])
+    measured = accuracy(path)
+    assert abs(measured - recorded["test_accuracy"]) < 0.002, (measured, recorded["test_accuracy"])
+    int8 = MODELS / f"{name}_int8.onnx"
+    assert int8.is_file(), "every float model ships with its int8 QDQ version"
+    assert measured - accuracy(int8) < 0.01
+    assert np.isfinite(measured)

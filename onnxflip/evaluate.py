@@ -177,8 +177,7 @@ class Evaluator:
 def summarise(p: float, direction: str, trials: Sequence[dict]) -> dict:
     """One row of results: the trials' accuracies, their mean and its interval (per-image counts)."""
     accuracies = [t["accuracy"] for t in trials]
-    counts = np.sum([t["right"] for t in trials], axis=0)
-    interval = accuracy_interval(counts, len(trials))
+    interval = accuracy_interval(np.stack([t["right"] for t in trials]))
     p01, p10 = probabilities_for(p, direction)
     return {
         "p": p,

@@ -1,13 +1,17 @@
 """Statistics of a sweep: confidence intervals of accuracy and the midpoint.
 
 Confidence interval of the mean accuracy over T trials on one test set of N
-images: each image's correctness is averaged over the trials, c_i = (times
-right) / T, and the interval is that of the mean of the N values c_i
-(Student's t with N - 1 degrees of freedom).  Images are the sampling units,
-so the interval covers both the sampling of the test set and the
-trial-to-trial flip randomness (whose variance is inside each c_i).  When all
-c_i are equal (every image always right, say) it is the Wilson score
-interval of the N * T outcomes.
+images.  The outcomes form an images x trials table of right/wrong; both
+images (the test set is a sample) and trials (flips are random, and one flip
+can ruin a whole trial) are random effects.  The variance of the grand mean
+of such a crossed two-way table is estimated from its mean squares,
+
+    V = (MS_trials + MS_images - MS_error) / (N T),
+
+and the interval is mean +- t * sqrt(V), Student's t at the Satterthwaite
+degrees of freedom (few trials give a wide interval, as they should).  With
+one trial, or when every outcome is the same, it is the Wilson score interval
+of the N T outcomes (test-set sampling only).
 
 Midpoint: the probability where accuracy equals (clean + chance) / 2, found
 by linear interpolation in log10(p) between the two measured points that
@@ -45,15 +49,28 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interva
     return Interval(max(0.0, centre - half), min(1.0, centre + half))
 
 
-def accuracy_interval(correct_counts: Sequence[int] | np.ndarray, trials: int, confidence: float = 0.95) -> Interval:
-    """Interval of the mean accuracy from per-image counts of correct trials (out of ``trials``)."""
-    c = np.asarray(correct_counts, dtype=np.float64) / trials
-    n = len(c)
-    if n < 2 or np.all(c == c[0]):
-        return wilson_interval(int(round(c.sum() * trials)), n * trials, confidence)
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * c.std(ddof=1) / math.sqrt(n)
-    mean = float(c.mean())
-    return Interval(max(0.0, mean - half), min(1.0, mean + half))
+def accuracy_interval(outcomes: np.ndarray, confidence: float = 0.95) -> Interval:
+    """Interval of the mean accuracy from a (trials, images) table of right (1) / wrong (0)."""
+    c = np.asarray(outcomes, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[None, :]
+    trials, n = c.shape
+    grand = float(c.mean())
+    if trials < 2 or n < 2 or np.all(c == c.flat[0]):
+        return wilson_interval(int(round(c.sum())), c.size, confidence)
+    by_trial = c.mean(axis=1)
+    by_image = c.mean(axis=0)
+    ms_trials = n * float(((by_trial - grand) ** 2).sum()) / (trials - 1)
+    ms_images = trials * float(((by_image - grand) ** 2).sum()) / (n - 1)
+    residual = c - by_trial[:, None] - by_image[None, :] + grand
+    ms_error = float((residual**2).sum()) / ((trials - 1) * (n - 1))
+    scale = n * trials
+    variance = max((ms_trials + ms_images - ms_error) / scale, ms_images / scale / trials, 0.0)
+    parts = ((ms_trials / scale) ** 2 / (trials - 1) + (ms_images / scale) ** 2 / (n - 1)
+             + (ms_error / scale) ** 2 / ((trials - 1) * (n - 1)))
+    dof = variance**2 / parts if parts > 0 else math.inf
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, max(dof, 1.0))) * math.sqrt(variance)
+    return Interval(max(0.0, grand - half), min(1.0, grand + half))
 
 
 def midpoint_level(clean: float, chance: float) -> float:

@@ -77,10 +77,8 @@ def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool) -> dict 
         if not overwrite:
             raise OnnxflipError(f"results folder {out} exists; use --resume to continue it or --overwrite to replace it")
         shutil.rmtree(out)
-    if not out.parent.is_dir():
-        raise OnnxflipError(f"folder {out.parent} does not exist")
     try:
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OnnxflipError(f"cannot create {out}: {exc.strerror or exc}") from None
     return None

@@ -1,0 +1,73 @@
+"""The CUDA kernel without ONNX Runtime: FlipBits on device memory through the library's C entry point.
+
+``onnxflip_cuda_flip_bits`` takes device pointers and a CUDA stream, so GPU
+code (torch, CuPy) can run the very kernel ONNX Runtime's CUDA provider runs.
+In ``fixed`` mode (run = 0) it gives the same bits as :func:`onnxflip.flip_bits`
+on the CPU for the same seed and stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from onnxflip._library import get_library_path
+from onnxflip.bits import element_type, field_mask
+from onnxflip.errors import OnnxflipError
+from onnxflip.flip import NONFINITE_POLICIES, resolve_probabilities
+
+__all__ = ["cuda_flip_bits_raw", "flip_bits_torch", "has_cuda_kernels"]
+
+
+@functools.cache
+def _entry():
+    library = ctypes.CDLL(str(get_library_path()))
+    try:
+        fn = library.onnxflip_cuda_flip_bits
+    except AttributeError:
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_double, ctypes.c_double,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32, ctypes.c_void_p]
+    return fn
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the installed library was built with its CUDA kernels."""
+    return _entry() is not None
+
+
+def cuda_flip_bits_raw(x_ptr: int, y_ptr: int, count: int, onnx_type: int, *, p01: float, p10: float, seed: int,
+                       stream: int = 0, run: int = 0, mask: int, nonfinite: str = "keep", cuda_stream: int = 0) -> None:
+    """Y = FlipBits(X) on device pointers; raises OnnxflipError with the CUDA error on failure."""
+    fn = _entry()
+    if fn is None:
+        raise OnnxflipError("the FlipBits library was built without CUDA kernels")
+    code = fn(x_ptr, y_ptr, count, onnx_type, p01, p10, seed, stream, run, mask,
+              NONFINITE_POLICIES.index(nonfinite), cuda_stream)
+    if code == -1:
+        raise OnnxflipError("invalid FlipBits settings for the CUDA kernel")
+    if code != 0:
+        raise OnnxflipError(f"CUDA error {code} in FlipBits")
+
+
+def flip_bits_torch(tensor, *, p: float | None = None, p01: float | None = None, p10: float | None = None,
+                    bits: str | int = "all", seed: int = 0, stream: int = 0, nonfinite: str = "keep"):
+    """A copy of a CUDA torch tensor with bits flipped by the CUDA kernel, on torch's current stream."""
+    import torch
+
+    if not tensor.is_cuda:
+        raise OnnxflipError("flip_bits_torch takes a CUDA tensor; use onnxflip.flip_bits for host arrays")
+    names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64",
+             torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32",
+             torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2"}
+    if tensor.dtype not in names:
+        raise OnnxflipError(f"FlipBits does not support {tensor.dtype}")
+    etype = element_type(names[tensor.dtype])
+    prob01, prob10 = resolve_probabilities(p, p01, p10)
+    source = tensor.contiguous()
+    out = torch.empty_like(source)
+    cuda_flip_bits_raw(source.data_ptr(), out.data_ptr(), source.numel(), etype.onnx_type, p01=prob01, p10=prob10,
+                       seed=seed, stream=stream, mask=field_mask(etype, bits), nonfinite=nonfinite,
+                       cuda_stream=torch.cuda.current_stream().cuda_stream)
+    return out

@@ -1,0 +1,93 @@
+"""The CUDA kernel: loads without a GPU; on a GPU, the same bits as the CPU kernel (marked gpu)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import TYPE_NAMES, popcount, random_array, raw
+
+from onnxflip import OnnxflipError, flip_bits
+from onnxflip.bits import element_type, field_mask
+from onnxflip.cuda import cuda_flip_bits_raw, has_cuda_kernels
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+needs_gpu = pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU with a working CUDA driver")
+needs_cuda_build = pytest.mark.skipif(not has_cuda_kernels(), reason="library built without CUDA kernels")
+
+
+@needs_cuda_build
+def test_cuda_entry_point_fails_cleanly_where_there_is_no_gpu():
+    if _gpu_available():
+        pytest.skip("a GPU is present: the GPU tests cover the entry point")
+    # Zero elements: nothing to launch, success; real work: a CUDA error, reported, not a crash.
+    cuda_flip_bits_raw(0, 0, 0, 1, p01=0.1, p10=0.1, seed=1, mask=0xFFFFFFFF)
+    with pytest.raises(OnnxflipError, match="CUDA error"):
+        cuda_flip_bits_raw(1 << 20, 2 << 20, 16, 1, p01=0.1, p10=0.1, seed=1, mask=0xFFFFFFFF)
+    with pytest.raises(OnnxflipError, match="invalid"):
+        cuda_flip_bits_raw(0, 0, 0, 1, p01=2.0, p10=0.1, seed=1, mask=0xFFFFFFFF)
+
+
+def _to_torch(array: np.ndarray):
+    import torch
+
+    width = array.dtype.itemsize * 8
+    signed = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
+    bits = torch.from_numpy(raw(array).view(f"i{width // 8}") if width > 8 else raw(array).copy())
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+             "float64": torch.float64, "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16,
+             "int32": torch.int32, "float8_e4m3fn": torch.float8_e4m3fn,
+             "float8_e5m2": torch.float8_e5m2}[element_type(array.dtype).name]
+    return bits.to(signed).cuda().view(dtype)
+
+
+def _from_torch(tensor, like: np.ndarray) -> np.ndarray:
+    import torch
+
+    width = like.dtype.itemsize * 8
+    signed = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
+    return tensor.view(signed).cpu().numpy().view(like.dtype)
+
+
+def _cuda(x: np.ndarray, **kwargs) -> np.ndarray:
+    from onnxflip.cuda import flip_bits_torch
+
+    return _from_torch(flip_bits_torch(_to_torch(x), **kwargs), x)
+
+
+CASES = [(p, sym, masked) for p in (1e-6, 1e-3, 0.5) for sym in (True, False) for masked in (False, True)]
+
+
+@needs_gpu
+@needs_cuda_build
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", TYPE_NAMES)
+@pytest.mark.parametrize(("p", "symmetric", "masked"), CASES)
+def test_cuda_bits_equal_cpu_bits(type_name, p, symmetric, masked):
+    x = random_array(type_name, 1 << 20, seed=3)
+    etype = element_type(type_name)
+    bits = field_mask(etype, "sign") | field_mask(etype, "low:3" if not etype.is_float else "mantissa") if masked else "all"
+    probs = {"p": p} if symmetric else {"p01": p, "p10": p / 3}
+    cpu = flip_bits(x, bits=bits, seed=11, stream=5, **probs)
+    gpu = _cuda(x, bits=bits, seed=11, stream=5, **probs)
+    assert np.array_equal(raw(cpu), raw(gpu))
+
+
+@needs_gpu
+@needs_cuda_build
+@pytest.mark.gpu
+@pytest.mark.parametrize("p", [1e-4, 1e-2])
+def test_cuda_flip_count_is_binomial(p):
+    x = random_array("float32", 1 << 22, seed=4)
+    y = _cuda(x, p=p, seed=2)
+    trials = x.size * 32
+    assert abs(popcount(raw(x) ^ raw(y)) - trials * p) <= 4.5 * math.sqrt(trials * p * (1 - p))

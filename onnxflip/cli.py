@@ -326,10 +326,53 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
                f"{result.test_accuracy:.4f}, {result.wall_seconds / 60:.1f} min")
 
 
+@cli.command()
+@click.option("--models", type=CommaList(("vgg11", "vgg13", "vgg16", "vgg19")), default="vgg11,vgg13,vgg16,vgg19",
+              show_default=True, help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx).")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("models"),
+              show_default=True)
+@click.option("--formats", type=CommaList(tuple(FORMATS)), default="float16,bfloat16,float32,float64,int8",
+              show_default=True)
+@click.option("--targets", type=CommaList(TARGETS), default="activations", show_default=True,
+              help="Which stored values flip in every cell.")
+@click.option("--bits", type=CommaList(("all", "exponent", "mantissa")), default="all", show_default=True,
+              help="Bit fields, one cell each (exponent and mantissa skip int8).")
+@click.option("--trials", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
+@click.option("--p-range", default="1e-9:1e-2", show_default=True, help="LOW:HIGH bracket of each midpoint search.")
+@click.option("--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True)
+@click.option("--no-extras", is_flag=True, help="Skip the one-direction and nonfinite-policy sections.")
+@DATA_OPTION
+@click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),
+              show_default=True)
+@click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def reproduce(models, models_dir, formats, targets, bits, trials, samples, p_range, tolerance, no_extras, data, out,
+              resume, overwrite):
+    """Run the paper's grid of midpoint searches and write report.md.
+
+    One midpoint search per model x format x bit field, then tables of
+    midpoints, int8/float32 ratios, exponent vs mantissa, midpoint vs depth,
+    figures, and for each of the paper's findings whether the measurement
+    agrees.
+    """
+    from onnxflip.reproduce import GridSpec, run_grid
+    from onnxflip.sweep import MidpointSearch, parse_probabilities
+
+    bounds = parse_probabilities(p_range.replace(":", ","))
+    spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, trials=trials, samples=samples,
+                    extras=not no_extras, search=MidpointSearch(low=bounds[0], high=bounds[-1], tolerance=tolerance))
+    command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
+    report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
+                      overwrite=overwrite)
+    click.echo(f"{len(report['cells'])} cells in {report['wall_seconds'] / 60:.1f} min; report in {out / 'report.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line of error and a non-zero exit status for any problem with the input."""
     try:
-        cli.main(args=argv, prog_name="onnxflip", standalone_mode=False)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        cli.main(args=argv, prog_name="onnxflip", standalone_mode=False, obj={"argv": argv})
     except click.exceptions.Abort:
         click.echo("onnxflip: interrupted", err=True)
         return 130

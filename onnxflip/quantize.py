@@ -64,6 +64,9 @@ def quantize_model(
     if len(calibration) == 0:
         raise OnnxflipError("no calibration images")
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    for i, node in enumerate(model.graph.node):
+        if not node.name:  # the quantiser selects nodes by name
+            node.name = f"{node.op_type}_{i}"
     excluded = _preprocessing_nodes(model)
     with tempfile.TemporaryDirectory() as tmp:
         source = pathlib.Path(tmp) / "float.onnx"

@@ -1,0 +1,187 @@
+"""report.md for ``onnxflip reproduce``, written from report.json alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["findings", "render_report"]
+
+FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def _p(value: float | None) -> str:
+    return f"{value:.3g}" if value else "-"
+
+
+def _mid(cell: dict) -> str:
+    """The midpoint, or the bound when it lies outside the searched range ("> 0.01")."""
+    if cell.get("midpoint"):
+        return _p(cell["midpoint"])
+    return f"{cell['bound']} {cell['bound_p']:.3g}" if cell.get("bound") else "-"
+
+
+def _upper(cell: dict) -> float | None:
+    """A value the midpoint is at most (the midpoint, or the bound '<')."""
+    return cell.get("midpoint") or (cell["bound_p"] if cell.get("bound") == "<" else None)
+
+
+def _lower(cell: dict) -> float | None:
+    """A value the midpoint is at least (the midpoint, or the bound '>')."""
+    return cell.get("midpoint") or (cell["bound_p"] if cell.get("bound") == ">" else None)
+
+
+def _interval(cell: dict) -> str:
+    return f"[{_p(cell['low'])}, {_p(cell['high'])}]" if cell["low"] and cell["high"] else "-"
+
+
+def _log_ratio(a: float | None, b: float | None) -> float | None:
+    return math.log10(a / b) if a and b else None
+
+
+def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    rx, ry = np.argsort(np.argsort(xs)), np.argsort(np.argsort(ys))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _find(cells: list[dict], **match) -> dict | None:
+    for cell in cells:
+        if all(cell[k] == v for k, v in match.items()):
+            return cell
+    return None
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def findings(report: dict) -> list[tuple[str, str, str]]:
+    """(finding, verdict, numbers) for each of the paper's findings, from the grid cells."""
+    grid = [c for c in report["cells"] if c["section"] == "grid"]
+    models = list(dict.fromkeys(c["model"] for c in grid))
+    out = []
+
+    pairs = [(m, f, _find(grid, model=m, format=f, bits="exponent"), _find(grid, model=m, format=f, bits="mantissa"))
+             for m in models for f in FLOATS]
+    pairs = [(m, f, e, n) for m, f, e, n in pairs if e and n and _upper(e) and _lower(n)]
+    if pairs:
+        agree = sum(_upper(e) < _lower(n) for _, _, e, n in pairs)
+        numbers = "; ".join(f"{m} {f}: {_mid(e)} vs {_mid(n)}" for m, f, e, n in pairs)
+        out.append(("Exponent-bit flips do more harm than mantissa flips (lower midpoint)",
+                    f"agrees in {agree} of {len(pairs)}" if agree else "disagrees", numbers))
+    else:
+        out.append(("Exponent-bit flips do more harm than mantissa flips", "not measured",
+                    "run with --bits all,exponent,mantissa"))
+
+    rhos = []
+    for fmt in dict.fromkeys(c["format"] for c in grid):
+        points = [(c["depth"], c["midpoint"]) for c in grid if c["format"] == fmt and c["bits"] == "all"
+                  and c["midpoint"] and c["depth"]]
+        rho = _spearman(*zip(*points)) if len(points) >= 3 else None
+        if rho is not None:
+            rhos.append((fmt, rho, points))
+    if rhos:
+        agree = sum(rho < 0 for _, rho, _ in rhos)
+        numbers = "; ".join(f"{fmt}: Spearman {rho:+.2f} ({', '.join(f'{d}: {_p(p)}' for d, p in pts)})"
+                            for fmt, rho, pts in rhos)
+        out.append(("Deeper networks tolerate less (midpoint falls with depth)",
+                    f"agrees in {agree} of {len(rhos)} formats" if agree else "disagrees", numbers))
+    else:
+        out.append(("Deeper networks tolerate less", "not measured", "needs at least three depths"))
+
+    ratios = []
+    for m in models:
+        q, f = _find(grid, model=m, format="int8", bits="all"), _find(grid, model=m, format="float32", bits="all")
+        r = _log_ratio(q and q["midpoint"], f and f["midpoint"])
+        if r is not None:
+            ratios.append((m, r))
+    if ratios:
+        mean = sum(r for _, r in ratios) / len(ratios)
+        verdict = "agrees" if 2.0 <= mean <= 4.0 else ("partly: int8 is more tolerant" if mean > 0 else "disagrees")
+        out.append(("int8 raises the tolerable probability by about three orders of magnitude over float32",
+                    verdict, "; ".join(f"{m}: 10^{r:.2f}" for m, r in ratios) + f"; mean 10^{mean:.2f}"))
+    else:
+        out.append(("int8 raises tolerance by about three orders of magnitude", "not measured",
+                    "needs int8 and float32 cells"))
+
+    gains = [(m, f, _log_ratio(_lower(n), _upper(a)), n)
+             for m in models for f in FLOATS
+             for n, a in [(_find(grid, model=m, format=f, bits="mantissa"), _find(grid, model=m, format=f, bits="all"))]
+             if n and a]
+    gains = [(m, f, g, n) for m, f, g, n in gains if g is not None]
+    if gains:
+        agree = sum(g >= 1 for _, _, g, _ in gains)
+        out.append(("Confining noise to the mantissa improves robustness a lot (mantissa-only midpoint >= 10x all-bits)",
+                    f"agrees in {agree} of {len(gains)}" if agree else "disagrees",
+                    "; ".join(f"{m} {f}: x10^{g:.2f}" + (" or more" if not n.get("midpoint") else "")
+                              for m, f, g, n in gains)))
+    else:
+        out.append(("Confining noise to the mantissa improves robustness a lot", "not measured",
+                    "run with --bits all,mantissa"))
+    return out
+
+
+def render_report(report: dict) -> str:
+    cells = report["cells"]
+    grid = [c for c in cells if c["section"] == "grid"]
+    lines = ["# Reproduction: bit flips in VGG on CIFAR-10", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    spec = report["spec"]
+    lines += [f"{report['samples']} test images, {spec['trials']} trials per point, midpoint search in "
+              f"[{spec['search']['low']:g}, {spec['search']['high']:g}] to {spec['search']['tolerance']} decades; "
+              f"wall time {report['wall_seconds'] / 60:.1f} min.", ""]
+
+    lines += ["## Midpoints", ""]
+    lines += _table(["model", "format", "targets", "bits", "clean", "midpoint", "95% interval", "evaluations"],
+                    [[c["model"], c["format"], "+".join(c["targets"]), c["bits"], f"{c['clean_accuracy']:.4f}",
+                      _mid(c), _interval(c), str(c["evaluations"])] for c in grid])
+
+    lines += ["", "## int8 / float32 midpoint ratio", ""]
+    rows = []
+    for m in dict.fromkeys(c["model"] for c in grid):
+        q, f = _find(grid, model=m, format="int8", bits="all"), _find(grid, model=m, format="float32", bits="all")
+        if q and f:
+            r = _log_ratio(q["midpoint"], f["midpoint"])
+            rows.append([m, _p(q["midpoint"]), _p(f["midpoint"]), f"{10 ** r:.3g} (10^{r:.2f})" if r is not None else "-"])
+    lines += _table(["model", "int8", "float32", "ratio"], rows)
+
+    lines += ["", "## Exponent, mantissa and all bits", ""]
+    rows = []
+    for m in dict.fromkeys(c["model"] for c in grid):
+        for f in FLOATS:
+            got = {b: _find(grid, model=m, format=f, bits=b) for b in ("all", "exponent", "mantissa")}
+            if any(got.values()):
+                rows.append([m, f] + [_mid(got[b]) if got[b] else "-" for b in ("all", "exponent", "mantissa")])
+    lines += _table(["model", "format", "all", "exponent", "mantissa"], rows)
+
+    lines += ["", "## Midpoint vs depth", ""]
+    models = list(dict.fromkeys(c["model"] for c in grid))
+    rows = []
+    for f in dict.fromkeys(c["format"] for c in grid):
+        rows.append([f] + [_mid(c) if (c := _find(grid, model=m, format=f, bits="all")) else "-" for m in models])
+    lines += _table(["format"] + [f"{m} ({c['depth']})" for m in models
+                                  for c in [_find(grid, model=m)]], rows)
+    lines += ["", "![midpoint vs depth](midpoint_vs_depth.png)", ""]
+    lines += [f"![{m}](curves_{m}.png)" for m in models]
+
+    lines += ["", "## The paper's findings", ""]
+    lines += _table(["finding", "measured", "numbers"], [list(f) for f in findings(report)])
+
+    for section, title, key in (("asymmetric", "Flips in one direction", "direction"),
+                                ("nonfinite", "Nonfinite policy", "nonfinite")):
+        extra = [c for c in cells if c["section"] == section]
+        if not extra:
+            continue
+        base = _find(grid, model=extra[0]["model"], format=extra[0]["format"], bits="all")
+        lines += ["", f"## {title}", ""]
+        rows = ([[base["model"], base["format"], base[key], _mid(base), _interval(base)]] if base else [])
+        rows += [[c["model"], c["format"], c[key], _mid(c), _interval(c)] for c in extra]
+        lines += _table(["model", "format", key, "midpoint", "95% interval"], rows)
+    return "\n".join(lines) + "\n"

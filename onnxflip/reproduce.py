@@ -1,0 +1,191 @@
+"""``onnxflip reproduce``: the paper's grid of midpoints, and a report that checks its findings.
+
+Each cell of models x formats x targets x bit fields is a midpoint search
+(:mod:`onnxflip.sweep`) in its own folder under ``OUT/cells``; finished cells
+are kept, so an interrupted run continues where it stopped.  ``report.json``
+holds every cell's numbers and ``report.md`` is written from it alone.
+Extra sections measure what the paper leaves open: flips in one direction
+only, and the nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's
+code applied).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+from onnxflip.data import load_split
+from onnxflip.errors import OnnxflipError
+from onnxflip.evaluate import Evaluator, SweepSettings
+from onnxflip.modelio import load_model, write_atomically
+from onnxflip.report_md import render_report
+from onnxflip.sweep import MidpointSearch, prepare_output, run_sweep
+
+__all__ = ["Cell", "GridSpec", "run_grid"]
+
+logger = logging.getLogger(__name__)
+
+DEPTH = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    format: str
+    targets: tuple[str, ...]
+    bits: str
+    direction: str = "both"
+    nonfinite: str = "keep"
+    section: str = "grid"
+
+    @property
+    def key(self) -> str:
+        return "-".join([self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite])
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    models: tuple[str, ...] = ("vgg11", "vgg13", "vgg16", "vgg19")
+    formats: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64", "int8")
+    targets: tuple[str, ...] = ("activations",)
+    bits: tuple[str, ...] = ("all",)
+    trials: int = 3
+    samples: int | None = None
+    batch_size: int = 500
+    seed: int = 0
+    extras: bool = True
+    search: MidpointSearch = field(default_factory=MidpointSearch)
+
+    def cells(self) -> list[Cell]:
+        cells = [Cell(m, f, self.targets, b) for m in self.models for f in self.formats for b in self.bits
+                 if not (f == "int8" and b in ("exponent", "mantissa"))]
+        if self.extras:
+            first = self.models[0]
+            fmt = "float32" if "float32" in self.formats else self.formats[0]
+            cells += [Cell(first, fmt, self.targets, "all", direction=d, section="asymmetric") for d in ("01", "10")]
+            if fmt != "int8":
+                cells.append(Cell(first, fmt, self.targets, "all", nonfinite="nan_to_num", section="nonfinite"))
+        return cells
+
+
+def _model_path(models_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
+    path = models_dir / (f"{cell.model}_int8.onnx" if cell.format == "int8" else f"{cell.model}.onnx")
+    if not path.is_file():
+        raise OnnxflipError(f"model {path} is missing (int8 models come from `onnxflip quantize`)")
+    return path
+
+
+def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, split, out: pathlib.Path) -> dict:
+    folder = out / "cells" / cell.key
+    results = folder / "results.json"
+    if results.is_file():
+        done = json.loads(results.read_text())
+        if "midpoint" in done:
+            return done
+    path = _model_path(models_dir, cell)
+    settings = SweepSettings(format=cell.format, targets=cell.targets, bits=cell.bits, direction=cell.direction,
+                             nonfinite=cell.nonfinite, trials=spec.trials, batch_size=spec.batch_size,
+                             seed=spec.seed, samples=spec.samples)
+    evaluator = Evaluator(load_model(path), split.as_float_nchw(), split.labels, settings)
+    previous = prepare_output(folder, resume=results.is_file(), overwrite=not results.is_file())
+    try:
+        return run_sweep(evaluator, folder, search=spec.search, previous=previous, model_path=path, progress=False)
+    except OnnxflipError as exc:
+        if "does not cross" not in str(exc):
+            raise
+        logger.warning("%s: %s", cell.key, exc)
+        data = json.loads(results.read_text())
+        clean = next(r["mean"] for r in data["rows"] if r["p"] == 0)
+        top = max(r["p"] for r in data["rows"])
+        stays_above = next(r["mean"] for r in data["rows"] if r["p"] == top) >= (clean + 0.1) / 2
+        # The midpoint lies beyond the searched range: above its top, or below its bottom.
+        bound = {"bound": ">", "bound_p": top} if stays_above else {
+            "bound": "<", "bound_p": min(r["p"] for r in data["rows"] if r["p"] > 0)}
+        data["midpoint"] = {"p": None, "low": None, "high": None, "level": None, "note": str(exc), **bound}
+        data["clean_accuracy"] = clean
+        write_atomically(results, json.dumps(data, indent=1).encode())
+        return data
+
+
+def _summary(cell: Cell, data: dict) -> dict:
+    mid = data["midpoint"]
+    return {
+        "model": cell.model, "depth": DEPTH.get(cell.model), "format": cell.format, "targets": list(cell.targets),
+        "bits": cell.bits, "direction": cell.direction, "nonfinite": cell.nonfinite, "section": cell.section,
+        "clean_accuracy": data["clean_accuracy"], "midpoint": mid["p"], "low": mid["low"], "high": mid["high"],
+        "bound": mid.get("bound"), "bound_p": mid.get("bound_p"),
+        "evaluations": len(data["rows"]), "wall_seconds": data.get("wall_seconds", 0.0), "folder": f"cells/{cell.key}",
+        "rows": [{"p": r["p"], "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]} for r in data["rows"]],
+    }
+
+
+def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib.Path, command: str = "",
+             resume: bool = False, overwrite: bool = False) -> dict:
+    """Run every cell (keeping finished ones), then write report.json, report.md and the figures."""
+    from tqdm import tqdm
+
+    cells = spec.cells()
+    for cell in cells:
+        _model_path(models_dir, cell)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise OnnxflipError(f"{out} exists; use --resume to continue it or --overwrite to replace it")
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        prepare_output(out, resume=False, overwrite=overwrite)
+    split = load_split(data_dir, "test")
+    if spec.samples is not None:
+        split = split.subset(spec.samples)
+    began = time.perf_counter()
+    summaries = []
+    for cell in tqdm(cells, desc="reproduce", unit="cell", disable=None, file=sys.stderr):
+        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, split, out)))
+    report = {
+        "command": command,
+        "spec": {**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items() if k != "search"},
+                 "search": spec.search.__dict__},
+        "samples": len(split),
+        "wall_seconds": sum(c["wall_seconds"] for c in summaries),
+        "wall_seconds_this_run": time.perf_counter() - began,
+        "cells": summaries,
+    }
+    write_atomically(out / "report.json", json.dumps(report, indent=1).encode())
+    _figures(report, out)
+    write_atomically(out / "report.md", render_report(report).encode())
+    return report
+
+
+def _figures(report: dict, out: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [c for c in report["cells"] if c["section"] == "grid" and c["bits"] == "all"]
+    for model in dict.fromkeys(c["model"] for c in grid):
+        fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+        for i, c in enumerate(c for c in grid if c["model"] == model):
+            rows = [r for r in c["rows"] if r["p"] > 0]
+            ax.plot([r["p"] for r in rows], [r["mean"] for r in rows], "o-", ms=3, color=f"C{i}", label=c["format"])
+            ax.fill_between([r["p"] for r in rows], [r["ci_low"] for r in rows], [r["ci_high"] for r in rows],
+                            color=f"C{i}", alpha=0.15)
+        ax.set(xscale="log", ylim=(0, 1), xlabel="bit-flip probability p", ylabel="accuracy", title=model)
+        ax.axhline(0.1, color="grey", ls="--", lw=1)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"curves_{model}.png")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    for i, fmt in enumerate(dict.fromkeys(c["format"] for c in grid)):
+        points = sorted((c["depth"], c["midpoint"]) for c in grid if c["format"] == fmt and c["midpoint"] and c["depth"])
+        if points:
+            ax.plot(*zip(*points), "o-", color=f"C{i}", label=fmt)
+    ax.set(yscale="log", xlabel="weight layers (VGG depth)", ylabel="midpoint p")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "midpoint_vs_depth.png")
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""`onnxflip reproduce` on two tiny models and synthetic data: the report is filled from its JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import save_model, template_classifier
+
+from onnxflip.cli import main
+from onnxflip.quantize import quantize_model
+from onnxflip.report_md import findings
+
+
+def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("vgg11", "vgg13"):
+        save_model(template_classifier(), models / f"{name}.onnx")
+        images = __import__("onnxflip.data", fromlist=["load_split"]).load_split(synthetic_data, "train")
+        quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=images.as_float_nchw())
+    out = tmp_path / "repro"
+    args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,bfloat16,int8",
+            "--bits", "all,exponent,mantissa", "--trials", "2", "--p-range", "1e-8:0.3", "--tolerance", "0.3",
+            "--data", str(synthetic_data), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    text = (out / "report.md").read_text()
+    grid = [c for c in report["cells"] if c["section"] == "grid"]
+    # 2 models x (2 float formats x 3 bit fields + int8 all bits) and 3 extra cells
+    assert len(grid) == 14 and len(report["cells"]) == 17
+    for cell in grid:
+        row = f"| {cell['model']} | {cell['format']} | activations | {cell['bits']} | {cell['clean_accuracy']:.4f} |"
+        assert row in text
+        if cell["midpoint"]:
+            assert f"{cell['midpoint']:.3g}" in text
+        else:
+            assert f"{cell['bound']} {cell['bound_p']:.3g}" in text
+    for finding, verdict, numbers in findings(report):
+        assert f"| {finding} | {verdict} | {numbers} |" in text
+    assert re.search(r"## Flips in one direction", text) and re.search(r"## Nonfinite policy", text)
+    assert (out / "midpoint_vs_depth.png").is_file() and (out / "curves_vgg11.png").is_file()
+    assert f"Command: `onnxflip {' '.join(args)}`" in text
+    # A second run with --resume reuses every finished cell.
+    before = {c["folder"]: c["evaluations"] for c in report["cells"]}
+    assert main([*args, "--resume"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert {c["folder"]: c["evaluations"] for c in again["cells"]} == before
+    assert again["cells"] == report["cells"]

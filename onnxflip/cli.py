@@ -185,10 +185,25 @@ def convert(model, output, fmt):
     click.echo(f"wrote {output}: format {fmt}")
 
 
-DATA_OPTION = click.option(
-    "--data", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
-    help="CIFAR-10 folder (ImageFolder tree or cifar-10-batches-py); default $ONNXFLIP_DATA, then ~/.cache/onnxflip/cifar10.",
-)
+def _data_folder(ctx, param, value):
+    """--data, after --download has fetched the official release into it when asked."""
+    if ctx.params.get("download") or (ctx.obj or {}).get("download"):
+        from onnxflip.data import download
+
+        return download(value)
+    return value
+
+
+def DATA_OPTION(fn):  # noqa: N802 - used as a decorator like the option constants
+    """--data and --download, shared by every command that reads CIFAR-10."""
+    fn = click.option(
+        "--data", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None, callback=_data_folder,
+        help="CIFAR-10 folder (ImageFolder tree or cifar-10-batches-py); default $ONNXFLIP_DATA, "
+             "then ~/.cache/onnxflip/cifar10.",
+    )(fn)
+    return click.option("--download", is_flag=True, is_eager=True, expose_value=False,
+                        callback=lambda ctx, param, value: ctx.ensure_object(dict).update(download=value),
+                        help="Download the official CIFAR-10 release into the data folder first (needs internet).")(fn)
 
 
 @cli.command()

@@ -29,6 +29,7 @@ __all__ = [
     "CLASSES",
     "DEFAULT_DATA_DIR",
     "Split",
+    "download",
     "load_split",
     "resolve_data_dir",
 ]
@@ -100,6 +101,22 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
     if not path.is_dir():
         raise OnnxflipError(f"data folder {path} does not exist; {_LAYOUTS_HELP}")
     return path
+
+
+def download(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
+    """Fetch the official CIFAR-10 release with torchvision into the data folder (needs internet)."""
+    chosen = pathlib.Path(data_dir or os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR).expanduser()
+    if _pickle_folder(chosen) is not None:
+        return chosen
+    import torchvision
+
+    chosen.mkdir(parents=True, exist_ok=True)
+    try:
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(str(chosen), train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 - network and archive errors alike
+        raise OnnxflipError(f"downloading CIFAR-10 into {chosen} failed: {exc}") from None
+    return chosen
 
 
 def load_split(data_dir: str | os.PathLike[str] | None, split: str) -> Split:

@@ -63,6 +63,10 @@ def quantize_model(
         raise OnnxflipError(f"quantize expects a model with one image input, found {len(inputs)}")
     if len(calibration) == 0:
         raise OnnxflipError("no calibration images")
+    outputs = model.graph.output
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
+    if len(outputs) != 1 or (dims and dims[-1] not in (None, 10)):
+        raise OnnxflipError(f"{model_path} is not a classifier of 10 classes (its output is not 10 logits)")
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     for i, node in enumerate(model.graph.node):
         if not node.name:  # the quantiser selects nodes by name

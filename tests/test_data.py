@@ -81,3 +81,24 @@ def test_broken_pickle(tmp_path):
     (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")
     with pytest.raises(OnnxflipError, match="not a CIFAR-10 batch file"):
         load_split(root, "test")
+
+
+def test_download_goes_through_torchvision_into_the_data_folder(tmp_path, monkeypatch):
+    import torchvision
+
+    from onnxflip.data import download
+
+    calls = []
+
+    def fake(root, train, download):
+        calls.append((root, train, download))
+        if not train:
+            write_pickle_folder(tmp_path / "cache", {"test": 1})
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake)
+    root = download(tmp_path / "cache")
+    assert calls == [(str(tmp_path / "cache"), True, True), (str(tmp_path / "cache"), False, True)]
+    assert load_split(root, "test").labels.shape == (10,)
+    calls.clear()
+    download(tmp_path / "cache")
+    assert calls == []  # already there

@@ -81,3 +81,19 @@ def test_quantize_rejects_bad_input(synthetic_data, tmp_path, capsys, qdq_path):
     assert main(["quantize", str(qdq_path), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("onnxflip: error:") for line in err)
+
+
+def test_quantize_rejects_a_model_that_is_not_a_ten_class_classifier(synthetic_data, tmp_path, capsys):
+    proto = onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
+      f = Flatten (input)
+      y = Gemm <transB = 1> (f, W)
+    }""")
+    del proto.graph.initializer[:]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
+    path = tmp_path / "four.onnx"
+    onnx.save(proto, path)
+    assert main(["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(synthetic_data),
+                 "--samples", "50"]) == 1
+    assert "10 classes" in capsys.readouterr().err

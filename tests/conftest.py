@@ -213,6 +213,21 @@ def template_classifier() -> ir.Model:
     return ir.serde.deserialize_model(proto)
 
 
+def four_logit_model():
+    """A classifier of 4 classes (not CIFAR-10's 10), as an ONNX proto."""
+    import onnx
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
+      f = Flatten (input)
+      y = Gemm <transB = 1> (f, W)
+    }""")
+    del proto.graph.initializer[:]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
+    return proto
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> pathlib.Path:
     return write_image_folder(tmp_path_factory.mktemp("cifar"), {"train": 20, "test": 30})

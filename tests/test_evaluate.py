@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_model, template_classifier
+from conftest import four_logit_model, run_model, template_classifier
 
 from onnxflip import OnnxflipError
 from onnxflip.data import load_split
@@ -151,19 +151,11 @@ def test_grid_parsing():
 
 
 def test_model_that_is_not_a_ten_class_classifier(test_split):
-    import onnx
     import onnx_ir as ir
 
-    proto = onnx.parser.parse_model("""
-    <ir_version: 10, opset_import: ["" : 21]>
-    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
-      f = Flatten (input)
-      y = Gemm <transB = 1> (f, W)
-    }""")
-    del proto.graph.initializer[:]
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
     with pytest.raises(OnnxflipError, match="10 logits"):
-        Evaluator(ir.serde.deserialize_model(proto), test_split.as_float_nchw(), test_split.labels, SweepSettings())
+        Evaluator(ir.serde.deserialize_model(four_logit_model()), test_split.as_float_nchw(), test_split.labels,
+                  SweepSettings())
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -219,15 +211,7 @@ def test_cli_refuses_an_existing_results_folder(classifier_path, synthetic_data,
 def test_cli_refuses_a_model_without_ten_logits(synthetic_data, tmp_path, capsys):
     import onnx
 
-    proto = onnx.parser.parse_model("""
-    <ir_version: 10, opset_import: ["" : 21]>
-    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
-      f = Flatten (input)
-      y = Gemm <transB = 1> (f, W)
-    }""")
-    del proto.graph.initializer[:]
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
     path = tmp_path / "four.onnx"
-    onnx.save(proto, path)
+    onnx.save(four_logit_model(), path)
     code = main(["evaluate", str(path), "--data", str(synthetic_data), "--out", str(tmp_path / "r")])
     assert code != 0 and "10 logits" in capsys.readouterr().err

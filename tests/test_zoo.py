@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_model, tiny_vgg
+from conftest import four_logit_model, run_model, tiny_vgg
 
 from onnxflip.cli import main
 from onnxflip.zoo import CONFIGS, build_vgg
@@ -84,16 +84,8 @@ def test_quantize_rejects_bad_input(synthetic_data, tmp_path, capsys, qdq_path):
 
 
 def test_quantize_rejects_a_model_that_is_not_a_ten_class_classifier(synthetic_data, tmp_path, capsys):
-    proto = onnx.parser.parse_model("""
-    <ir_version: 10, opset_import: ["" : 21]>
-    g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
-      f = Flatten (input)
-      y = Gemm <transB = 1> (f, W)
-    }""")
-    del proto.graph.initializer[:]
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
     path = tmp_path / "four.onnx"
-    onnx.save(proto, path)
+    onnx.save(four_logit_model(), path)
     assert main(["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(synthetic_data),
                  "--samples", "50"]) == 1
     assert "10 classes" in capsys.readouterr().err

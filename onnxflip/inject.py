@@ -30,8 +30,8 @@ from onnxflip._library import DOMAIN
 from onnxflip.bits import element_type, field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
 from onnxflip.flip import NONFINITE_POLICIES, RANDOMNESS, resolve_probabilities
-from onnxflip.formats import StorageFormat, is_qdq, require_format_fits, storage_format
 from onnxflip.fold import fold_batchnorm
+from onnxflip.formats import StorageFormat, is_qdq, require_format_fits, storage_format
 from onnxflip.sites import TARGETS, Selection, Site, find_sites
 
 __all__ = [

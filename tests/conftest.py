@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
+
 import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 
-from onnxflip import make_session
+from onnxflip import make_session, session_options
 from onnxflip.bits import element_type, field_mask
 from onnxflip.flip import flipbits_node_model, run_flipbits_session
+from onnxflip.modelio import save_model
 
 TYPE_NAMES = [
     "float16",
@@ -62,14 +68,6 @@ def type_name(request) -> str:
 
 # --- models -------------------------------------------------------------------------------------
 
-import hashlib  # noqa: E402
-import pathlib  # noqa: E402
-
-import onnx_ir as ir  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-
-from onnxflip import session_options  # noqa: E402
-from onnxflip.modelio import save_model  # noqa: E402
 
 def run_model(model, feeds: dict, *, exact: bool = False) -> list[np.ndarray]:
     """Run an ir.Model, a proto or a path on the CPU.
@@ -136,7 +134,6 @@ def images() -> np.ndarray:
     return np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
 
 
-__all__ = ["FlipBitsNode", "file_digest", "run_model", "save_model", "tiny_vgg"]
 
 
 # --- synthetic CIFAR-like data and a classifier that solves it ---------------------------------

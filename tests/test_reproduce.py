@@ -8,6 +8,7 @@ import re
 from conftest import save_model, template_classifier
 
 from onnxflip.cli import main
+from onnxflip.data import load_split
 from onnxflip.quantize import quantize_model
 from onnxflip.report_md import findings
 
@@ -15,10 +16,10 @@ from onnxflip.report_md import findings
 def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path, capsys):
     models = tmp_path / "models"
     models.mkdir()
+    calibration = load_split(synthetic_data, "train").as_float_nchw()
     for name in ("vgg11", "vgg13"):
         save_model(template_classifier(), models / f"{name}.onnx")
-        images = __import__("onnxflip.data", fromlist=["load_split"]).load_split(synthetic_data, "train")
-        quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=images.as_float_nchw())
+        quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=calibration)
     out = tmp_path / "repro"
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,bfloat16,int8",
             "--bits", "all,exponent,mantissa", "--trials", "2", "--p-range", "1e-8:0.3", "--tolerance", "0.3",

@@ -121,9 +121,10 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, list
     sites = find_sites(prepared, targets=config.targets, selection=config.selection, qdq=is_qdq(prepared))
     for site in sites:
         site.stored_dtype = _stored_dtype(site, fmt)
-        if site.stored_dtype not in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE,
-                                     ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.INT32):
-            raise OnnxflipError(f"site {site.name} holds {site.stored_dtype.name}, which FlipBits does not flip")
+        try:
+            element_type(int(site.stored_dtype))
+        except OnnxflipError:
+            raise OnnxflipError(f"site {site.name} holds {site.stored_dtype.name}, which FlipBits does not flip") from None
     return prepared, sites
 
 

@@ -165,20 +165,15 @@ def _figures(report: dict, out: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from onnxflip.plots import plot_results
+
     grid = [c for c in report["cells"] if c["section"] == "grid" and c["bits"] == "all"]
     for model in dict.fromkeys(c["model"] for c in grid):
-        fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
-        for i, c in enumerate(c for c in grid if c["model"] == model):
-            rows = [r for r in c["rows"] if r["p"] > 0]
-            ax.plot([r["p"] for r in rows], [r["mean"] for r in rows], "o-", ms=3, color=f"C{i}", label=c["format"])
-            ax.fill_between([r["p"] for r in rows], [r["ci_low"] for r in rows], [r["ci_high"] for r in rows],
-                            color=f"C{i}", alpha=0.15)
-        ax.set(xscale="log", ylim=(0, 1), xlabel="bit-flip probability p", ylabel="accuracy", title=model)
-        ax.axhline(0.1, color="grey", ls="--", lw=1)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"curves_{model}.png")
-        plt.close(fig)
+        cells = [c for c in grid if c["model"] == model]
+        curves = [{"rows": c["rows"], "clean_accuracy": c["clean_accuracy"], "chance": 0.1,
+                   "midpoint": {"p": c["midpoint"], "low": c["low"], "high": c["high"],
+                                "level": (c["clean_accuracy"] + 0.1) / 2}} for c in cells]
+        plot_results(curves, out / f"curves_{model}.png", labels=[f"{model} {c['format']}" for c in cells])
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     for i, fmt in enumerate(dict.fromkeys(c["format"] for c in grid)):
         points = sorted((c["depth"], c["midpoint"]) for c in grid if c["format"] == fmt and c["midpoint"] and c["depth"])

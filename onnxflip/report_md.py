@@ -103,7 +103,7 @@ def findings(report: dict) -> list[tuple[str, str, str]]:
             ratios.append((m, r))
     if ratios:
         mean = sum(r for _, r in ratios) / len(ratios)
-        verdict = "agrees" if 2.0 <= mean <= 4.0 else ("partly: int8 is more tolerant" if mean > 0 else "disagrees")
+        verdict = "agrees" if 2.5 <= mean <= 3.5 else ("partly: int8 is more tolerant" if mean > 0 else "disagrees")
         out.append(("int8 raises the tolerable probability by about three orders of magnitude over float32",
                     verdict, "; ".join(f"{m}: 10^{r:.2f}" for m, r in ratios) + f"; mean 10^{mean:.2f}"))
     else:

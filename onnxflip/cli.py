@@ -249,8 +249,8 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midp
     probabilities = None if midpoint else parse_probabilities(p_spec)
     search = None
     if midpoint:
-        low, high = parse_probabilities(p_range.replace(":", ","))[0], parse_probabilities(p_range.replace(":", ","))[-1]
-        search = MidpointSearch(low=low, high=high, tolerance=tolerance)
+        bounds = parse_probabilities(p_range.replace(":", ","))
+        search = MidpointSearch(low=bounds[0], high=bounds[-1], tolerance=tolerance)
     settings = SweepSettings(format=fmt, targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
                              trials=trials, batch_size=batch_size, seed=seed, samples=samples, provider=provider,
                              selection=_selection(ops, every_intermediate, include, exclude))

@@ -6,8 +6,7 @@ import json
 import os
 from collections import defaultdict
 
-from onnxflip.bits import element_type, field_mask
-from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, plan_sites
+from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, InsertFlipBitsPass, plan_sites
 from onnxflip.modelio import load_model
 from onnxflip.sites import Selection
 
@@ -35,18 +34,8 @@ def describe_sites(
         fold_batchnorm=not no_fold_batchnorm,
     )
     _, sites = plan_sites(model, config)
-    rows = []
-    for site in sites:
-        etype = element_type(int(site.stored_dtype))
-        rows.append({
-            "tensor": site.name,
-            "target": site.target,
-            "dtype": etype.name,
-            "elements": site.elements(),
-            "bits": etype.width,
-            "mask": hex(field_mask(etype, bits)),
-        })
-    return rows
+    describe = InsertFlipBitsPass(config, sites).describe
+    return [describe(site) for site in sites]
 
 
 def format_site_table(rows: list[dict]) -> str:

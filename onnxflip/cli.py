@@ -352,6 +352,8 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
               help="Which stored values flip in every cell.")
 @click.option("--bits", type=CommaList(("all", "exponent", "mantissa")), default="all", show_default=True,
               help="Bit fields, one cell each (exponent and mantissa skip int8).")
+@click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
+              help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
 @click.option("--trials", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
 @click.option("--p-range", default="1e-9:1e-2", show_default=True, help="LOW:HIGH bracket of each midpoint search.")
@@ -362,7 +364,7 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
               show_default=True)
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def reproduce(models, models_dir, formats, targets, bits, trials, samples, p_range, tolerance, no_extras, data, out,
+def reproduce(models, models_dir, formats, targets, bits, field_formats, trials, samples, p_range, tolerance, no_extras, data, out,
               resume, overwrite):
     """Run the paper's grid of midpoint searches and write report.md.
 
@@ -375,7 +377,8 @@ def reproduce(models, models_dir, formats, targets, bits, trials, samples, p_ran
     from onnxflip.sweep import MidpointSearch, parse_probabilities
 
     bounds = parse_probabilities(p_range.replace(":", ","))
-    spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, trials=trials, samples=samples,
+    spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
+                    trials=trials, samples=samples,
                     extras=not no_extras, search=MidpointSearch(low=bounds[0], high=bounds[-1], tolerance=tolerance))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,

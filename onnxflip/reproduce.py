@@ -53,6 +53,7 @@ class GridSpec:
     formats: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64", "int8")
     targets: tuple[str, ...] = ("activations",)
     bits: tuple[str, ...] = ("all",)
+    field_formats: tuple[str, ...] | None = None  # formats that get the exponent/mantissa cells (None: every float)
     trials: int = 3
     samples: int | None = None
     batch_size: int = 500
@@ -62,7 +63,7 @@ class GridSpec:
 
     def cells(self) -> list[Cell]:
         cells = [Cell(m, f, self.targets, b) for m in self.models for f in self.formats for b in self.bits
-                 if not (f == "int8" and b in ("exponent", "mantissa"))]
+                 if b == "all" or (f != "int8" and (self.field_formats is None or f in self.field_formats))]
         if self.extras:
             first = self.models[0]
             fmt = "float32" if "float32" in self.formats else self.formats[0]

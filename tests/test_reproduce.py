@@ -48,3 +48,23 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
     again = json.loads((out / "report.json").read_text())
     assert {c["folder"]: c["evaluations"] for c in again["cells"]} == before
     assert again["cells"] == report["cells"]
+
+
+def test_field_formats_limit_the_exponent_and_mantissa_cells():
+    from onnxflip.reproduce import GridSpec
+
+    spec = GridSpec(models=("vgg11", "vgg13"), formats=("float16", "float32", "int8"),
+                    bits=("all", "exponent", "mantissa"), field_formats=("float32",), extras=False)
+    cells = {(c.model, c.format, c.bits) for c in spec.cells()}
+    assert cells == {(m, f, "all") for m in ("vgg11", "vgg13") for f in ("float16", "float32", "int8")} | {
+        (m, "float32", b) for m in ("vgg11", "vgg13") for b in ("exponent", "mantissa")}
+    every = GridSpec(models=("vgg11",), formats=("float16", "float32", "int8"), bits=("all", "mantissa"), extras=False)
+    assert {(c.format, c.bits) for c in every.cells()} == {
+        ("float16", "all"), ("float32", "all"), ("int8", "all"), ("float16", "mantissa"), ("float32", "mantissa")}
+
+
+def test_field_formats_rejects_int8(tmp_path, capsys):
+    assert main(["reproduce", "--field-formats", "int8", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onnxflip: error:") and "int8" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()

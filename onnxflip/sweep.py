@@ -95,10 +95,14 @@ def _versions() -> dict:
 
 
 class _Recorder:
-    """Keeps the rows and rewrites the result files after every point."""
+    """Keeps the rows and rewrites the result files, with the time spent so far, after every point."""
 
-    def __init__(self, out: pathlib.Path, header: dict, rows: dict[float, dict]) -> None:
+    def __init__(self, out: pathlib.Path, header: dict, rows: dict[float, dict], spent: float = 0.0) -> None:
         self.out, self.header, self.rows = out, header, rows
+        self.spent, self.began = spent, time.perf_counter()
+
+    def wall_seconds(self) -> float:
+        return self.spent + time.perf_counter() - self.began
 
     def add(self, row: dict) -> None:
         self.rows[row["p"]] = row
@@ -106,7 +110,7 @@ class _Recorder:
 
     def write(self, extra: dict | None = None) -> dict:
         rows = [self.rows[p] for p in sorted(self.rows)]
-        data = {**self.header, **(extra or {}), "rows": rows}
+        data = {**self.header, "wall_seconds": self.wall_seconds(), **(extra or {}), "rows": rows}
         write_atomically(self.out / "results.json", json.dumps(data, indent=1).encode())
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -179,8 +183,7 @@ def run_sweep(
             raise OnnxflipError("the results folder was made with other settings; use --overwrite to start again")
         rows = {r["p"]: r for r in previous["rows"]}
         logger.info("resuming with %d measured points", len(rows))
-    recorder = _Recorder(out, header, rows)
-    began = time.perf_counter()
+    recorder = _Recorder(out, header, rows, spent=(previous or {}).get("wall_seconds", 0.0))
     planned = len(probabilities) + 1 if probabilities is not None else 12
     # disable=None: a bar on a terminal, nothing in a log file.
     bar = tqdm(total=planned * evaluator.batches_per_trial() * settings.trials, unit="batch",
@@ -209,7 +212,7 @@ def run_sweep(
         "clean_accuracy": clean,
         "midpoint": _midpoint(measured, clean),
         "evaluations": len(rows),
-        "wall_seconds": time.perf_counter() - began + (previous or {}).get("wall_seconds", 0.0),
+        "wall_seconds": recorder.wall_seconds(),
     }
     data = recorder.write(extra)
     from onnxflip.plots import plot_results

@@ -30,6 +30,8 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
     grid = [c for c in report["cells"] if c["section"] == "grid"]
     # 2 models x (2 float formats x 3 bit fields + int8 all bits) and 3 extra cells
     assert len(grid) == 14 and len(report["cells"]) == 17
+    # Every cell's time counts, also where the midpoint lies beyond the searched range.
+    assert any(c["bound"] for c in report["cells"]) and all(c["wall_seconds"] > 0 for c in report["cells"])
     for cell in grid:
         row = f"| {cell['model']} | {cell['format']} | activations | {cell['bits']} | {cell['clean_accuracy']:.4f} |"
         assert row in text

@@ -44,8 +44,8 @@ def main() -> None:
     print(f"{'':>10} {'ms':>8} {'GB/s':>8} {'of copy':>8}")
     print(f"{'copy':>10} {copy_s * 1e3:>8.2f} {moved / copy_s:>8.0f} {1:>8.2f}")
     for p in (0.0, 1e-6, 1e-4, 1e-2):
-        t = timed(lambda: cuda_flip_bits_raw(x.data_ptr(), y.data_ptr(), n, onnx_type, p01=p, p10=p, seed=1,
-                                             mask=0xFFFFFFFF, cuda_stream=stream), args.repeats)
+        t = timed(lambda p=p: cuda_flip_bits_raw(x.data_ptr(), y.data_ptr(), n, onnx_type, p01=p, p10=p, seed=1,
+                                                 mask=0xFFFFFFFF, cuda_stream=stream), args.repeats)
         print(f"{f'p={p:g}':>10} {t * 1e3:>8.2f} {moved / t:>8.0f} {copy_s / t:>8.2f}")
 
 

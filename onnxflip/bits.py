@@ -16,7 +16,7 @@ from onnx import TensorProto
 
 from onnxflip.errors import OnnxflipError
 
-__all__ = ["ElementType", "FIELDS", "element_type", "field_mask", "mask_to_attribute"]
+__all__ = ["FIELDS", "ElementType", "element_type", "field_mask", "mask_to_attribute"]
 
 FIELDS = ("all", "sign", "exponent", "mantissa")
 

@@ -194,7 +194,7 @@ def _data_folder(ctx, param, value):
     return value
 
 
-def DATA_OPTION(fn):  # noqa: N802 - used as a decorator like the option constants
+def DATA_OPTION(fn):  # a decorator, named like the option constants
     """--data and --download, shared by every command that reads CIFAR-10."""
     fn = click.option(
         "--data", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None, callback=_data_folder,

@@ -277,7 +277,7 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig = InjectionConfi
     return result.model
 
 
-def convert_format(model: ir.Model, *, format: str, selection: Selection = Selection()) -> ir.Model:
+def convert_format(model: ir.Model, *, format: str, selection: Selection | None = None) -> ir.Model:
     """The clean model in a storage format: what an injected model computes at p = 0.
 
     float16, bfloat16 and float64 round every stored value (the sites of all
@@ -286,7 +286,7 @@ def convert_format(model: ir.Model, *, format: str, selection: Selection = Selec
     """
     if format == "int8":
         raise OnnxflipError("int8 models come from `onnxflip quantize`, not from convert")
-    config = InjectionConfig(format=format, selection=selection)
+    config = InjectionConfig(format=format, selection=selection or Selection())
     prepared, sites = plan_sites(model, config)
     result = InsertFlipBitsPass(config, sites, with_flips=False)(prepared).model
     result.metadata_props["onnxflip.format"] = format

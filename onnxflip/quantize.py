@@ -96,7 +96,7 @@ def quantize_model(
         "weights": "int8, per channel",
         "biases": "int32",
         "calibration": "MinMax",
-        "calibration_images": int(len(calibration)),
+        "calibration_images": len(calibration),
         "kept_float": excluded,
     }
     entry = quantized.metadata_props.add()

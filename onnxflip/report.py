@@ -53,7 +53,7 @@ def format_site_table(rows: list[dict]) -> str:
         t[0] += 1
         if r["elements"] is not None:
             t[1] += r["elements"]
-            t[2] += r["elements"] * bin(int(r["mask"], 16)).count("1")
+            t[2] += r["elements"] * int(r["mask"], 16).bit_count()
     lines.append("")
     for target, (count, elements, flippable) in totals.items():
         lines.append(f"{target}: {count} sites, {elements:,} elements, {flippable:,} flippable bits"

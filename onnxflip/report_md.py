@@ -134,9 +134,9 @@ def render_report(report: dict) -> str:
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
     spec = report["spec"]
-    lines += [f"{report['samples']} test images, {spec['trials']} trials per point, midpoint search in "
-              f"[{spec['search']['low']:g}, {spec['search']['high']:g}] to {spec['search']['tolerance']} decades; "
-              f"wall time {report['wall_seconds'] / 60:.1f} min.", ""]
+    lines += [(f"{report['samples']} test images, {spec['trials']} trials per point, midpoint search in "
+               f"[{spec['search']['low']:g}, {spec['search']['high']:g}] to {spec['search']['tolerance']} decades; "
+               f"wall time {report['wall_seconds'] / 60:.1f} min."), ""]
 
     lines += ["## Midpoints", ""]
     lines += _table(["model", "format", "targets", "bits", "clean", "midpoint", "95% interval", "evaluations"],

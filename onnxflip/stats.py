@@ -21,6 +21,7 @@ cross the same level.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def accuracy_interval(outcomes: np.ndarray, confidence: float = 0.95) -> Interva
     trials, n = c.shape
     grand = float(c.mean())
     if trials < 2 or n < 2 or np.all(c == c.flat[0]):
-        return wilson_interval(int(round(c.sum())), c.size, confidence)
+        return wilson_interval(round(float(c.sum())), c.size, confidence)
     by_trial = c.mean(axis=1)
     by_image = c.mean(axis=0)
     ms_trials = n * float(((by_trial - grand) ** 2).sum()) / (trials - 1)
@@ -80,7 +81,7 @@ def midpoint_level(clean: float, chance: float) -> float:
 def crossing(ps: Sequence[float], values: Sequence[float], level: float) -> float | None:
     """The first p (from small to large) where ``values`` falls through ``level``, interpolated in log10(p)."""
     pairs = sorted((p, v) for p, v in zip(ps, values) if p > 0)
-    for (p0, v0), (p1, v1) in zip(pairs, pairs[1:]):
+    for (p0, v0), (p1, v1) in itertools.pairwise(pairs):
         if v0 >= level > v1 or (v0 > level >= v1):
             if v0 == v1:
                 return p0

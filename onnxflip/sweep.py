@@ -52,7 +52,7 @@ def parse_probabilities(text: str) -> list[float]:
     bad = [v for v in values if not 0.0 <= v <= 1.0]
     if bad:
         raise OnnxflipError(f"probability {bad[0]} is outside [0, 1]")
-    return sorted(set(float(v) for v in values))
+    return sorted({float(v) for v in values})
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def test_missing_folder(tmp_path):
 
 def test_folder_in_neither_layout(tmp_path):
     (tmp_path / "stuff").mkdir()
-    with pytest.raises(OnnxflipError, match="ImageFolder tree .* or the official cifar-10-batches-py"):
+    with pytest.raises(OnnxflipError, match=r"ImageFolder tree .* or the official cifar-10-batches-py"):
         load_split(tmp_path, "test")
 
 
@@ -65,14 +65,14 @@ def test_class_folder_missing(tmp_path):
     for f in (root / "test" / "frog").iterdir():
         f.unlink()
     (root / "test" / "frog").rmdir()
-    with pytest.raises(OnnxflipError, match="lacks class folder.*frog"):
+    with pytest.raises(OnnxflipError, match=r"lacks class folder.*frog"):
         load_split(root, "test")
 
 
 def test_unreadable_image(tmp_path):
     root = write_image_folder(tmp_path / "d", {"test": 1})
     (root / "test" / "cat" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(OnnxflipError, match="cannot read image .*broken.png"):
+    with pytest.raises(OnnxflipError, match=r"cannot read image .*broken\.png"):
         load_split(root, "test")
 
 

@@ -160,7 +160,7 @@ def test_model_that_is_not_a_ten_class_classifier(test_split):
 
 # --- the command line ------------------------------------------------------------------------------
 
-from onnxflip.cli import main  # noqa: E402
+from onnxflip.cli import main  # noqa: E402 - imported where its tests begin
 
 
 def test_cli_grid_and_midpoint_write_the_three_files(classifier_path, synthetic_data, tmp_path, capsys):

@@ -190,7 +190,7 @@ def test_bad_attributes_fail_at_session_creation_naming_the_node(attributes, mes
 @pytest.mark.parametrize("value", [1.5, -1.0, float("nan")])
 def test_bad_probability_input_fails_at_run_time_naming_the_node(value):
     session = make_session(_node_model())
-    with pytest.raises(Exception, match="site_7.*input p01"):
+    with pytest.raises(Exception, match=r"site_7.*input p01"):
         session.run(None, {"X": np.zeros(4, np.float32), "p01": np.array(value, np.float32)})
 
 

@@ -22,8 +22,9 @@ _LIBRARY_NAME = "libonnxflip_ops.so"
 
 
 @functools.cache
-def get_library_path() -> pathlib.Path:
-    """Path of the FlipBits custom-op library installed with the package.
+def get_library_path() -> str:
+    """Path of the FlipBits custom-op library installed with the package, as
+    ``SessionOptions.register_custom_ops_library`` takes it.
 
     ``$ONNXFLIP_LIBRARY`` overrides it, for a library built elsewhere.
     """
@@ -32,11 +33,11 @@ def get_library_path() -> pathlib.Path:
         path = pathlib.Path(override)
         if not path.is_file():
             raise OnnxflipError(f"${LIBRARY_ENV_VAR} names {path}, which does not exist")
-        return path
+        return str(path)
     for folder in _package_lib_dirs():
         candidate = folder / _LIBRARY_NAME
         if candidate.is_file():
-            return candidate
+            return str(candidate)
     raise OnnxflipError(
         f"the FlipBits library {_LIBRARY_NAME} is not installed with onnxflip; "
         "reinstall the package with `pip install .` (it compiles custom_ops/), "
@@ -55,7 +56,7 @@ def session_options(*, threads: int | None = None) -> ort.SessionOptions:
     """``onnxruntime.SessionOptions`` with the FlipBits library registered."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the control inputs are initializers on purpose
-    options.register_custom_ops_library(str(get_library_path()))
+    options.register_custom_ops_library(get_library_path())
     if threads is not None:
         options.intra_op_num_threads = threads
     return options
@@ -71,6 +72,6 @@ def make_session(
     """An ``InferenceSession`` for a model that may contain FlipBits nodes."""
     opts = options or session_options(threads=threads)
     if options is not None:
-        opts.register_custom_ops_library(str(get_library_path()))
+        opts.register_custom_ops_library(get_library_path())
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=list(providers))

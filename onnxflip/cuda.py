@@ -21,7 +21,7 @@ __all__ = ["cuda_flip_bits_raw", "flip_bits_torch", "has_cuda_kernels"]
 
 @functools.cache
 def _entry():
-    library = ctypes.CDLL(str(get_library_path()))
+    library = ctypes.CDLL(get_library_path())
     try:
         fn = library.onnxflip_cuda_flip_bits
     except AttributeError:

@@ -306,3 +306,23 @@ def test_other_architectures_with_dynamic_batch(net, tmp_path):
         noisy = run_model(injected, {**feeds, control_input_name("activations", "p01"): np.array(0.01, np.float32)},
                           exact=True)[0]
         assert noisy.shape == (n, 10) and not np.array_equal(noisy, run_model(model, feeds, exact=True)[0])
+
+
+def test_a_plain_onnxruntime_session_runs_an_injected_model_with_the_library_path(tmp_path):
+    """The README's recipe: register onnxflip.get_library_path() with SessionOptions, nothing else."""
+    import onnxruntime
+
+    import onnxflip
+    from onnxflip.modelio import save_model
+
+    path = tmp_path / "noisy.onnx"
+    save_model(insert_flipbits(conv_model(), config=InjectionConfig(activations=FaultModel.symmetric(0.5, seed=1))),
+               path)
+    options = onnxruntime.SessionOptions()
+    options.register_custom_ops_library(onnxflip.get_library_path())
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    (noisy,) = session.run(None, {"x": x})
+    clean = run_model(convert_format(conv_model(), format="float32"), {"x": x})[0]
+    assert noisy.shape == clean.shape == (2, 5)
+    assert not np.array_equal(noisy, clean)

@@ -138,7 +138,7 @@ def inject(model, output, fmt, targets, p, p01, p10, bits, seed, nonfinite, acti
     from onnxflip.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
 
-    check_output_path(output)
+    check_output_path(output, inputs=(model,))
     config = _config(fmt, targets, _selection(ops, every_intermediate, include, exclude), no_fold_batchnorm, p, p01,
                      p10, bits, seed, nonfinite, activation_randomness, parameter_randomness)
     injected = insert_flipbits(load_model(model), config=config)
@@ -180,7 +180,7 @@ def convert(model, output, fmt):
     from onnxflip.inject import convert_format
     from onnxflip.modelio import check_output_path, load_model, save_model
 
-    check_output_path(output)
+    check_output_path(output, inputs=(model,))
     save_model(convert_format(load_model(model), format=fmt), output)
     click.echo(f"wrote {output}: format {fmt}")
 
@@ -296,7 +296,7 @@ def quantize(model, output, data, samples):
     from onnxflip.modelio import check_output_path
     from onnxflip.quantize import quantize_model
 
-    check_output_path(output)
+    check_output_path(output, inputs=(model,))
     calibration = load_split(data, "train").subset(samples).as_float_nchw()
     quantize_model(model, output, calibration=calibration)
     click.echo(f"wrote {output}: int8 QDQ, calibrated on {samples} images")

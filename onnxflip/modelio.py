@@ -39,7 +39,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
 
 
 def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[pathlib.Path, ...] = ()) -> pathlib.Path:
-    """Refuse an output path in a missing or unwritable folder, before any work is done."""
+    """Refuse an output path in a missing or unwritable folder, or one that is an input, before any work is done."""
     out = pathlib.Path(path)
     folder = out.parent if str(out.parent) else pathlib.Path(".")
     if not folder.is_dir():
@@ -48,6 +48,9 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[pathlib.Pat
         raise OnnxflipError(f"output folder {folder} is not writable")
     if out.is_dir():
         raise OnnxflipError(f"output path {out} is a folder")
+    for source in inputs:
+        if out.exists() and source.exists() and out.samefile(source):
+            raise OnnxflipError(f"output {out} is the input model; write to another path")
     return out
 
 

@@ -107,3 +107,14 @@ def test_input_is_not_overwritten_unless_named(vgg_path, tmp_path, capsys):
     code, _, _ = run(capsys, "inject", str(source), "-o", str(source))
     assert code == 0 and any(n.op_type == "FlipBits" for n in onnx.load(source).graph.node)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("command", [["inject", "--p", "1e-5"], ["convert", "--format", "float16"]])
+def test_output_over_the_input_model_is_refused(vgg_path, tmp_path, capsys, command):
+    source = tmp_path / "model.onnx"
+    source.write_bytes(vgg_path.read_bytes())
+    before = file_digest(source)
+    code, _, err = run(capsys, command[0], str(source), "-o", str(tmp_path / "." / "model.onnx"), *command[1:])
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and "is the input model" in lines[0], err
+    assert file_digest(source) == before

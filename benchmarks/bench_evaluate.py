@@ -67,7 +67,7 @@ def main() -> None:
 
     if args.loop_only:
         return
-    low, high = (float(v) for v in args.range.split(":"))
+    search = MidpointSearch.from_range(args.range, tolerance=args.tolerance)
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for mode in ("midpoint", "grid"):
@@ -76,13 +76,12 @@ def main() -> None:
             ev = Evaluator(load_model(args.model), images, labels, settings)
             t = time.perf_counter()
             if mode == "grid":
-                grid = list(np.logspace(math.log10(low), math.log10(high), 25))
+                grid = list(np.logspace(math.log10(search.low), math.log10(search.high), 25))
                 data = run_sweep(ev, out, probabilities=grid, progress=False)
             else:
-                data = run_sweep(ev, out, search=MidpointSearch(low=low, high=high, tolerance=args.tolerance),
-                                 progress=False)
+                data = run_sweep(ev, out, search=search, progress=False)
             results[mode] = (data, time.perf_counter() - t)
-    print(f"midpoint, range {low:g}..{high:g}, {args.trials} trials per point:")
+    print(f"midpoint, range {search.low:g}..{search.high:g}, {args.trials} trials per point:")
     for mode, (data, wall) in results.items():
         mid = data["midpoint"]
         span = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid["low"] and mid["high"] else "-"

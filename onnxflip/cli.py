@@ -247,10 +247,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midp
     from onnxflip.sweep import MidpointSearch, parse_probabilities, prepare_output, run_sweep
 
     probabilities = None if midpoint else parse_probabilities(p_spec)
-    search = None
-    if midpoint:
-        bounds = parse_probabilities(p_range.replace(":", ","))
-        search = MidpointSearch(low=bounds[0], high=bounds[-1], tolerance=tolerance)
+    search = MidpointSearch.from_range(p_range, tolerance=tolerance) if midpoint else None
     settings = SweepSettings(format=fmt, targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
                              trials=trials, batch_size=batch_size, seed=seed, samples=samples, provider=provider,
                              selection=_selection(ops, every_intermediate, include, exclude))
@@ -364,8 +361,8 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
               show_default=True)
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def reproduce(models, models_dir, formats, targets, bits, field_formats, trials, samples, p_range, tolerance, no_extras, data, out,
-              resume, overwrite):
+def reproduce(models, models_dir, formats, targets, bits, field_formats, trials, samples, p_range, tolerance, no_extras,
+              data, out, resume, overwrite):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
@@ -374,12 +371,11 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, trials,
     agrees.
     """
     from onnxflip.reproduce import GridSpec, run_grid
-    from onnxflip.sweep import MidpointSearch, parse_probabilities
+    from onnxflip.sweep import MidpointSearch
 
-    bounds = parse_probabilities(p_range.replace(":", ","))
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
-                    trials=trials, samples=samples,
-                    extras=not no_extras, search=MidpointSearch(low=bounds[0], high=bounds[-1], tolerance=tolerance))
+                    trials=trials, samples=samples, extras=not no_extras,
+                    search=MidpointSearch.from_range(p_range, tolerance=tolerance))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
                       overwrite=overwrite)

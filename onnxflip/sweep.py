@@ -63,6 +63,17 @@ class MidpointSearch:
     high: float = 1e-2
     tolerance: float = 0.1
 
+    @classmethod
+    def from_range(cls, text: str, *, tolerance: float = 0.1) -> MidpointSearch:
+        """The search over a ``LOW:HIGH`` bracket as given on the command line (either order), 0 < LOW < HIGH <= 1."""
+        try:
+            low, high = sorted(float(v) for v in text.split(":"))
+        except ValueError:
+            raise OnnxflipError(f"cannot read the bracket {text!r}; use LOW:HIGH, e.g. 1e-9:1e-2") from None
+        if not 0.0 < low < high <= 1.0:
+            raise OnnxflipError(f"the bracket {text!r} needs 0 < LOW < HIGH <= 1")
+        return cls(low=low, high=high, tolerance=tolerance)
+
 
 def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool) -> dict | None:
     """Check the results folder; returns the earlier results when resuming."""

@@ -189,6 +189,10 @@ def test_cli_grid_and_midpoint_write_the_three_files(classifier_path, synthetic_
         (["--p", ","], "empty"),
         (["--samples", "100000"], "only 300"),
         (["--p", "3"], "outside [0, 1]"),
+        (["--midpoint", "--p-range", "0:1e-2"], "needs 0 < LOW < HIGH <= 1"),
+        (["--midpoint", "--p-range", "1e-3"], "use LOW:HIGH"),
+        (["--midpoint", "--p-range", "1e-3:1e-3"], "needs 0 < LOW < HIGH <= 1"),
+        (["--midpoint", "--p-range", "1e-9:2"], "needs 0 < LOW < HIGH <= 1"),
     ],
 )
 def test_cli_bad_sweep_input(classifier_path, synthetic_data, tmp_path, capsys, extra, message):
@@ -215,3 +219,9 @@ def test_cli_refuses_a_model_without_ten_logits(synthetic_data, tmp_path, capsys
     onnx.save(four_logit_model(), path)
     code = main(["evaluate", str(path), "--data", str(synthetic_data), "--out", str(tmp_path / "r")])
     assert code != 0 and "10 logits" in capsys.readouterr().err
+
+
+def test_the_bracket_may_be_given_in_either_order():
+    from onnxflip.sweep import MidpointSearch
+
+    assert MidpointSearch.from_range("1e-2:1e-9", tolerance=0.2) == MidpointSearch(low=1e-9, high=1e-2, tolerance=0.2)

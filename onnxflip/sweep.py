@@ -223,7 +223,6 @@ def run_sweep(
         "clean_accuracy": clean,
         "midpoint": _midpoint(measured, clean),
         "evaluations": len(rows),
-        "wall_seconds": recorder.wall_seconds(),
     }
     data = recorder.write(extra)
     from onnxflip.plots import plot_results

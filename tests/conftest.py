@@ -6,6 +6,7 @@ import hashlib
 import pathlib
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
@@ -67,6 +68,14 @@ def type_name(request) -> str:
 
 
 # --- models -------------------------------------------------------------------------------------
+
+
+def model_from_text(text: str, initializers: list) -> onnx.ModelProto:
+    """A model from ONNX text, its declared initializers filled with the given tensors."""
+    proto = onnx.parser.parse_model(text)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(initializers)
+    return proto
 
 
 def run_model(model, feeds: dict, *, exact: bool = False) -> list[np.ndarray]:
@@ -134,8 +143,6 @@ def images() -> np.ndarray:
     return np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
 
 
-
-
 # --- synthetic CIFAR-like data and a classifier that solves it ---------------------------------
 
 
@@ -185,8 +192,6 @@ def write_pickle_folder(root: pathlib.Path, splits: dict[str, int]) -> pathlib.P
 
 def template_classifier() -> ir.Model:
     """x -> Relu(Gemm(x, templates)) -> Gemm(., I): a two-layer nearest-template classifier of 10 logits."""
-    import onnx
-
     t = class_templates().astype(np.float32).transpose(0, 3, 1, 2).reshape(10, -1) / 255.0
     centred = t - t.mean(axis=0)
     bias = -(centred * t).sum(axis=1) + (centred * t).sum(axis=1).max() + 1.0
@@ -199,30 +204,22 @@ def template_classifier() -> ir.Model:
       logits = Gemm (hidden, I, z)
     }
     """
-    proto = onnx.parser.parse_model(text)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend([
+    return ir.serde.deserialize_model(model_from_text(text, [
         onnx.numpy_helper.from_array(centred.astype(np.float32), "T"),
         onnx.numpy_helper.from_array(bias.astype(np.float32), "b"),
         onnx.numpy_helper.from_array(np.eye(10, dtype=np.float32), "I"),
         onnx.numpy_helper.from_array(np.zeros(10, np.float32), "z"),
-    ])
-    return ir.serde.deserialize_model(proto)
+    ]))
 
 
-def four_logit_model():
+def four_logit_model() -> onnx.ModelProto:
     """A classifier of 4 classes (not CIFAR-10's 10), as an ONNX proto."""
-    import onnx
-
-    proto = onnx.parser.parse_model("""
+    return model_from_text("""
     <ir_version: 10, opset_import: ["" : 21]>
     g (float[N,3,32,32] input) => (float[N,4] y) <float[4,3072] W> {
       f = Flatten (input)
       y = Gemm <transB = 1> (f, W)
-    }""")
-    del proto.graph.initializer[:]
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W"))
-    return proto
+    }""", [onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W")])
 
 
 @pytest.fixture(scope="session")

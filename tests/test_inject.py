@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import run_model
+from conftest import model_from_text, run_model, save_model
 
 from onnxflip import OnnxflipError
 from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
@@ -53,11 +53,7 @@ def _tensor(name: str, *shape: int, positive: bool = False) -> onnx.TensorProto:
 
 
 def from_text(text: str, initializers: list[onnx.TensorProto]) -> ir.Model:
-    """A model from ONNX text, its declared initializers filled with the given tensors."""
-    proto = onnx.parser.parse_model(text)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(initializers)
-    return ir.serde.deserialize_model(proto)
+    return ir.serde.deserialize_model(model_from_text(text, initializers))
 
 
 def conv_model() -> ir.Model:
@@ -313,7 +309,6 @@ def test_a_plain_onnxruntime_session_runs_an_injected_model_with_the_library_pat
     import onnxruntime
 
     import onnxflip
-    from onnxflip.modelio import save_model
 
     path = tmp_path / "noisy.onnx"
     save_model(insert_flipbits(conv_model(), config=InjectionConfig(activations=FaultModel.symmetric(0.5, seed=1))),

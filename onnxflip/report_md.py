@@ -55,6 +55,16 @@ def _find(cells: list[dict], **match) -> dict | None:
     return None
 
 
+def _int8_pairs(grid: list[dict]) -> list[tuple[str, dict, dict, float | None]]:
+    """(model, int8 cell, float32 cell, log10 of their midpoint ratio) for each model with both all-bits cells."""
+    pairs = []
+    for m in dict.fromkeys(c["model"] for c in grid):
+        q, f = _find(grid, model=m, format="int8", bits="all"), _find(grid, model=m, format="float32", bits="all")
+        if q and f:
+            pairs.append((m, q, f, _log_ratio(q["midpoint"], f["midpoint"])))
+    return pairs
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -95,12 +105,7 @@ def findings(report: dict) -> list[tuple[str, str, str]]:
     else:
         out.append(("Deeper networks tolerate less", "not measured", "needs at least three depths"))
 
-    ratios = []
-    for m in models:
-        q, f = _find(grid, model=m, format="int8", bits="all"), _find(grid, model=m, format="float32", bits="all")
-        r = _log_ratio(q and q["midpoint"], f and f["midpoint"])
-        if r is not None:
-            ratios.append((m, r))
+    ratios = [(m, r) for m, _, _, r in _int8_pairs(grid) if r is not None]
     if ratios:
         mean = sum(r for _, r in ratios) / len(ratios)
         verdict = "agrees" if 2.5 <= mean <= 3.5 else ("partly: int8 is more tolerant" if mean > 0 else "disagrees")
@@ -144,13 +149,9 @@ def render_report(report: dict) -> str:
                       _mid(c), _interval(c), str(c["evaluations"])] for c in grid])
 
     lines += ["", "## int8 / float32 midpoint ratio", ""]
-    rows = []
-    for m in dict.fromkeys(c["model"] for c in grid):
-        q, f = _find(grid, model=m, format="int8", bits="all"), _find(grid, model=m, format="float32", bits="all")
-        if q and f:
-            r = _log_ratio(q["midpoint"], f["midpoint"])
-            rows.append([m, _p(q["midpoint"]), _p(f["midpoint"]), f"{10 ** r:.3g} (10^{r:.2f})" if r is not None else "-"])
-    lines += _table(["model", "int8", "float32", "ratio"], rows)
+    lines += _table(["model", "int8", "float32", "ratio"],
+                    [[m, _p(q["midpoint"]), _p(f["midpoint"]), f"{10 ** r:.3g} (10^{r:.2f})" if r is not None else "-"]
+                     for m, q, f, r in _int8_pairs(grid)])
 
     lines += ["", "## Exponent, mantissa and all bits", ""]
     rows = []

@@ -1,0 +1,1 @@
+"""Campaigns: what an experiment is, where its trials go, and what its numbers mean."""

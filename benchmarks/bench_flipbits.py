@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from onnxflip import make_session
-from onnxflip.bits import element_type
-from onnxflip.flip import flipbits_node_model
+from onnxflip.runtime.contract import element_type
+from onnxflip.runtime.flip import flipbits_node_model
 
 
 def best_of(fn, repeats: int) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
     out = np.empty_like(x)
     copy_s = best_of(lambda: np.copyto(out, x), args.repeats)
     model = flipbits_node_model(element_type("float32"), mask=0xFFFFFFFF, stream=0, randomness="fixed", nonfinite="keep")
-    session = make_session(model.SerializeToString(), threads=args.threads)
+    session = make_session(model, threads=args.threads)
 
     print(f"tensor: {args.mib} MiB float32 ({n:,} elements), threads={args.threads or 'default'}")
     print(f"numpy copy: {copy_s * 1e3:.2f} ms")

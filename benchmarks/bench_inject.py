@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxflip import session_options
+from onnxflip import make_session
 from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
 from onnxflip.materialize import materialize_parameters
 from onnxflip.modelio import load_model
@@ -23,10 +23,7 @@ from onnxflip.sites import TARGETS
 
 
 def session(model: ir.Model, threads: int | None) -> ort.InferenceSession:
-    proto = ir.serde.serialize_model(model)
-    proto.ir_version = min(proto.ir_version, 10)
-    return ort.InferenceSession(proto.SerializeToString(), session_options(threads=threads),
-                                providers=["CPUExecutionProvider"])
+    return make_session(model, threads=threads)
 
 
 def throughput(sess: ort.InferenceSession, feeds: dict, batch: int, seconds: float) -> float:

@@ -16,7 +16,7 @@ namespace onnxflip {
 class FlipBitsKernelBase {
  public:
   FlipBitsKernelBase(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-      : format_(format_of(type)) {
+      : format_(find_element_type(type)->format) {  // registered only for the contract's types
     Ort::ConstKernelInfo kernel_info{info};
     node_ = kernel_info.GetNodeName();
     settings_ = read_attributes(kernel_info, format_, node_);
@@ -66,14 +66,10 @@ struct FlipBitsOp : Ort::CustomOpBase<FlipBitsOp<Kernel>, Kernel, /*WithStatus=*
 
   size_t GetInputTypeCount() const { return kInputCount; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    switch (index) {
-      case kX: return type_;
-      case kSeed: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    }
+    return index == kX ? type_ : kInputs[index].type;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == kX ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return kInputs[index].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   // The scalar settings are read on the host, whatever the device of X.
   OrtMemType GetInputMemoryType(size_t index) const {

@@ -42,71 +42,64 @@ bool scalar_input(Ort::KernelContext& context, size_t index, T& out, const char*
   return true;
 }
 
-}  // namespace
+// "'a', 'b' or 'c'": the names an enum attribute takes, for error messages.
+template <typename Enum, size_t N>
+std::string choices(const EnumName<Enum> (&names)[N]) {
+  std::string out;
+  for (size_t i = 0; i < N; ++i) {
+    out += (i == 0 ? "'" : (i + 1 == N ? " or '" : ", '")) + std::string(names[i].name) + "'";
+  }
+  return out;
+}
 
-Format format_of(ONNXTensorElementDataType type) {
-  switch (type) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return {16, 5, 10, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return {16, 8, 7, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return {32, 8, 23, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return {64, 11, 52, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FN: return {8, 4, 3, false};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2: return {8, 5, 2, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8:
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return {8, 0, 0, false};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return {16, 0, 0, false};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return {32, 0, 0, false};
-    default: return {0, 0, 0, false};
+template <typename Enum, size_t N>
+void read_enum(const Ort::ConstKernelInfo& info, const char* name, const EnumName<Enum> (&names)[N], Enum& out,
+               const std::string& node) {
+  std::string text;
+  if (attribute(info, name, text) && !enum_value(names, text, out)) {
+    throw SettingsError{describe(node) + name + " '" + text + "' is not " + choices(names)};
   }
 }
+
+}  // namespace
 
 FlipSettings read_attributes(const Ort::ConstKernelInfo& info, const Format& format, const std::string& node) {
   FlipSettings s;
   float p = 0.0f;
-  if (attribute(info, "p01", p)) s.p01 = p;
-  if (attribute(info, "p10", p)) s.p10 = p;
+  if (attribute(info, kAttrP01, p)) s.p01 = p;
+  if (attribute(info, kAttrP10, p)) s.p10 = p;
   check_probability(s.p01, "attribute p01", node);
   check_probability(s.p10, "attribute p10", node);
-  attribute(info, "seed", s.seed);
-  attribute(info, "stream", s.stream);
+  attribute(info, kAttrSeed, s.seed);
+  attribute(info, kAttrStream, s.stream);
   if (s.stream < 0 || s.stream > std::numeric_limits<uint32_t>::max()) {
     throw SettingsError{describe(node) + "attribute stream must be in [0, 2^32)"};
   }
   const uint64_t all = format.width == 64 ? ~uint64_t{0} : ((uint64_t{1} << format.width) - 1);
   int64_t mask = 0;
-  s.mask = attribute(info, "bitmask", mask) ? static_cast<uint64_t>(mask) : all;
+  s.mask = attribute(info, kAttrBitmask, mask) ? static_cast<uint64_t>(mask) : all;
   if ((s.mask & ~all) != 0) {
     std::ostringstream msg;
     msg << describe(node) << "bitmask 0x" << std::hex << s.mask << " has bits outside the " << std::dec
         << format.width << "-bit element type";
     throw SettingsError{msg.str()};
   }
-  std::string text;
-  if (attribute(info, "randomness", text)) {
-    if (text == "fixed") s.randomness = Randomness::kFixed;
-    else if (text == "per_run") s.randomness = Randomness::kPerRun;
-    else throw SettingsError{describe(node) + "randomness '" + text + "' is not 'fixed' or 'per_run'"};
-  }
-  if (attribute(info, "nonfinite", text)) {
-    if (text == "keep") s.nonfinite = NonFinite::kKeep;
-    else if (text == "zero") s.nonfinite = NonFinite::kZero;
-    else if (text == "nan_to_num") s.nonfinite = NonFinite::kNanToNum;
-    else throw SettingsError{describe(node) + "nonfinite '" + text + "' is not 'keep', 'zero' or 'nan_to_num'"};
-  }
+  read_enum(info, kAttrRandomness, kRandomnessNames, s.randomness, node);
+  read_enum(info, kAttrNonFinite, kNonFiniteNames, s.nonfinite, node);
   return s;
 }
 
 FlipSettings with_inputs(FlipSettings s, Ort::KernelContext& context, const std::string& node) {
   float p = 0.0f;
-  if (scalar_input(context, kP01, p, "p01", node)) {
+  if (scalar_input(context, kP01, p, kInputs[kP01].name, node)) {
     s.p01 = p;
     check_probability(s.p01, "input p01", node);
   }
-  if (scalar_input(context, kP10, p, "p10", node)) {
+  if (scalar_input(context, kP10, p, kInputs[kP10].name, node)) {
     s.p10 = p;
     check_probability(s.p10, "input p10", node);
   }
-  scalar_input(context, kSeed, s.seed, "seed", node);
+  scalar_input(context, kSeed, s.seed, kInputs[kSeed].name, node);
   return s;
 }
 

@@ -9,8 +9,8 @@ import sys
 import click
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.flip import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.formats import FORMATS
+from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
 
 __all__ = ["main"]
@@ -89,8 +89,8 @@ def _selection(ops, every_intermediate, include, exclude) -> Selection:
 
 def _config(fmt, targets, selection, no_fold_batchnorm, p, p01, p10, bits, seed, nonfinite, activation_randomness,
             parameter_randomness):
-    from onnxflip.flip import resolve_probabilities
     from onnxflip.inject import FaultModel, InjectionConfig
+    from onnxflip.runtime.flip import resolve_probabilities
 
     prob01, prob10 = resolve_probabilities(p, p01, p10)
 

@@ -24,11 +24,10 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxflip._library import session_options
 from onnxflip.errors import OnnxflipError
 from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, control_input_name, insert_flipbits
 from onnxflip.materialize import materialize_parameters
-from onnxflip.modelio import MAX_IR_VERSION
+from onnxflip.runtime.session import PROVIDERS, make_session
 from onnxflip.sites import TARGETS, Selection
 from onnxflip.stats import accuracy_interval
 
@@ -37,7 +36,6 @@ __all__ = ["DIRECTIONS", "Evaluator", "SweepSettings", "mix_seed", "probabilitie
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("both", "01", "10")
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 _MASK64 = (1 << 64) - 1
 
 
@@ -129,11 +127,7 @@ class Evaluator:
                 controls[control_input_name(target, "p01")] = np.array(p01, np.float32)
                 controls[control_input_name(target, "p10")] = np.array(p10, np.float32)
                 controls[control_input_name(target, "seed")] = np.array(trial_seed, np.int64)
-        model = materialize_parameters(self.injected, controls)
-        proto = ir.serde.serialize_model(model)
-        proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-        return ort.InferenceSession(proto.SerializeToString(), session_options(),
-                                    providers=PROVIDERS[self.settings.provider])
+        return make_session(materialize_parameters(self.injected, controls), provider=self.settings.provider)
 
     def run_trial(self, p: float, trial: int, on_batch: Callable[[], None] | None = None) -> dict:
         """Accuracy and non-finite fraction of one trial at probability p (and which images were right)."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.runtime.contract import ElementType, element_type
 
 __all__ = ["FORMATS", "StorageFormat", "is_qdq", "require_format_fits", "storage_format"]
 
@@ -30,18 +30,25 @@ _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 @dataclass(frozen=True)
 class StorageFormat:
-    name: str
-    dtype: ir.DataType  # the type FlipBits flips (for int8: of activations and weights)
+    name: str  # also the name of the element type FlipBits flips (for int8: of activations and weights)
     emulated: bool  # computed in float32, cast at each stored value
-    numpy_dtype: np.dtype
+
+    @property
+    def element_type(self) -> ElementType:
+        return element_type(self.name)
+
+    @property
+    def dtype(self) -> ir.DataType:
+        return ir.DataType(self.element_type.onnx_type)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return self.element_type.dtype
 
 
 FORMATS = {
-    "float32": StorageFormat("float32", ir.DataType.FLOAT, False, np.dtype(np.float32)),
-    "float16": StorageFormat("float16", ir.DataType.FLOAT16, True, np.dtype(np.float16)),
-    "bfloat16": StorageFormat("bfloat16", ir.DataType.BFLOAT16, True, np.dtype(ml_dtypes.bfloat16)),
-    "float64": StorageFormat("float64", ir.DataType.DOUBLE, True, np.dtype(np.float64)),
-    "int8": StorageFormat("int8", ir.DataType.INT8, False, np.dtype(np.int8)),
+    name: StorageFormat(name, emulated)
+    for name, emulated in (("float32", False), ("float16", True), ("bfloat16", True), ("float64", True), ("int8", False))
 }
 
 

@@ -26,12 +26,12 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from onnxflip._library import DOMAIN
-from onnxflip.bits import element_type, field_mask, mask_to_attribute
+from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
-from onnxflip.flip import NONFINITE_POLICIES, RANDOMNESS, resolve_probabilities
 from onnxflip.fold import fold_batchnorm
 from onnxflip.formats import StorageFormat, is_qdq, require_format_fits, storage_format
+from onnxflip.runtime.contract import DOMAIN, NONFINITE_POLICIES, RANDOMNESS, element_type
+from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.sites import TARGETS, Selection, Site, find_sites
 
 __all__ = [

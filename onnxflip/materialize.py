@@ -16,9 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxflip._library import DOMAIN
-from onnxflip.bits import element_type
-from onnxflip.flip import flip_bits
+from onnxflip.runtime.contract import DOMAIN, element_type
+from onnxflip.runtime.flip import flip_bits
 
 __all__ = ["materialize_parameters"]
 

@@ -12,11 +12,9 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.runtime.session import runtime_bytes
 
-__all__ = ["MAX_IR_VERSION", "check_output_path", "load_model", "save_model", "write_atomically"]
-
-# The newest IR version the ONNX Runtime releases onnxflip supports all read.
-MAX_IR_VERSION = 10
+__all__ = ["check_output_path", "load_model", "save_model", "write_atomically"]
 
 
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
@@ -56,10 +54,8 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[pathlib.Pat
 
 def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Write a model atomically (temporary file, then rename), at an IR version ONNX Runtime reads."""
-    proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
-    proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     out = check_output_path(path)
-    write_atomically(out, proto.SerializeToString())
+    write_atomically(out, runtime_bytes(model))
 
 
 def _mode_for(out: pathlib.Path) -> int:

@@ -18,7 +18,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.modelio import MAX_IR_VERSION, save_model
+from onnxflip.modelio import save_model
+from onnxflip.runtime.session import runtime_proto
 
 __all__ = ["QUANT_METADATA_KEY", "quantize_model"]
 
@@ -67,7 +68,7 @@ def quantize_model(
     dims = [d.dim_value if d.HasField("dim_value") else None for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
     if len(outputs) != 1 or (dims and dims[-1] not in (None, 10)):
         raise OnnxflipError(f"{model_path} is not a classifier of 10 classes (its output is not 10 logits)")
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    model = runtime_proto(model)
     for i, node in enumerate(model.graph.node):
         if not node.name:  # the quantiser selects nodes by name
             node.name = f"{node.op_type}_{i}"

@@ -11,23 +11,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from onnxflip import make_session, session_options
-from onnxflip.bits import element_type, field_mask
-from onnxflip.flip import flipbits_node_model, run_flipbits_session
+from onnxflip.bits import field_mask
 from onnxflip.modelio import save_model
+from onnxflip.runtime.contract import ELEMENT_TYPES, element_type
+from onnxflip.runtime.flip import flipbits_node_model, run_flipbits_session
+from onnxflip.runtime.session import make_session, session_options
 
-TYPE_NAMES = [
-    "float16",
-    "bfloat16",
-    "float32",
-    "float64",
-    "float8_e4m3fn",
-    "float8_e5m2",
-    "int8",
-    "uint8",
-    "int16",
-    "int32",
-]
+TYPE_NAMES = [t.name for t in ELEMENT_TYPES]  # every element type the library's contract lists
 
 
 def raw(array: np.ndarray) -> np.ndarray:
@@ -56,7 +46,7 @@ class FlipBitsNode:
             etype, mask=field_mask(etype, bits), stream=stream, randomness=randomness, nonfinite=nonfinite
         )
         self.mask = field_mask(etype, bits)
-        self.session = make_session(model.SerializeToString(), threads=threads)
+        self.session = make_session(model, threads=threads)
 
     def __call__(self, x: np.ndarray, *, p01: float = 0.0, p10: float = 0.0, seed: int = 0) -> np.ndarray:
         return run_flipbits_session(self.session, x, p01=p01, p10=p10, seed=seed)
@@ -89,14 +79,7 @@ def run_model(model, feeds: dict, *, exact: bool = False) -> list[np.ndarray]:
     if exact:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.add_session_config_entry("session.disable_prepacking", "1")
-    if isinstance(model, ir.Model):
-        model = ir.serde.serialize_model(model)
-    if hasattr(model, "SerializeToString"):
-        model.ir_version = min(model.ir_version, 10)
-        model = model.SerializeToString()
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return make_session(model, options=options).run(None, feeds)
 
 
 def file_digest(path: pathlib.Path) -> str:

@@ -10,7 +10,7 @@ from conftest import TYPE_NAMES, popcount, random_array, raw
 
 from onnxflip import OnnxflipError, flip_bits
 from onnxflip.bits import element_type, field_mask
-from onnxflip.cuda import cuda_flip_bits_raw, has_cuda_kernels
+from onnxflip.runtime.cuda import cuda_flip_bits_raw, has_cuda_kernels
 
 
 def _gpu_available() -> bool:
@@ -43,10 +43,7 @@ def _to_torch(array: np.ndarray):
     width = array.dtype.itemsize * 8
     signed = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
     bits = torch.from_numpy(raw(array).view(f"i{width // 8}") if width > 8 else raw(array).copy())
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-             "float64": torch.float64, "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16,
-             "int32": torch.int32, "float8_e4m3fn": torch.float8_e4m3fn,
-             "float8_e5m2": torch.float8_e5m2}[element_type(array.dtype).name]
+    dtype = getattr(torch, element_type(array.dtype).name)  # torch names its dtypes as the contract does
     return bits.to(signed).cuda().view(dtype)
 
 
@@ -59,7 +56,7 @@ def _from_torch(tensor, like: np.ndarray) -> np.ndarray:
 
 
 def _cuda(x: np.ndarray, **kwargs) -> np.ndarray:
-    from onnxflip.cuda import flip_bits_torch
+    from onnxflip.runtime.cuda import flip_bits_torch
 
     return _from_torch(flip_bits_torch(_to_torch(x), **kwargs), x)
 

@@ -30,15 +30,18 @@ OrtStatusPtr FlipBitsCudaKernel::ComputeV2(OrtKernelContext* raw_context) {
 }  // namespace onnxflip
 
 // Runs FlipBits on device memory with an explicit stream, for callers without ORT's CUDA provider
-// (torch or CuPy tensors).  Returns 0, a cudaError_t value, or -1 for invalid settings.
+// (torch or CuPy tensors).  onnx_type and nonfinite are codes from onnxflip_contract().  Returns 0, a
+// cudaError_t value, or -1 for invalid settings.
 extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
     const void* x, void* y, int64_t count, int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id,
     uint32_t run, uint64_t mask, int32_t nonfinite, void* cuda_stream) {
   using namespace onnxflip;
-  const Format format = format_of(static_cast<ONNXTensorElementDataType>(onnx_type));
+  const ElementType* element = find_element_type(onnx_type);
+  if (element == nullptr || !is_enum_code(kNonFiniteNames, nonfinite)) return -1;
+  const Format format = element->format;
   const uint64_t all = format.width == 64 ? ~uint64_t{0} : ((uint64_t{1} << format.width) - 1);
-  if (format.width == 0 || !(p01 >= 0.0 && p01 <= 1.0) || !(p10 >= 0.0 && p10 <= 1.0) || (mask & ~all) != 0 ||
-      nonfinite < 0 || nonfinite > 2 || stream_id < 0 || stream_id > 0xFFFFFFFFll) {
+  if (!(p01 >= 0.0 && p01 <= 1.0) || !(p10 >= 0.0 && p10 <= 1.0) || (mask & ~all) != 0 || stream_id < 0 ||
+      stream_id > 0xFFFFFFFFll) {
     return -1;
   }
   FlipSettings settings;

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from onnxflip.data import CLASSES
-from onnxflip.modelio import MAX_IR_VERSION, save_model
+from onnxflip.modelio import save_model
+from onnxflip.runtime.session import runtime_proto
 from onnxflip.zoo.vgg import VGG
 
 __all__ = ["MODEL_METADATA_KEY", "export_onnx", "fold_batchnorm_torch"]
@@ -57,8 +58,7 @@ def export_onnx(model: VGG, path: str | os.PathLike[str], *, info: dict | None =
         optimize=True,
         verbose=False,
     )
-    proto = program.model_proto
-    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    proto = runtime_proto(program.model_proto)
     meta = {
         "input": "RGB images in [0, 1], float32, NCHW (batch, 3, 32, 32); normalisation is in the graph",
         "classes": list(CLASSES),

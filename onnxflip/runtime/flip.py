@@ -10,22 +10,18 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from onnxflip._library import DOMAIN, make_session
-from onnxflip.bits import ElementType, element_type, field_mask, mask_to_attribute
+from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
+from onnxflip.runtime.contract import DOMAIN, NONFINITE_POLICIES, OP_TYPE, OP_VERSION, ElementType, element_type
+from onnxflip.runtime.session import IR_VERSION, make_session
 
 __all__ = [
-    "NONFINITE_POLICIES",
-    "RANDOMNESS",
     "flip_bits",
     "flipbits_node_model",
     "resolve_probabilities",
     "run_flipbits_session",
 ]
 
-NONFINITE_POLICIES = ("keep", "zero", "nan_to_num")
-RANDOMNESS = ("fixed", "per_run")
-IR_VERSION = 10
 ONNX_OPSET = 21
 
 
@@ -43,7 +39,7 @@ def resolve_probabilities(p: float | None, p01: float | None, p10: float | None)
 def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomness: str, nonfinite: str) -> onnx.ModelProto:
     """A one-node model Y = FlipBits(X, p01, p10, seed) for one element type."""
     node = helper.make_node(
-        "FlipBits",
+        OP_TYPE,
         ["X", "p01", "p10", "seed"],
         ["Y"],
         domain=DOMAIN,
@@ -65,7 +61,7 @@ def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomnes
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, OP_VERSION)],
         ir_version=IR_VERSION,
     )
 
@@ -73,7 +69,7 @@ def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomnes
 @functools.lru_cache(maxsize=64)
 def _session(type_name: str, mask: int, stream: int, randomness: str, nonfinite: str, threads: int | None) -> ort.InferenceSession:
     model = flipbits_node_model(element_type(type_name), mask=mask, stream=stream, randomness=randomness, nonfinite=nonfinite)
-    return make_session(model.SerializeToString(), threads=threads)
+    return make_session(model, threads=threads)
 
 
 def flip_bits(

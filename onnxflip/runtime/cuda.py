@@ -11,19 +11,19 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from onnxflip._library import get_library_path
-from onnxflip.bits import element_type, field_mask
+from onnxflip.bits import field_mask
 from onnxflip.errors import OnnxflipError
-from onnxflip.flip import NONFINITE_POLICIES, resolve_probabilities
+from onnxflip.runtime.contract import element_type, enum_code
+from onnxflip.runtime.flip import resolve_probabilities
+from onnxflip.runtime.library import load_library
 
 __all__ = ["cuda_flip_bits_raw", "flip_bits_torch", "has_cuda_kernels"]
 
 
 @functools.cache
 def _entry():
-    library = ctypes.CDLL(get_library_path())
     try:
-        fn = library.onnxflip_cuda_flip_bits
+        fn = load_library().onnxflip_cuda_flip_bits
     except AttributeError:
         return None
     fn.restype = ctypes.c_int
@@ -44,7 +44,7 @@ def cuda_flip_bits_raw(x_ptr: int, y_ptr: int, count: int, onnx_type: int, *, p0
     if fn is None:
         raise OnnxflipError("the FlipBits library was built without CUDA kernels")
     code = fn(x_ptr, y_ptr, count, onnx_type, p01, p10, seed, stream, run, mask,
-              NONFINITE_POLICIES.index(nonfinite), cuda_stream)
+              enum_code("nonfinite", nonfinite), cuda_stream)
     if code == -1:
         raise OnnxflipError("invalid FlipBits settings for the CUDA kernel")
     if code != 0:
@@ -58,12 +58,8 @@ def flip_bits_torch(tensor, *, p: float | None = None, p01: float | None = None,
 
     if not tensor.is_cuda:
         raise OnnxflipError("flip_bits_torch takes a CUDA tensor; use onnxflip.flip_bits for host arrays")
-    names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64",
-             torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32",
-             torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2"}
-    if tensor.dtype not in names:
-        raise OnnxflipError(f"FlipBits does not support {tensor.dtype}")
-    etype = element_type(names[tensor.dtype])
+    # torch names its dtypes as the contract names the element types (torch.float32, torch.float8_e4m3fn, ...).
+    etype = element_type(str(tensor.dtype).removeprefix("torch."))
     prob01, prob10 = resolve_probabilities(p, p01, p10)
     source = tensor.contiguous()
     out = torch.empty_like(source)

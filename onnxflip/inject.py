@@ -11,7 +11,8 @@ The rewrite, for each site (see :mod:`onnxflip.sites`)::
 The probabilities and seed of each target class are graph inputs with
 default values (initializers that are also inputs), named
 ``onnxflip_<target>_p01``, ``onnxflip_<target>_p10`` and
-``onnxflip_<target>_seed``, so one ONNX Runtime session serves any sweep.
+``onnxflip_<target>_seed``, so one ONNX Runtime session serves any sweep;
+they are the only place the nodes take them from (no p01/p10/seed attribute).
 The settings are recorded as JSON under the ``onnxflip.injection`` metadata
 key; a model that carries it is refused (inject the original model again).
 """
@@ -187,10 +188,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
         node = ir.node(
             "FlipBits",
             [source, *controls],
-            {
-                "p01": float(fault.p01),
-                "p10": float(fault.p10),
-                "seed": int(fault.seed),
+            {  # p01, p10 and seed are the control inputs only: an input takes precedence over an attribute
                 "stream": stream,
                 "bitmask": mask_to_attribute(self._mask(site)),
                 "randomness": fault.randomness,

@@ -3,6 +3,9 @@
     FlipBits(W, p01, p10, seed)   (W an initializer, randomness "fixed")
         -> W'   where W' = flip_bits(W, p01, p10, seed, stream, mask)
 
+p01, p10 and seed come from the node's inputs (fed values, else their
+defaults), as the operator reads them; the rewriter writes no such attribute.
+
 The flipped constants are bit for bit what the FlipBits node would produce,
 but ONNX Runtime then sees constant weights again and keeps the optimisations
 that need them (prepacked GEMM, NCHWc convolutions, QDQ fusion into
@@ -16,37 +19,42 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxflip.runtime.contract import DOMAIN, element_type
+from onnxflip.errors import OnnxflipError
+from onnxflip.runtime.contract import ATTRIBUTE_DEFAULTS, DOMAIN, INPUT_NAMES, element_type
 from onnxflip.runtime.flip import flip_bits
 
 __all__ = ["materialize_parameters"]
 
 
-def _control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> float | int | None:
-    if index >= len(node.inputs) or node.inputs[index] is None:
-        return None
-    value = node.inputs[index]
-    if value.name in values:
+def _control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> float | int:
+    """A control input's value: fed in ``values``, else the initializer's default."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is not None and value.name in values:
         return np.asarray(values[value.name]).item()
-    return value.const_value.numpy().item() if value.const_value is not None else None
+    if value is None or value.const_value is None:
+        raise OnnxflipError(f"FlipBits node {node.name!r} has no value for its {INPUT_NAMES[index]} input; "
+                            "inject the model with onnxflip")
+    return value.const_value.numpy().item()
+
+
+def _attribute(node: ir.Node, name: str):
+    """An attribute of the node, or the operator's default for it."""
+    attr = node.attributes.get(name)
+    return attr.value if attr is not None else ATTRIBUTE_DEFAULTS[name]
 
 
 def _flipped(node: ir.Node, values: Mapping[str, np.ndarray]) -> np.ndarray:
     source = node.inputs[0].const_value.numpy()
-    attrs = node.attributes
-    p01 = _control(node, 1, values)
-    p10 = _control(node, 2, values)
-    seed = _control(node, 3, values)
     width = element_type(source.dtype).width
-    mask = attrs["bitmask"].as_int() & ((1 << width) - 1) if "bitmask" in attrs else "all"
+    mask = _attribute(node, "bitmask")
     return flip_bits(
         source,
-        p01=float(np.float32(p01 if p01 is not None else attrs["p01"].as_float())),
-        p10=float(np.float32(p10 if p10 is not None else attrs["p10"].as_float())),
-        seed=int(seed if seed is not None else attrs["seed"].as_int()),
-        stream=attrs["stream"].as_int() if "stream" in attrs else 0,
-        bits=mask,
-        nonfinite=attrs["nonfinite"].as_string() if "nonfinite" in attrs else "keep",
+        p01=float(np.float32(_control(node, 1, values))),
+        p10=float(np.float32(_control(node, 2, values))),
+        seed=int(_control(node, 3, values)),
+        stream=int(_attribute(node, "stream")),
+        bits="all" if mask is None else mask & ((1 << width) - 1),
+        nonfinite=_attribute(node, "nonfinite"),
     )
 
 
@@ -54,8 +62,7 @@ def _is_fixed_parameter_flip(node: ir.Node) -> bool:
     if node.domain != DOMAIN or node.op_type != "FlipBits":
         return False
     source = node.inputs[0]
-    randomness = node.attributes["randomness"].as_string() if "randomness" in node.attributes else "fixed"
-    return randomness == "fixed" and source.is_initializer() and source.const_value is not None
+    return _attribute(node, "randomness") == "fixed" and source.is_initializer() and source.const_value is not None
 
 
 def materialize_parameters(model: ir.Model, values: Mapping[str, np.ndarray] | None = None) -> ir.Model:

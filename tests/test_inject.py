@@ -16,6 +16,7 @@ from onnxflip import OnnxflipError
 from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
 from onnxflip.materialize import materialize_parameters
 from onnxflip.modelio import load_model
+from onnxflip.runtime.session import runtime_proto
 from onnxflip.sites import Selection
 
 RNG = np.random.default_rng(0)
@@ -75,8 +76,7 @@ def flip_targets(model: ir.Model) -> Counter:
 
 
 def check(model: ir.Model) -> onnx.ModelProto:
-    proto = ir.serde.serialize_model(model)
-    proto.ir_version = 10
+    proto = runtime_proto(model)
     onnx.checker.check_model(proto)
     return proto
 
@@ -285,9 +285,7 @@ def test_other_architectures_with_dynamic_batch(net, tmp_path):
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(module, (torch.rand(2, 3, 16, 16),), input_names=["x"], output_names=["y"],
                                 dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
-    proto = program.model_proto
-    proto.ir_version = 10
-    onnx.save(proto, path)
+    onnx.save(runtime_proto(program.model_proto), path)
     model = load_model(path)
     injected = insert_flipbits(model)
     counts = flip_targets(injected)

@@ -24,6 +24,7 @@ g (float[N,4] x) => (float[N,4] y) {
 }
 """
 
+
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err

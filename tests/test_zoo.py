@@ -12,6 +12,7 @@ import torch
 from conftest import four_logit_model, run_model, tiny_vgg
 
 from onnxflip.cli import main
+from onnxflip.runtime.session import IR_VERSION
 from onnxflip.zoo import CONFIGS, build_vgg
 from onnxflip.zoo.train import TrainConfig, train
 
@@ -37,7 +38,7 @@ def test_export_matches_torch_and_has_a_dynamic_batch(vgg_path):
     model = tiny_vgg()
     proto = onnx.load(vgg_path)
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
-    assert proto.ir_version <= 10
+    assert proto.ir_version <= IR_VERSION
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["onnxflip.model"])
     assert meta["classes"][0] == "airplane"
     for batch in (1, 7):

@@ -21,6 +21,7 @@ __all__ = [
     "ATTRIBUTE_DEFAULTS",
     "DOMAIN",
     "ELEMENT_TYPES",
+    "INPUTS",
     "INPUT_NAMES",
     "NONFINITE_POLICIES",
     "OP_TYPE",
@@ -67,7 +68,11 @@ _ENUMS: dict[str, dict[str, int]] = _CONTRACT["enums"]
 RANDOMNESS: tuple[str, ...] = tuple(_ENUMS["randomness"])
 NONFINITE_POLICIES: tuple[str, ...] = tuple(_ENUMS["nonfinite"])
 ATTRIBUTE_DEFAULTS = MappingProxyType({a["name"]: a["default"] for a in _CONTRACT["attributes"]})
-INPUT_NAMES: tuple[str, ...] = tuple(i["name"] for i in _CONTRACT["inputs"])
+# (name, ONNX type code, or None for the element type T of X), in input order.
+INPUTS: tuple[tuple[str, int | None], ...] = tuple(
+    (i["name"], None if i["onnx_type"] == "T" else i["onnx_type"]) for i in _CONTRACT["inputs"]
+)
+INPUT_NAMES: tuple[str, ...] = tuple(name for name, _ in INPUTS)
 
 _BY_NAME = {t.name: t for t in ELEMENT_TYPES}
 _BY_ONNX = {t.onnx_type: t for t in ELEMENT_TYPES}

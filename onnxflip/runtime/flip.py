@@ -8,11 +8,20 @@ import math
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import helper
 
 from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
-from onnxflip.runtime.contract import DOMAIN, NONFINITE_POLICIES, OP_TYPE, OP_VERSION, ElementType, element_type
+from onnxflip.runtime.contract import (
+    DOMAIN,
+    INPUT_NAMES,
+    INPUTS,
+    NONFINITE_POLICIES,
+    OP_TYPE,
+    OP_VERSION,
+    ElementType,
+    element_type,
+)
 from onnxflip.runtime.session import IR_VERSION, make_session
 
 __all__ = [
@@ -40,7 +49,7 @@ def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomnes
     """A one-node model Y = FlipBits(X, p01, p10, seed) for one element type."""
     node = helper.make_node(
         OP_TYPE,
-        ["X", "p01", "p10", "seed"],
+        list(INPUT_NAMES),
         ["Y"],
         domain=DOMAIN,
         bitmask=mask_to_attribute(mask),
@@ -52,10 +61,9 @@ def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomnes
         [node],
         "flip_bits",
         [
-            helper.make_tensor_value_info("X", etype.onnx_type, None),
-            helper.make_tensor_value_info("p01", TensorProto.FLOAT, []),
-            helper.make_tensor_value_info("p10", TensorProto.FLOAT, []),
-            helper.make_tensor_value_info("seed", TensorProto.INT64, []),
+            helper.make_tensor_value_info(name, etype.onnx_type, None) if code is None
+            else helper.make_tensor_value_info(name, code, [])
+            for name, code in INPUTS
         ],
         [helper.make_tensor_value_info("Y", etype.onnx_type, None)],
     )
@@ -106,10 +114,11 @@ def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p0
     source = np.ascontiguousarray(array)
     out = np.empty_like(source)
     binding = session.io_binding()
-    binding.bind_ortvalue_input("X", _wrap(source, etype))
-    binding.bind_cpu_input("p01", np.array(p01, dtype=np.float32))
-    binding.bind_cpu_input("p10", np.array(p10, dtype=np.float32))
-    binding.bind_cpu_input("seed", np.array(seed, dtype=np.int64))
+    x_name, p01_name, p10_name, seed_name = INPUT_NAMES
+    binding.bind_ortvalue_input(x_name, _wrap(source, etype))
+    binding.bind_cpu_input(p01_name, np.array(p01, dtype=np.float32))
+    binding.bind_cpu_input(p10_name, np.array(p10, dtype=np.float32))
+    binding.bind_cpu_input(seed_name, np.array(seed, dtype=np.int64))
     binding.bind_ortvalue_output("Y", _wrap(out, etype))
     session.run_with_iobinding(binding)
     return out

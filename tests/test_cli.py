@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import onnx
@@ -116,3 +117,21 @@ def test_output_over_the_input_model_is_refused(vgg_path, tmp_path, capsys, comm
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and "is the input model" in lines[0], err
     assert file_digest(source) == before
+
+
+@pytest.mark.parametrize("command", ["inject", "compare"])
+def test_an_output_folder_that_is_a_file_is_named_as_a_file(vgg_path, tmp_path, capsys, command):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    if command == "inject":
+        args = ["inject", str(vgg_path), "-o", str(afile / "x.onnx")]
+    else:
+        results = tmp_path / "results"
+        results.mkdir()
+        (results / "results.json").write_text(json.dumps({"settings": {}, "rows": []}))
+        args = ["compare", str(results), "-o", str(afile / "c.png")]
+    code, _, err = run(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and f"{afile} is a file" in lines[0], err
+    assert "does not exist" not in err
+    assert afile.read_text() == "not a folder"

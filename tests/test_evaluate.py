@@ -225,3 +225,10 @@ def test_the_bracket_may_be_given_in_either_order():
     from onnxflip.sweep import MidpointSearch
 
     assert MidpointSearch.from_range("1e-2:1e-9", tolerance=0.2) == MidpointSearch(low=1e-9, high=1e-2, tolerance=0.2)
+
+
+@pytest.mark.parametrize("spec", ["0:1e-2:5", "1e-6:0:3", "-1e-3:1e-2:3"])
+def test_a_log_spaced_grid_from_zero_says_why(spec):
+    with pytest.raises(OnnxflipError, match=r"log-spaced.*above 0.*comma list") as info:
+        parse_probabilities(spec)
+    assert "\n" not in str(info.value)

@@ -84,7 +84,7 @@ def test_broken_pickle(tmp_path):
 
 
 def test_download_goes_through_torchvision_into_the_data_folder(tmp_path, monkeypatch):
-    import torchvision
+    torchvision = pytest.importorskip("torchvision", reason="needs the zoo extra: pip install 'onnxflip[zoo]'")
 
     from onnxflip.data import download
 

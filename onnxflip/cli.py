@@ -75,8 +75,7 @@ class OptionGroup:
     """
 
     def __init__(self, name: str, parts: Sequence[Callable], build: Callable[..., object]) -> None:
-        self.name = name
-        self.param_name = name
+        self.param_name = name  # as for an option: the name the command receives
         self.parts = tuple(parts)
         self.build = build
 
@@ -87,7 +86,7 @@ class OptionGroup:
         def with_object(*args, **kwargs):
             values = {name: kwargs.pop(name) for name in names}
             try:
-                kwargs[self.name] = self.build(**values)
+                kwargs[self.param_name] = self.build(**values)
             except OnnxflipError as exc:
                 raise click.UsageError(str(exc)) from None
             return command(*args, **kwargs)
@@ -98,7 +97,11 @@ class OptionGroup:
 
 
 def _checked_by(parse: Callable[[str], object]) -> Callable:
-    """A callback that rejects a value ``parse`` cannot read as a usage error, and passes the text on."""
+    """A callback that rejects a value ``parse`` cannot read as a usage error, and passes the text on.
+
+    For options whose command still parses the text itself (evaluate, reproduce): a bad value stops the
+    command at parse time, exit status 2, before any model or data is read.
+    """
 
     def callback(ctx, param, value):
         if value is not None:
@@ -112,6 +115,8 @@ def _checked_by(parse: Callable[[str], object]) -> Callable:
 
 
 def _apply(options):
+    """Apply a list of option decorators, first on top."""
+
     def decorator(fn):
         for option in reversed(options):
             fn = option(fn)

@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("onnxflip: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # `onnxflip` or `onnxflip zoo` alone: the help, a usage error
+        click.echo(exc.format_message(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         message = " ".join(line.strip() for line in exc.format_message().splitlines())  # click's lists, one line
         click.echo(f"onnxflip: error: {message}", err=True)

@@ -36,6 +36,12 @@ def test_every_option_of_every_command_has_help_text():
         "inject", "inspect", "convert", "evaluate", "compare", "quantize", "reproduce", "zoo train"}
 
 
+@pytest.mark.parametrize("group", [[], ["zoo"]])
+def test_a_group_alone_prints_its_help_as_a_usage_error(capsys, group):
+    code, out, err = run(capsys, *group)
+    assert code == 2 and out == "" and err.startswith("Usage: ") and "Commands:" in err and "error" not in err
+
+
 def test_version_is_the_installed_distribution_version(capsys):
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.strip() == f"onnxflip {importlib.metadata.version('onnxflip')}"

@@ -199,6 +199,11 @@ def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_ran
     return {target: fault(target) for target in TARGETS}
 
 
+def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:
+    """For inspect: the target classes and their bits; no probabilities."""
+    return {target: FaultModel(bits=bits) if target in targets else None for target in TARGETS}
+
+
 def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> InjectionConfig:
     return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm, **faults)
 
@@ -206,10 +211,7 @@ def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> Injection
 # Option groups: each command takes the object, never the options.
 SELECTION = OptionGroup("selection", SELECTION_OPTIONS, _selection)
 FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS], _fault_models)
-SITE_FAULTS = OptionGroup(  # inspect: which classes and bits, no probabilities
-    "faults", [TARGETS_OPTION, BITS_OPTION],
-    lambda *, targets, bits: {t: FaultModel(bits=bits) if t in targets else None for t in TARGETS},
-)
+SITE_FAULTS = OptionGroup("faults", [TARGETS_OPTION, BITS_OPTION], _site_fault_models)
 INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION], _injection_config)
 SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
 

@@ -41,6 +41,9 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[pathlib.Pat
     out = pathlib.Path(path)
     folder = out.parent if str(out.parent) else pathlib.Path(".")
     if not folder.is_dir():
+        blocker = next((a for a in (folder, *folder.parents) if a.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise OnnxflipError(f"output folder {folder}: {blocker} is a file, not a folder")
         raise OnnxflipError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise OnnxflipError(f"output folder {folder} is not writable")

@@ -86,8 +86,17 @@ def file_digest(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def needs_zoo_extra() -> None:
+    """Skip the calling test (or module) where the zoo extra, torch and its ONNX exporter, is not installed."""
+    from onnxflip.zoo import EXTRA_MODULES
+
+    for module in EXTRA_MODULES:
+        pytest.importorskip(module, reason="needs the zoo extra: pip install 'onnxflip[zoo]'")
+
+
 def tiny_vgg(seed: int = 0):
     """A randomly initialised VGG-11 at width 1/8 with non-trivial BatchNorm statistics."""
+    needs_zoo_extra()
     import torch
 
     from onnxflip.zoo import build_vgg
@@ -104,6 +113,7 @@ def tiny_vgg(seed: int = 0):
 
 @pytest.fixture(scope="session")
 def vgg_path(tmp_path_factory) -> pathlib.Path:
+    needs_zoo_extra()
     from onnxflip.zoo.export import export_onnx
 
     path = tmp_path_factory.mktemp("models") / "vgg.onnx"

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import model_from_text, run_model, save_model
+from conftest import model_from_text, needs_zoo_extra, run_model, save_model
 
 from onnxflip import OnnxflipError
 from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
@@ -193,12 +193,11 @@ def test_int8_needs_a_qdq_model():
 
 
 def test_vgg_default_sites_match_inspect_and_p0_is_bit_identical(vgg_path, images):
-    from onnxflip.report import describe_sites
+    from onnxflip.report.sites_table import describe_sites
 
     model = load_model(vgg_path)
     injected = insert_flipbits(model)
-    rows = describe_sites(vgg_path, fmt="float32", targets=("activations", "weights", "biases"), bits="all",
-                          selection=Selection())
+    rows = describe_sites(vgg_path, config=InjectionConfig())
     assert Counter(r["target"] for r in rows) == flip_targets(injected) == Counter(
         {"weights": 10, "biases": 10, "activations": 15})
     feeds = {"input": images}
@@ -273,6 +272,7 @@ class _TinyMobileNet:
 
 @pytest.mark.parametrize("net", [_TinyResNet, _TinyMobileNet], ids=["resnet", "mobilenet"])
 def test_other_architectures_with_dynamic_batch(net, tmp_path):
+    needs_zoo_extra()
     import torch
 
     torch.manual_seed(0)

@@ -8,13 +8,15 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-import torch
-from conftest import four_logit_model, run_model, tiny_vgg
+from conftest import four_logit_model, needs_zoo_extra, run_model, tiny_vgg
 
-from onnxflip.cli import main
-from onnxflip.runtime.session import IR_VERSION
-from onnxflip.zoo import CONFIGS, build_vgg
-from onnxflip.zoo.train import TrainConfig, train
+needs_zoo_extra()
+import torch  # noqa: E402 - after the skip where the zoo extra is missing
+
+from onnxflip.cli import main  # noqa: E402
+from onnxflip.runtime.session import IR_VERSION  # noqa: E402
+from onnxflip.zoo import CONFIGS, build_vgg  # noqa: E402
+from onnxflip.zoo.train import TrainConfig, train  # noqa: E402
 
 
 @pytest.mark.parametrize(("name", "convs"), [("vgg11", 8), ("vgg13", 10), ("vgg16", 13), ("vgg19", 16)])

@@ -10,8 +10,8 @@ import click
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.flip import NONFINITE_POLICIES, RANDOMNESS
-from onnxflip.formats import FORMATS
-from onnxflip.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
+from onnxflip.graph.formats import FORMATS
+from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
 
 __all__ = ["main"]
 
@@ -90,7 +90,7 @@ def _selection(ops, every_intermediate, include, exclude) -> Selection:
 def _config(fmt, targets, selection, no_fold_batchnorm, p, p01, p10, bits, seed, nonfinite, activation_randomness,
             parameter_randomness):
     from onnxflip.flip import resolve_probabilities
-    from onnxflip.inject import FaultModel, InjectionConfig
+    from onnxflip.graph.config import FaultModel, InjectionConfig
 
     prob01, prob10 = resolve_probabilities(p, p01, p10)
 
@@ -135,7 +135,7 @@ def inject(model, output, fmt, targets, p, p01, p10, bits, seed, nonfinite, acti
     run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
-    from onnxflip.inject import insert_flipbits
+    from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
@@ -177,7 +177,7 @@ def convert(model, output, fmt):
 
     This is what inject computes at p = 0: the clean baseline of a format.
     """
-    from onnxflip.inject import convert_format
+    from onnxflip.graph.inject import convert_format
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))

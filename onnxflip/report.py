@@ -6,9 +6,11 @@ import json
 import os
 from collections import defaultdict
 
-from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, InsertFlipBitsPass, plan_sites
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.inject import plan_sites
+from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
+from onnxflip.graph.sites import Selection
 from onnxflip.modelio import load_model
-from onnxflip.sites import Selection
 
 __all__ = ["describe_sites", "format_site_table"]
 
@@ -26,14 +28,9 @@ def describe_sites(
     model = load_model(path)
     if METADATA_KEY in model.metadata_props:
         return json.loads(model.metadata_props[METADATA_KEY])["sites"]
-    fault = FaultModel(bits=bits)
-    config = InjectionConfig(
-        format=fmt,
-        **{t: (fault if t in targets else None) for t in ("activations", "weights", "biases")},
-        selection=selection,
-        fold_batchnorm=not no_fold_batchnorm,
-    )
-    _, sites = plan_sites(model, config)
+    config = InjectionConfig.build(format=fmt, targets=targets, bits=bits, selection=selection,
+                                   fold_batchnorm=not no_fold_batchnorm, activation_randomness="fixed")
+    _, _, sites = plan_sites(model, config)
     describe = InsertFlipBitsPass(config, sites).describe
     return [describe(site) for site in sites]
 

@@ -13,10 +13,11 @@ import pytest
 from conftest import model_from_text, run_model, save_model
 
 from onnxflip import OnnxflipError
-from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
-from onnxflip.materialize import materialize_parameters
+from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.inject import convert_format, insert_flipbits
+from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.sites import Selection
 from onnxflip.modelio import load_model
-from onnxflip.sites import Selection
 
 RNG = np.random.default_rng(0)
 

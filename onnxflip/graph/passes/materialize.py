@@ -1,0 +1,135 @@
+"""Turn FlipBits on fixed parameters into constants, and drop FlipBits that cannot flip, for one trial.
+
+    FlipBits(W, p01, p10, seed)   (W an initializer, randomness "fixed")
+        -> W'   where W' = flip_bits(W, p01, p10, seed, stream, mask)
+    FlipBits(x, 0, 0, seed)       (any x)
+        -> x
+
+The flipped constants are bit for bit what the FlipBits node would produce,
+but ONNX Runtime then sees constant weights again and keeps the optimisations
+that need them (prepacked GEMM, NCHWc convolutions, QDQ fusion into
+QLinearConv).  Costs one flip of every parameter per trial instead of per run.
+
+A FlipBits whose probabilities are both 0 is the identity and is removed:
+in an int8 QDQ graph, a FlipBits between QuantizeLinear and
+DequantizeLinear keeps ONNX Runtime from converting the pair to uint8 and
+fusing it into QLinearConv, so the graph would compute in float (dequantise,
+float Conv, requantise), which rounds differently from the integer kernel
+the clean model runs.  Removing the identity flips makes p = 0 compute
+exactly what the clean model computes.  A parameter that is a graph input
+(overridable) is never frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxflip._library import DOMAIN
+from onnxflip.bits import element_type
+from onnxflip.flip import flip_bits
+from onnxflip.graph.sites import all_nodes
+
+__all__ = ["MaterializeParametersPass", "materialize_parameters"]
+
+
+def _control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> float | int | None:
+    if index >= len(node.inputs) or node.inputs[index] is None:
+        return None
+    value = node.inputs[index]
+    if value.name in values:
+        return np.asarray(values[value.name]).item()
+    return value.const_value.numpy().item() if value.const_value is not None else None
+
+
+def _attribute(node: ir.Node, name: str, default):
+    if name not in node.attributes:
+        return default
+    attr = node.attributes[name]
+    return attr.value
+
+
+def _probabilities(node: ir.Node, values: Mapping[str, np.ndarray]) -> tuple[float, float] | None:
+    """(p01, p10) as the node would read them, or None when one comes from a graph input without a default."""
+    result = []
+    for index, name in ((1, "p01"), (2, "p10")):
+        given = _control(node, index, values)
+        if given is None and index < len(node.inputs) and node.inputs[index] is not None:
+            return None
+        result.append(float(np.float32(given if given is not None else _attribute(node, name, 0.0))))
+    return result[0], result[1]
+
+
+def _flipped(node: ir.Node, p01: float, p10: float, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    source = node.inputs[0].const_value.numpy()
+    seed = _control(node, 3, values)
+    width = element_type(source.dtype).width
+    mask = _attribute(node, "bitmask", None)
+    return flip_bits(
+        source,
+        p01=p01,
+        p10=p10,
+        seed=int(seed if seed is not None else _attribute(node, "seed", 0)),
+        stream=_attribute(node, "stream", 0),
+        bits=mask & ((1 << width) - 1) if mask is not None else "all",
+        nonfinite=_attribute(node, "nonfinite", "keep"),
+    )
+
+
+def _is_fixed_parameter(node: ir.Node) -> bool:
+    source = node.inputs[0]
+    return (
+        _attribute(node, "randomness", "fixed") == "fixed"
+        and source.is_initializer()
+        and not source.is_graph_input()
+        and source.const_value is not None
+    )
+
+
+class MaterializeParametersPass(ir.passes.InPlacePass):
+    """Replace fixed parameter flips by constants and remove FlipBits with p01 = p10 = 0 (see the module docstring).
+
+    ``values`` gives control inputs (``onnxflip_weights_seed`` ...) as they
+    would be fed to a session; missing ones take the model's defaults.
+    """
+
+    def __init__(self, values: Mapping[str, np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.values = dict(values or {})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in list(all_nodes(model.graph)):
+            if node.domain == DOMAIN and node.op_type == "FlipBits":
+                modified |= self._try_replace(node)
+        if modified:
+            for name, value in list(model.graph.initializers.items()):
+                if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                    model.graph.initializers.pop(name)
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _try_replace(self, node: ir.Node) -> bool:
+        probabilities = _probabilities(node, self.values)
+        out = node.outputs[0]
+        if probabilities is None or out.is_graph_output():
+            return False
+        if probabilities == (0.0, 0.0):
+            replacement = node.inputs[0]
+        elif _is_fixed_parameter(node):
+            name = f"{out.name}_trial"
+            replacement = ir.Value(name=name, shape=out.shape, type=out.type,
+                                   const_value=ir.tensor(_flipped(node, *probabilities, self.values), dtype=out.dtype,
+                                                         name=name))
+            node.inputs[0].graph.register_initializer(replacement)
+        else:
+            return False
+        out.replace_all_uses_with(replacement)
+        node.graph.remove(node, safe=True)
+        return True
+
+
+def materialize_parameters(model: ir.Model, values: Mapping[str, np.ndarray] | None = None) -> ir.Model:
+    """A copy of an injected model whose fixed parameter flips are constants; ``model`` is not changed."""
+    return MaterializeParametersPass(values)(model.clone()).model

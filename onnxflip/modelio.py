@@ -1,8 +1,8 @@
 """Reading and writing ONNX models: clear errors on bad files, atomic writes, external data kept external.
 
 A model whose tensors live in an external data file is loaded without
-reading that file into memory (onnx_ir maps it when a tensor is used), and
-is written with its tensors in a data file next to the output, named after
+reading that file into memory (onnx_ir maps it when a tensor is used); it and every model derived from it
+(inject, convert, quantize) is written with its tensors in a data file next to the output, named after
 it (``out.onnx`` -> ``out.onnx.data``).  A model whose tensors together
 exceed ``EXTERNAL_DATA_BYTES`` is written the same way, so models beyond
 protobuf's 2 GB limit load and save.
@@ -28,6 +28,7 @@ __all__ = [
     "MAX_IR_VERSION",
     "check_output_path",
     "external_data_path",
+    "has_external_data",
     "load_model",
     "save_model",
     "write_atomically",
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 MAX_IR_VERSION = 10
 # Above this many bytes of tensors, a model is written with external data (protobuf refuses 2 GB).
 EXTERNAL_DATA_BYTES = 1 << 30
+_EXTERNAL_KEY = "onnxflip.external_data"
+# In a model written with external data, tensors of more bytes than this go to the data file.
+EXTERNAL_TENSOR_BYTES = 64
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -50,20 +54,24 @@ def _tensors(graph: onnx.GraphProto):
                 yield from _tensors(sub)
 
 
-def _check_external_files(proto: onnx.ModelProto, path: pathlib.Path) -> None:
+def _check_external_files(proto: onnx.ModelProto, path: pathlib.Path) -> bool:
+    """Whether the model keeps tensors in external data files; refuses one whose file is missing."""
+    external = False
     for tensor in _tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
+        external = True
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         if not (path.parent / location).is_file():
             raise OnnxflipError(f"{path} keeps tensor {tensor.name} in external data file {location}, "
                                 f"which does not exist next to it")
+    return external
 
 
-def _check_proto(proto: onnx.ModelProto, path: pathlib.Path) -> None:
+def _check_proto(proto: onnx.ModelProto, path: pathlib.Path, *, external: bool) -> None:
     """Warn about a model onnx.checker rejects (ONNX Runtime may still run it)."""
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if external else proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         logger.warning("%s does not pass onnx.checker: %s", path, first)
@@ -84,8 +92,8 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         raise OnnxflipError(f"{path} is not an ONNX model (no graph; the file may be truncated)")
     if len(proto.graph.node) == 0:
         raise OnnxflipError(f"{path} has an empty graph (no nodes): there is nothing to run")
-    _check_external_files(proto, path)
-    _check_proto(proto, path)
+    external = _check_external_files(proto, path)
+    _check_proto(proto, path, external=external)
     serde_logger = logging.getLogger("onnx_ir.serde")
     level = serde_logger.level
     serde_logger.setLevel(logging.ERROR)  # an undefined input is reported below, in one line
@@ -98,6 +106,8 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         serde_logger.setLevel(level)
     ir.external_data.set_base_dir(model.graph, path.parent)
     check_graph(model)
+    if external:
+        model.graph.meta[_EXTERNAL_KEY] = True  # kept by clones and passes: the output is written external too
     return model
 
 
@@ -122,7 +132,14 @@ def external_data_path(out: pathlib.Path) -> pathlib.Path:
     return out.with_name(f"{out.name}.data")
 
 
+def has_external_data(model: ir.Model) -> bool:
+    """Whether the model was loaded from a file with external data (or derives from one)."""
+    return bool(model.graph.meta.get(_EXTERNAL_KEY))
+
+
 def _needs_external_data(model: ir.Model) -> bool:
+    if has_external_data(model):
+        return True
     total = 0
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
@@ -133,17 +150,20 @@ def _needs_external_data(model: ir.Model) -> bool:
     return total > EXTERNAL_DATA_BYTES
 
 
-def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+def save_model(
+    model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None
+) -> None:
     """Write a model atomically (temporary file, then rename), at an IR version ONNX Runtime reads.
 
-    External data stays external: a model with external tensors, or larger
-    than ``EXTERNAL_DATA_BYTES``, is written with its tensors in
+    External data stays external: a model loaded with external tensors (see
+    :func:`has_external_data`), or larger than ``EXTERNAL_DATA_BYTES``, or
+    any model when ``external_data`` is True, is written with its tensors in
     :func:`external_data_path`.  ``model`` is not changed.
     """
     out = check_output_path(path)
     if isinstance(model, onnx.ModelProto):
         model = ir.serde.deserialize_model(model)
-    if not _needs_external_data(model):
+    if not (external_data if external_data is not None else _needs_external_data(model)):
         proto = ir.serde.serialize_model(model)
         proto.ir_version = min(proto.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
         write_atomically(out, proto.SerializeToString())
@@ -152,7 +172,7 @@ def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) 
     model.ir_version = min(ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        ir.save(model, tmp, external_data=external_data_path(out).name)
+        ir.save(model, tmp, external_data=external_data_path(out).name, size_threshold_bytes=EXTERNAL_TENSOR_BYTES)
         os.chmod(tmp, _mode_for(out))
         os.replace(tmp, out)
     except OSError as exc:

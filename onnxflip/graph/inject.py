@@ -50,7 +50,9 @@ def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
         raise OnnxflipError("the model is already injected; inject the original model instead")
     check_graph(model)
     passes = [FoldBatchNormPass()] if config.fold_batchnorm else []
-    return _run([*passes, ShapeInferencePass()], model.clone())
+    prepared = _run([*passes, ShapeInferencePass()], model.clone())
+    prepared.graph.meta.update(model.graph.meta)  # e.g. that the model came with external data
+    return prepared
 
 
 def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, StorageFormat, list[Site]]:

@@ -16,7 +16,7 @@ from onnxflip import OnnxflipError
 from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
 from onnxflip.graph.inject import convert_format, insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters
-from onnxflip.graph.sites import Selection
+from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.modelio import load_model
 
 RNG = np.random.default_rng(0)
@@ -169,6 +169,21 @@ def test_materialized_parameters_equal_in_graph_flips():
     assert not np.array_equal(in_graph, run_model(model, feeds, exact=True)[0])
 
 
+@pytest.mark.parametrize("given", [False, True])
+def test_materialising_drops_flips_at_p0_only_when_the_trial_fixes_their_probabilities(given):
+    """Activations' p01/p10 left to be fed at run time keep their FlipBits; given as 0 for the trial, they go."""
+    model = conv_model()
+    feeds = {"x": RNG.random((2, 3, 8, 8), dtype=np.float32)}
+    injected = insert_flipbits(model, config=InjectionConfig(weights=None, biases=None))
+    zero = {control_input_name("activations", w): np.array(0.0, np.float32) for w in ("p01", "p10")}
+    fixed = materialize_parameters(injected, zero if given else None)
+    assert flip_targets(fixed)["activations"] == (1 if given else 3)  # the logits, a graph output, stay
+    clean = run_model(injected, feeds, exact=True)[0]
+    noisy = {control_input_name("activations", w): np.array(0.3, np.float32) for w in ("p01", "p10")}
+    assert not np.array_equal(run_model(fixed, {**feeds, **noisy}, exact=True)[0], clean)
+    np.testing.assert_array_equal(run_model(fixed, feeds, exact=True)[0], clean)
+
+
 def test_selection_by_op_type_pattern_and_every_intermediate():
     model = conv_model()
     only_pool = insert_flipbits(model, config=InjectionConfig(weights=None, biases=None,
@@ -234,7 +249,12 @@ def test_int8_qdq_sites_and_p0_is_bit_identical(qdq_path, images):
     assert flip_targets(injected) == Counter({"weights": 10, "biases": 10, "activations": 15})
     feeds = {"input": images}
     np.testing.assert_array_equal(run_model(injected, feeds, exact=True)[0], run_model(model, feeds, exact=True)[0])
-    np.testing.assert_array_equal(run_model(materialize_parameters(injected), feeds)[0], run_model(model, feeds)[0])
+    # A trial at p = 0, as the evaluator builds it: every target's probabilities given.  At full optimisation
+    # the clean graph's QuantizeLinear -> DequantizeLinear pairs fuse into QLinearConv; a FlipBits between them
+    # would keep them apart (dequantise, float Conv, requantise rounds differently), so materialising removes it.
+    trial = {control_input_name(t, w): np.array(0.0, np.float32) for t in TARGETS for w in ("p01", "p10")}
+    np.testing.assert_array_equal(run_model(materialize_parameters(injected, trial), feeds)[0],
+                                  run_model(model, feeds)[0])
     with pytest.raises(OnnxflipError, match="quantised"):
         insert_flipbits(model, config=InjectionConfig(format="float32"))
 

@@ -2,7 +2,7 @@
 
     FlipBits(W, p01, p10, seed)   (W an initializer, randomness "fixed")
         -> W'   where W' = flip_bits(W, p01, p10, seed, stream, mask)
-    FlipBits(x, 0, 0, seed)       (any x)
+    FlipBits(x, 0, 0, seed)       (any x, its p01 and p10 given for the trial)
         -> x
 
 The flipped constants are bit for bit what the FlipBits node would produce,
@@ -10,7 +10,9 @@ but ONNX Runtime then sees constant weights again and keeps the optimisations
 that need them (prepacked GEMM, NCHWc convolutions, QDQ fusion into
 QLinearConv).  Costs one flip of every parameter per trial instead of per run.
 
-A FlipBits whose probabilities are both 0 is the identity and is removed:
+A FlipBits whose probabilities are both 0 is the identity and is removed
+when they are fixed for the trial (given in ``values``, or constants; a
+default that a run may still override by feeding the input is not fixed):
 in an int8 QDQ graph, a FlipBits between QuantizeLinear and
 DequantizeLinear keeps ONNX Runtime from converting the pair to uint8 and
 fusing it into QLinearConv, so the graph would compute in float (dequantise,
@@ -92,7 +94,9 @@ class MaterializeParametersPass(ir.passes.InPlacePass):
     """Replace fixed parameter flips by constants and remove FlipBits with p01 = p10 = 0 (see the module docstring).
 
     ``values`` gives control inputs (``onnxflip_weights_seed`` ...) as they
-    would be fed to a session; missing ones take the model's defaults.
+    would be fed to a session; for fixed parameters, missing ones take the
+    model's defaults.  Give the activations' p01 and p10 too when the trial
+    runs at fixed probabilities, so that FlipBits at p = 0 are removed.
     """
 
     def __init__(self, values: Mapping[str, np.ndarray] | None = None) -> None:
@@ -115,19 +119,25 @@ class MaterializeParametersPass(ir.passes.InPlacePass):
         out = node.outputs[0]
         if probabilities is None or out.is_graph_output():
             return False
-        if probabilities == (0.0, 0.0):
-            replacement = node.inputs[0]
-        elif _is_fixed_parameter(node):
+        source = node.inputs[0]
+        if _is_fixed_parameter(node) and probabilities != (0.0, 0.0):
             name = f"{out.name}_trial"
+            flipped = _flipped(node, *probabilities, self.values)
             replacement = ir.Value(name=name, shape=out.shape, type=out.type,
-                                   const_value=ir.tensor(_flipped(node, *probabilities, self.values), dtype=out.dtype,
-                                                         name=name))
-            node.inputs[0].graph.register_initializer(replacement)
+                                   const_value=ir.tensor(flipped, dtype=out.dtype, name=name))
+            source.graph.register_initializer(replacement)
+        elif probabilities == (0.0, 0.0) and (_is_fixed_parameter(node) or self._given(node)):
+            replacement = source
         else:
             return False
         out.replace_all_uses_with(replacement)
         node.graph.remove(node, safe=True)
         return True
+
+    def _given(self, node: ir.Node) -> bool:
+        """Whether p01 and p10 are fixed for this trial: given in ``values``, or not inputs a run could feed."""
+        controls = [v for v in node.inputs[1:3] if v is not None]
+        return all(v.name in self.values or not v.is_graph_input() for v in controls)
 
 
 def materialize_parameters(model: ir.Model, values: Mapping[str, np.ndarray] | None = None) -> ir.Model:

@@ -464,6 +464,25 @@ def test_a_float16_model_refuses_another_format(fmt, tmp_path, capsys):
                                f"or inject a float32 copy of the model to study {fmt}")
 
 
+def test_bfloat16_on_an_opset_without_bfloat16_cast_is_refused(tmp_path, capsys):
+    _, path = _built("opset11_bn", tmp_path)
+    code, _, err = run(capsys, "inject", path, "-o", tmp_path / "out.onnx", "--format", "bfloat16")
+    assert code == 1
+    assert err.strip() == ("onnxflip: error: format bfloat16 needs ONNX opset 13 or newer (Cast to bfloat16); "
+                           "the model uses opset 11")
+
+
+@pytest.mark.parametrize("name", ["if_branches", "loop", "scan", "only_an_if"])
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16"])
+def test_subgraph_sites_in_an_emulated_format_compute_as_the_converted_model(name, fmt, tmp_path, capsys):
+    _, path = _built(name, tmp_path)
+    injected, converted = tmp_path / "injected.onnx", tmp_path / "converted.onnx"
+    assert run(capsys, "inject", path, "-o", injected, "--format", fmt)[0] == 0
+    assert run(capsys, "convert", path, "-o", converted, "--format", fmt)[0] == 0
+    assert_same_outputs(converted, injected)
+    assert_same_outputs(path, converted, rtol={"float16": 1e-2, "bfloat16": 5e-2}[fmt])
+
+
 def test_float16_sites_are_flipped_as_float16(tmp_path, capsys):
     _, path = _built("float16_resnet", tmp_path)
     out = tmp_path / "injected.onnx"
@@ -530,3 +549,19 @@ def test_a_model_failing_the_checker_is_loaded_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="onnxflip"):
         load_model(_save(classifier(), tmp_path, "valid.onnx"))
     assert not caplog.records
+
+
+def test_a_model_beyond_the_size_limit_is_written_with_external_data(tmp_path, monkeypatch):
+    """The limit (1 GiB of tensors, under protobuf's 2 GB) lowered so that a small model crosses it."""
+    import onnxflip.modelio as modelio
+
+    path = _save(classifier(), tmp_path)
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_BYTES", 100)
+    out = tmp_path / "written.onnx"
+    modelio.save_model(load_model(path), out)
+    assert external_data_path(out).is_file()
+    assert_same_outputs(path, out)
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_BYTES", 1 << 30)
+    small = tmp_path / "small.onnx"
+    modelio.save_model(load_model(path), small)
+    assert not external_data_path(small).exists()

@@ -32,6 +32,7 @@ from onnxflip.graph.sites import COMPUTE_OPS, all_nodes
 __all__ = ["FORMATS", "StorageFormat", "is_qdq", "native_float_type", "require_format_fits", "storage_format"]
 
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
 
 
 @dataclass(frozen=True)
@@ -101,4 +102,8 @@ def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
         )
     if fmt.name != "int8" and qdq:
         raise OnnxflipError(f"the model is quantised (QDQ); use --format int8, not {fmt.name}")
+    opset = model.opset_imports.get("", 0)
+    if fmt.emulated and fmt.dtype == ir.DataType.BFLOAT16 and opset < _BFLOAT16_CAST_OPSET:
+        raise OnnxflipError(f"format bfloat16 needs ONNX opset {_BFLOAT16_CAST_OPSET} or newer (Cast to bfloat16); "
+                            f"the model uses opset {opset}")
     return fmt

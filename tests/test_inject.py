@@ -15,6 +15,7 @@ from conftest import model_from_text, run_model, save_model
 from onnxflip import OnnxflipError
 from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
 from onnxflip.graph.inject import convert_format, insert_flipbits
+from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.modelio import load_model
@@ -109,11 +110,30 @@ def test_small_graphs_get_expected_sites_and_p0_is_bit_identical(build, feeds, o
     np.testing.assert_allclose(out, run_model(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_caller_model_is_not_mutated():
-    model = conv_model()
+@pytest.mark.parametrize(("injected", "transform"), [
+    (False, lambda m: insert_flipbits(m, config=InjectionConfig(format="bfloat16"))),
+    (False, lambda m: convert_format(m, format="float16")),
+    (False, fold_batchnorm),
+    (True, lambda m: materialize_parameters(m, {control_input_name("weights", "p01"): np.array(0.5, np.float32)})),
+], ids=["insert_flipbits", "convert_format", "fold_batchnorm", "materialize_parameters"])
+def test_caller_model_is_not_mutated(injected, transform):
+    model = insert_flipbits(conv_model()) if injected else conv_model()
     before = ir.serde.serialize_model(model).SerializeToString()
-    insert_flipbits(model, config=InjectionConfig(format="bfloat16"))
+    result = transform(model)
     assert ir.serde.serialize_model(model).SerializeToString() == before
+    assert ir.serde.serialize_model(result).SerializeToString() != before
+
+
+def test_injection_config_build_shares_one_fault_model_across_the_chosen_targets():
+    config = InjectionConfig.build(format="float16", targets=("activations", "weights"), p01=0.1, p10=0.2,
+                                   bits="exponent", seed=7, parameter_randomness="per_run")
+    assert config.biases is None and config.targets == ("activations", "weights")
+    assert config.weights == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run")
+    assert config.activations == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run")
+    assert InjectionConfig.build().activations.randomness == "per_run"
+    assert InjectionConfig.build().weights.randomness == "fixed"
+    with pytest.raises(OnnxflipError, match="unknown target"):
+        InjectionConfig.build(targets=("gradients",))
 
 
 def test_controls_are_graph_inputs_with_defaults_and_settings_are_recorded():

@@ -16,10 +16,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxflip import make_session
-from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
-from onnxflip.materialize import materialize_parameters
+from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.inject import convert_format, insert_flipbits
+from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import load_model
-from onnxflip.sites import TARGETS
 
 
 def session(model: ir.Model, threads: int | None) -> ort.InferenceSession:

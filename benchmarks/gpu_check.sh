@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 .venv-gpu/bin/python - <<'PY'
 import numpy as np, onnxruntime as ort
 from onnxflip import make_session
-from onnxflip.inject import insert_flipbits, InjectionConfig, control_input_name
+from onnxflip.graph import insert_flipbits, InjectionConfig, control_input_name
 from onnxflip.modelio import load_model, save_model
 print("ONNX Runtime providers:", ort.get_available_providers())
 save_model(insert_flipbits(load_model("models/vgg11.onnx")), "/tmp/onnxflip-gpu-vgg.onnx")

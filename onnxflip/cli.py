@@ -1,9 +1,9 @@
 """The ``onnxflip`` command line: argument parsing only; the work is in the Python API.
 
 Options that together describe one thing are an :class:`OptionGroup`: the
-command receives the object they build (a :class:`~onnxflip.sites.Selection`,
-the :class:`~onnxflip.inject.FaultModel` of each target class, an
-:class:`~onnxflip.inject.InjectionConfig`), not the options one by one.
+command receives the object they build (a :class:`~onnxflip.graph.sites.Selection`,
+the :class:`~onnxflip.graph.config.FaultModel` of each target class, an
+:class:`~onnxflip.graph.config.InjectionConfig`), not the options one by one.
 
 Exit status: 0 on success; 2 for a usage error (an unknown option, an option
 value that is wrong on its own, options that contradict each other); 1 for
@@ -25,12 +25,12 @@ import click
 from onnxflip import __version__
 from onnxflip.errors import OnnxflipError
 from onnxflip.evaluate import DIRECTIONS
-from onnxflip.formats import FORMATS
-from onnxflip.inject import FaultModel, InjectionConfig
+from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.graph.formats import FORMATS
+from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
 from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
-from onnxflip.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
 from onnxflip.sweep import MidpointSearch, parse_probabilities
 from onnxflip.zoo import MODELS, PAPER_NAMES
 
@@ -264,7 +264,7 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
-    from onnxflip.inject import insert_flipbits
+    from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
@@ -306,7 +306,7 @@ def convert(model: pathlib.Path, output: pathlib.Path, fmt: str) -> None:
 
     This is what inject computes at p = 0: the clean baseline of a format.
     """
-    from onnxflip.inject import convert_format
+    from onnxflip.graph.inject import convert_format
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))

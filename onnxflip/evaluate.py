@@ -1,7 +1,7 @@
 """Accuracy under bit flips: one evaluation per (probability, trial), swept or searched.
 
 For each trial the fixed parameter flips (weights, biases) are drawn once
-and made constants (:mod:`onnxflip.materialize`), so ONNX Runtime keeps its
+and made constants (:mod:`onnxflip.graph.passes.materialize`), so ONNX Runtime keeps its
 constant-weight optimisations; a session costs milliseconds to create.
 Activations are flipped in the graph with a new seed for every batch: new
 flips at every write, and every number reproducible from the run seed.
@@ -25,10 +25,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, control_input_name, insert_flipbits
-from onnxflip.materialize import materialize_parameters
+from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.inject import insert_flipbits
+from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.runtime.session import PROVIDERS, make_session
-from onnxflip.sites import TARGETS, Selection
 from onnxflip.stats import accuracy_interval
 
 __all__ = ["DIRECTIONS", "Evaluator", "SweepSettings", "mix_seed", "probabilities_for"]

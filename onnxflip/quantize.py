@@ -3,6 +3,10 @@
 Choices (recorded in the model's ``onnxflip.quantization`` metadata): QDQ
 format, signed int8 activations and weights, per-channel weights, MinMax
 calibration, int32 biases.  Preprocessing before the first Conv stays float.
+
+A model exported with a fixed batch size is calibrated in batches of that
+size; a model with external data (or too large for one protobuf) is
+quantised with external data and written so.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.modelio import save_model
+from onnxflip.graph.inputs import batch_dimension
+from onnxflip.modelio import has_external_data, load_model, save_model
 from onnxflip.runtime.session import runtime_proto
 
 __all__ = ["QUANT_METADATA_KEY", "quantize_model"]
@@ -50,12 +56,19 @@ def quantize_model(
     *,
     calibration: np.ndarray,
     batch_size: int = 100,
-) -> onnx.ModelProto:
-    """Quantise a float32 classifier to int8 QDQ, calibrated on ``calibration`` images; returns the proto."""
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as exc:  # noqa: BLE001 - any failure to parse means a bad file
-        raise OnnxflipError(f"{model_path} is not a readable ONNX model ({type(exc).__name__})") from None
+) -> None:
+    """Quantise a float32 classifier to int8 QDQ, calibrated on ``calibration`` images, and write it.
+
+    ``batch_size`` is overridden by the model's own batch size when it is
+    fixed (the calibration images are then cut to a multiple of it).
+    """
+    loaded = load_model(model_path)
+    fixed = batch_dimension(loaded)
+    if fixed is not None:
+        batch_size = fixed
+        calibration = calibration[: len(calibration) // fixed * fixed]
+    external = has_external_data(loaded)
+    model = onnx.load(str(model_path))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise OnnxflipError(f"{model_path} is already quantised")
     initializers = {i.name for i in model.graph.initializer}
@@ -63,7 +76,7 @@ def quantize_model(
     if len(inputs) != 1:
         raise OnnxflipError(f"quantize expects a model with one image input, found {len(inputs)}")
     if len(calibration) == 0:
-        raise OnnxflipError("no calibration images")
+        raise OnnxflipError(f"no calibration images{f' (the model takes batches of {fixed})' if fixed else ''}")
     outputs = model.graph.output
     dims = [d.dim_value if d.HasField("dim_value") else None for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
     if len(outputs) != 1 or (dims and dims[-1] not in (None, 10)):
@@ -77,8 +90,9 @@ def quantize_model(
         source = pathlib.Path(tmp) / "float.onnx"
         prepared = pathlib.Path(tmp) / "prepared.onnx"
         out = pathlib.Path(tmp) / "quantized.onnx"
-        onnx.save(model, str(source))
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        onnx.save(model, str(source), save_as_external_data=external, location="float.onnx.data")
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
+                          all_tensors_to_one_file=True, external_data_location="prepared.onnx.data")
         quantize_static(
             prepared,
             out,
@@ -89,18 +103,21 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=excluded,
+            use_external_data_format=external,
         )
-        quantized = onnx.load(str(out))
+        quantized = load_model(out)
+        _record(quantized, excluded, len(calibration))
+        save_model(quantized, output_path, external_data=external or None)
+
+
+def _record(quantized: ir.Model, excluded: list[str], images: int) -> None:
     choices = {
         "format": "QDQ",
         "activations": "int8",
         "weights": "int8, per channel",
         "biases": "int32",
         "calibration": "MinMax",
-        "calibration_images": len(calibration),
+        "calibration_images": images,
         "kept_float": excluded,
     }
-    entry = quantized.metadata_props.add()
-    entry.key, entry.value = QUANT_METADATA_KEY, json.dumps(choices)
-    save_model(quantized, output_path)
-    return quantized
+    quantized.metadata_props[QUANT_METADATA_KEY] = json.dumps(choices)

@@ -12,10 +12,11 @@ from conftest import model_from_text, template_classifier
 
 from onnxflip import OnnxflipError, make_session, session_providers
 from onnxflip.cli import main
-from onnxflip.inject import control_input_name, insert_flipbits
+from onnxflip.graph.config import control_input_name
+from onnxflip.graph.inject import insert_flipbits
+from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import save_model
 from onnxflip.runtime.session import IR_VERSION, runtime_proto
-from onnxflip.sites import TARGETS
 
 RELU = """
 <ir_version: 10, opset_import: ["" : 21]>

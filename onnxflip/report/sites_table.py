@@ -6,7 +6,9 @@ import json
 import os
 from collections import defaultdict
 
-from onnxflip.inject import METADATA_KEY, InjectionConfig, InsertFlipBitsPass, plan_sites
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.inject import plan_sites
+from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.modelio import load_model
 
 __all__ = ["describe_sites", "format_site_table"]
@@ -16,13 +18,13 @@ def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> 
     """One row per site: tensor, target, dtype, elements, bits, mask.
 
     For an injected model, the sites it records (``config`` is not used);
-    for a clean model, the sites :func:`onnxflip.inject.insert_flipbits`
+    for a clean model, the sites :func:`onnxflip.graph.inject.insert_flipbits`
     would create with ``config``.
     """
     model = load_model(path)
     if METADATA_KEY in model.metadata_props:
         return json.loads(model.metadata_props[METADATA_KEY])["sites"]
-    _, sites = plan_sites(model, config)
+    _, _, sites = plan_sites(model, config)
     describe = InsertFlipBitsPass(config, sites).describe
     return [describe(site) for site in sites]
 

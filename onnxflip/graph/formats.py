@@ -11,6 +11,11 @@
 * ``int8`` takes a QDQ model (``onnxflip quantize``) and flips the int8
   tensors between QuantizeLinear and DequantizeLinear, the int8 weights and
   the int32 quantised biases.
+
+A model may already store its values in a format (a float16 export, say):
+then that format is native, its activations and parameters are flipped as
+they are, and any other format is refused rather than mislabelled (convert
+the float32 original instead).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.graph.sites import COMPUTE_OPS, all_nodes
 from onnxflip.runtime.contract import ElementType, element_type
 
-__all__ = ["FORMATS", "StorageFormat", "is_qdq", "require_format_fits", "storage_format"]
+__all__ = ["FORMATS", "StorageFormat", "is_qdq", "native_float_type", "require_format_fits", "storage_format"]
 
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,40 @@ def storage_format(name: str) -> StorageFormat:
 
 def is_qdq(model: ir.Model) -> bool:
     """Whether the graph is quantised in QDQ form."""
-    return any(node.op_type in _QDQ_OPS for node in model.graph)
+    return any(node.op_type in _QDQ_OPS for node in all_nodes(model.graph))
 
 
-def require_format_fits(model: ir.Model, fmt: StorageFormat) -> None:
-    """Refuse a format the model cannot be injected in."""
+_FLOAT_TYPES = {f.dtype: f for f in FORMATS.values() if f.name != "int8"}
+
+
+def native_float_type(model: ir.Model) -> ir.DataType:
+    """The float type the model computes in: that of its first Conv/Gemm/MatMul (float32 if none is known)."""
+    for node in all_nodes(model.graph):
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        for value in (node.outputs[0], *node.inputs[:2]):
+            if value is not None and value.dtype in _FLOAT_TYPES:
+                return value.dtype
+    return ir.DataType.FLOAT
+
+
+def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
+    """Refuse a format the model cannot be injected in; the format as applied to this model.
+
+    For a float32 model, the format itself.  For a model that computes in
+    another float type, only that type's format fits, and it is native (not
+    emulated): the values are flipped as stored.
+    """
     qdq = is_qdq(model)
+    native = native_float_type(model)
+    if not qdq and native != ir.DataType.FLOAT:
+        stored = _FLOAT_TYPES[native]
+        if fmt.name != stored.name:
+            raise OnnxflipError(
+                f"the model stores its values in {stored.name}; use --format {stored.name}, or inject a "
+                f"float32 copy of the model to study {fmt.name}"
+            )
+        return StorageFormat(stored.name, False)
     if fmt.name == "int8" and not qdq:
         raise OnnxflipError(
             "format int8 needs a QDQ-quantised model (QuantizeLinear/DequantizeLinear nodes); "
@@ -74,3 +109,8 @@ def require_format_fits(model: ir.Model, fmt: StorageFormat) -> None:
         )
     if fmt.name != "int8" and qdq:
         raise OnnxflipError(f"the model is quantised (QDQ); use --format int8, not {fmt.name}")
+    opset = model.opset_imports.get("", 0)
+    if fmt.emulated and fmt.dtype == ir.DataType.BFLOAT16 and opset < _BFLOAT16_CAST_OPSET:
+        raise OnnxflipError(f"format bfloat16 needs ONNX opset {_BFLOAT16_CAST_OPSET} or newer (Cast to bfloat16); "
+                            f"the model uses opset {opset}")
+    return fmt

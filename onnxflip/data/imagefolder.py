@@ -122,11 +122,11 @@ class ImageSource:
             while pending:
                 start, futures = pending.popleft()
                 pixels = [f.result() for f in futures]
-                submit()
                 feeds = {self.spec.name: self._assemble(pixels, start)}
                 labels = self.labels[start : start + len(pixels)] if self.labels is not None else None
                 bar.update(len(pixels))
                 yield Batch(feeds, labels)
+                submit()  # once the caller is done with this batch: PREFETCH_BATCHES decode while it works
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -114,7 +114,7 @@ class Preprocess:
         text = spec.strip()
         if text in PRESETS:
             return cls.from_dict(PRESETS[text], where=f"preset {text}")
-        if not text.startswith("{"):
+        if not text.startswith(("{", "[")):
             path = pathlib.Path(text).expanduser()
             if not path.is_file():
                 raise OnnxflipError(

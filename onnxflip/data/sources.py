@@ -281,17 +281,18 @@ def open_source(
     if root.is_file():
         if root.suffix.lower() != ".npz":
             raise OnnxflipError(f"data file {root} is not an .npz; give an .npz, an ImageFolder folder or CIFAR-10")
-        return npz.open_npz(root, specs=specs)
-    if not root.is_dir():
+        source: DataSource = npz.open_npz(root, specs=specs)
+    elif not root.is_dir():
         raise OnnxflipError(f"data path {root} does not exist")
-    if preprocess is None and model is not None:
-        preprocess = from_metadata(_metadata(model))
-    spec = image_input(specs, where=str(root))
-    preprocess = (preprocess or Preprocess()).for_input(spec.shape)
-    if cifar10.pickle_folder(root) is not None:
-        source: DataSource = cifar10.cifar10_source(root, split=split, spec=spec, preprocess=preprocess)
     else:
-        source = imagefolder.open_image_folder(root, split=split, spec=spec, preprocess=preprocess)
+        if preprocess is None and model is not None:
+            preprocess = from_metadata(_metadata(model))
+        spec = image_input(specs, where=str(root))
+        preprocess = (preprocess or Preprocess()).for_input(spec.shape)
+        if cifar10.pickle_folder(root) is not None:
+            source = cifar10.cifar10_source(root, split=split, spec=spec, preprocess=preprocess)
+        else:
+            source = imagefolder.open_image_folder(root, split=split, spec=spec, preprocess=preprocess)
     if model is not None:
         _check_classes(source, model, where=str(root))
     return source

@@ -39,6 +39,7 @@ __all__ = [
     "InputSpec",
     "balanced_order",
     "check_arrays",
+    "check_labels",
     "model_inputs",
     "model_outputs",
     "open_source",
@@ -246,17 +247,16 @@ def image_input(specs: list[InputSpec] | None, *, where: str) -> InputSpec:
     return spec
 
 
-def _check_classes(source: DataSource, model: ir.Model | onnx.ModelProto, *, where: str) -> None:
-    """Labels must index the model's classes (its one output's last axis, when fixed)."""
-    outputs = model_outputs(model)
+def check_labels(source: DataSource, output: InputSpec, *, where: str) -> None:
+    """Labels must index the classes of ``output`` (its last axis, when fixed): call it before any work when
+    the metric reads labels (a label-free metric may run a 4-class model on 10-class data)."""
     labels = getattr(source, "labels", None)
-    if len(outputs) != 1 or labels is None or len(labels) == 0 or outputs[0].shape is None:
+    if labels is None or len(labels) == 0 or not output.shape:
         return
-    classes = outputs[0].shape[-1] if outputs[0].shape else None
+    classes = output.shape[-1]
     if isinstance(classes, int) and int(labels.max()) >= classes:
         raise OnnxflipError(
-            f"{where} has labels up to {int(labels.max())} but the model's output {outputs[0].name!r} "
-            f"has {classes} classes"
+            f"{where} has labels up to {int(labels.max())} but the model's output {output.name!r} has {classes} classes"
         )
 
 
@@ -293,6 +293,4 @@ def open_source(
             source = cifar10.cifar10_source(root, split=split, spec=spec, preprocess=preprocess)
         else:
             source = imagefolder.open_image_folder(root, split=split, spec=spec, preprocess=preprocess)
-    if model is not None:
-        _check_classes(source, model, where=str(root))
     return source

@@ -175,16 +175,22 @@ class Preprocess:
         return np.asarray(image, dtype=np.uint8)
 
     def array(self, pixels: np.ndarray, *, dtype: np.dtype | str = np.float32) -> np.ndarray:
-        """uint8 RGB pixels (N, H, W, 3) -> the model's input: scaled, normalised, channel order and layout."""
-        x = pixels.astype(np.float32)
-        if self.scale:
-            x /= 255.0
-        if self.channels == "BGR":
-            x = x[..., ::-1]
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        """uint8 RGB pixels (N, H, W, 3) -> the model's input: scaled, normalised, channel order and layout.
+
+        One float array is allocated (layout and channel order are views of the uint8 pixels) and
+        normalised in place, so a batch costs its own size once."""
+        view = pixels[..., ::-1] if self.channels == "BGR" else pixels
+        shape = (1, 3, 1, 1)
         if self.layout != "NHWC":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=dtype)
+            view = view.transpose(0, 3, 1, 2)
+        else:
+            shape = (1, 1, 1, 3)
+        x = np.ascontiguousarray(view, dtype=np.float32)
+        if self.scale:
+            x /= np.float32(255.0)
+        x -= np.asarray(self.mean, np.float32).reshape(shape)
+        x /= np.asarray(self.std, np.float32).reshape(shape)
+        return x if x.dtype == np.dtype(dtype) else x.astype(dtype)
 
 
 def from_metadata(metadata: dict[str, str]) -> Preprocess | None:

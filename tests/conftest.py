@@ -232,6 +232,7 @@ def classifier_path(tmp_path_factory) -> pathlib.Path:
 
 def export_torch(module, example: tuple, path: pathlib.Path, *, inputs: list[str], output: str = "logits") -> pathlib.Path:
     """Export a torch module with a dynamic batch axis, as the zoo exports its models."""
+    needs_zoo_extra()
     import torch
 
     batch = torch.export.Dim("batch", min=1)
@@ -245,6 +246,7 @@ def export_torch(module, example: tuple, path: pathlib.Path, *, inputs: list[str
 @pytest.fixture(scope="session")
 def resnet18_path(tmp_path_factory) -> pathlib.Path:
     """torchvision's ResNet-18, random weights: (batch, 3, 224, 224) -> 1000 logits."""
+    needs_zoo_extra()
     import torch
     import torchvision
 
@@ -257,6 +259,7 @@ def resnet18_path(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def squeezenet4_path(tmp_path_factory) -> pathlib.Path:
     """torchvision's SqueezeNet 1.1 with 4 classes, random weights, taking NHWC images of 96x96."""
+    needs_zoo_extra()
     import torch
     import torchvision
 
@@ -308,6 +311,7 @@ class TokenClassifier:
 
 @pytest.fixture(scope="session")
 def token_model_path(tmp_path_factory) -> pathlib.Path:
+    needs_zoo_extra()
     import torch
 
     example = {k: torch.from_numpy(v) for k, v in TokenClassifier.arrays(2).items() if k != "labels"}

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from conftest import (
     TokenClassifier,
+    needs_zoo_extra,
     write_image_folder,
     write_photo_folder,
     write_pickle_folder,
@@ -30,6 +31,7 @@ from onnxflip.data.sources import InputSpec, check_labels, model_outputs
 from onnxflip.inject import FaultModel, InjectionConfig, insert_flipbits
 from onnxflip.metrics import Agreement, RelError, TopK
 from onnxflip.modelio import load_model, save_model
+from onnxflip.runtime.session import runtime_proto
 
 IMAGENET = Preprocess.parse("imagenet")
 
@@ -60,6 +62,7 @@ def concatenated(source: DataSource, batch_size: int) -> dict[str, np.ndarray]:
 
 def torchvision_reference(image, spec: dict) -> np.ndarray:
     """The same steps with torchvision's transforms, channel order and layout by hand: (H, W, C) or (C, H, W)."""
+    needs_zoo_extra()
     import torch
     from torchvision import transforms
 
@@ -142,13 +145,9 @@ def test_nhwc_model_of_four_classes_reads_its_layout_from_the_input_shape(squeez
 
 def injected_session(path, p: float):
     """A session of the model with every activation, weight and bias exposed to flips of probability p."""
-    import onnx_ir as ir
-
     config = InjectionConfig(activations=FaultModel.symmetric(p, randomness="per_run"),
                              weights=FaultModel.symmetric(p), biases=FaultModel.symmetric(p))
-    proto = ir.serde.serialize_model(insert_flipbits(load_model(path), config=config))
-    proto.ir_version = min(proto.ir_version, 10)
-    return make_session(proto.SerializeToString())
+    return make_session(runtime_proto(insert_flipbits(load_model(path), config=config)).SerializeToString())
 
 
 @pytest.mark.parametrize("kind", ["resnet18-imagefolder", "tokens-npz"])

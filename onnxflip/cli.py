@@ -413,17 +413,17 @@ def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
 @OUTPUT_OPTION("the int8 QDQ model")
 @DATA_OPTION
 @click.option("--samples", type=click.IntRange(1), default=1000, show_default=True,
-              help="Calibration images, taken from the training split.")
+              help="Calibration samples (classes kept balanced), taken from the training split.")
 def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | None, samples: int) -> None:
-    """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on CIFAR-10)."""
-    from onnxflip.data import load_split
-    from onnxflip.modelio import check_output_path
+    """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on the data's training split)."""
+    from onnxflip.data import open_source, resolve_data_dir
+    from onnxflip.modelio import check_output_path, load_model
     from onnxflip.quantize import quantize_model
 
     check_output_path(output, inputs=(model,))
-    calibration = load_split(data, "train").subset(samples).as_float_nchw()
-    quantize_model(model, output, calibration=calibration)
-    click.echo(f"wrote {output}: int8 QDQ, calibrated on {samples} images")
+    calibration = open_source(resolve_data_dir(data), model=load_model(model), split="train")
+    quantize_model(model, output, calibration=calibration, samples=samples)
+    click.echo(f"wrote {output}: int8 QDQ, calibrated on {min(samples, len(calibration))} samples")
 
 
 @cli.group()

@@ -2,7 +2,9 @@
 
 The exported graph takes ``input``: float32 RGB images in [0, 1], shape
 (batch, 3, 32, 32), and returns ``logits`` (batch, 10).  Normalisation is
-part of the graph (before the first Conv, so never a fault target).
+part of the graph (before the first Conv, so never a fault target).  The
+preprocessing (32x32 RGB scaled to [0, 1], NCHW) is stored under
+``onnxflip.preprocess``, so data sources need no options for these models.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from onnxflip.data import CLASSES
+from onnxflip.data import CLASSES, PREPROCESS_METADATA_KEY, Preprocess
 from onnxflip.modelio import save_model
 from onnxflip.runtime.session import runtime_proto
 from onnxflip.zoo.vgg import VGG
@@ -66,5 +68,6 @@ def export_onnx(model: VGG, path: str | os.PathLike[str], *, info: dict | None =
     }
     del proto.metadata_props[:]
     proto.metadata_props.add(key=MODEL_METADATA_KEY, value=json.dumps(meta))
+    proto.metadata_props.add(key=PREPROCESS_METADATA_KEY, value=Preprocess.parse("cifar10").to_json())
     save_model(proto, path)
     return proto

@@ -31,7 +31,8 @@ import onnx_ir as ir
 
 from onnxflip import make_session
 from onnxflip.data import Preprocess, open_source
-from onnxflip.inject import FaultModel, InjectionConfig, insert_flipbits
+from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.graph.inject import insert_flipbits
 from onnxflip.modelio import MAX_IR_VERSION, load_model, save_model
 
 

@@ -91,6 +91,10 @@ class WordCounts:
         values = dict(zip(COUNT_NAMES, (int(c) for c in np.asarray(counts).reshape(-1))))
         return cls(words=words, **values)
 
+    def as_array(self) -> np.ndarray:
+        """The counts as the kernel's counts output holds them (int64[3], in ``COUNT_NAMES`` order)."""
+        return np.array([getattr(self, name) for name in COUNT_NAMES], dtype=np.int64)
+
     def __add__(self, other: WordCounts) -> WordCounts:
         return WordCounts(self.corrected + other.corrected, self.detected + other.detected,
                           self.silent + other.silent, self.words + other.words)

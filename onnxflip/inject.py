@@ -10,9 +10,14 @@ The rewrite, for each site (see :mod:`onnxflip.sites`)::
 
 The probabilities and seed of each target class are graph inputs with
 default values (initializers that are also inputs), named
-``onnxflip_<target>_p01``, ``onnxflip_<target>_p10`` and
-``onnxflip_<target>_seed``, so one ONNX Runtime session serves any sweep;
-they are the only place the nodes take them from (no p01/p10/seed attribute).
+``onnxflip_<target>_p01``, ``onnxflip_<target>_p10``,
+``onnxflip_<target>_seed``, ``onnxflip_<target>_s0`` and
+``onnxflip_<target>_s1`` (stuck-at probabilities), so one ONNX Runtime
+session serves any sweep; they are the only place the nodes take them from
+(no p01/p10/seed/s0/s1 attribute).  A target class whose fault model has ECC
+also gets a graph output ``onnxflip_<target>_counts`` (int64[3]): the words
+of that run read corrected, detected and silently wrong, summed over its
+sites (:class:`onnxflip.faults.WordCounts` turns it into fractions).
 The settings are recorded as JSON under the ``onnxflip.injection`` metadata
 key; a model that carries it is refused (inject the original model again).
 """
@@ -29,9 +34,10 @@ from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import check_ecc, check_stuck, ecc_word, stored_words
 from onnxflip.fold import fold_batchnorm
 from onnxflip.formats import StorageFormat, is_qdq, require_format_fits, storage_format
-from onnxflip.runtime.contract import DOMAIN, NONFINITE_POLICIES, RANDOMNESS, element_type
+from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, NONFINITE_POLICIES, RANDOMNESS, element_type
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.sites import TARGETS, Selection, Site, find_sites
 
@@ -42,6 +48,7 @@ __all__ = [
     "InsertFlipBitsPass",
     "control_input_name",
     "convert_format",
+    "counts_output_name",
     "insert_flipbits",
     "plan_sites",
 ]
@@ -52,13 +59,23 @@ METADATA_KEY = "onnxflip.injection"
 
 
 def control_input_name(target: str, what: str) -> str:
-    """Graph input that sets ``what`` (p01, p10 or seed) for a target class."""
+    """Graph input that sets ``what`` (p01, p10, seed, s0 or s1) for a target class."""
     return f"onnxflip_{target}_{what}"
+
+
+def counts_output_name(target: str) -> str:
+    """Graph output with the word counts (corrected, detected, silent) of a target class protected by ECC."""
+    return f"onnxflip_{target}_counts"
 
 
 @dataclass(frozen=True)
 class FaultModel:
-    """How the bits of one target class flip."""
+    """How the bits of one target class flip, stick and are protected (see :mod:`onnxflip.faults`).
+
+    ``s0``/``s1``: probability that a cell is stuck at 0/1; ``ecc``: ``none``,
+    ``secded`` or ``secded64``; ``on_detected``: ``keep`` or ``zero`` for a
+    word with a detected, uncorrectable error.
+    """
 
     p01: float = 0.0
     p10: float = 0.0
@@ -66,6 +83,10 @@ class FaultModel:
     seed: int = 0
     randomness: str = "fixed"
     nonfinite: str = "keep"
+    s0: float = 0.0
+    s1: float = 0.0
+    ecc: str = "none"
+    on_detected: str = "keep"
 
     @classmethod
     def symmetric(cls, p: float, **kwargs) -> FaultModel:
@@ -77,6 +98,8 @@ class FaultModel:
             raise OnnxflipError(f"randomness must be one of {', '.join(RANDOMNESS)}, not {self.randomness!r}")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise OnnxflipError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {self.nonfinite!r}")
+        check_stuck(self.s0, self.s1)
+        check_ecc(self.ecc, self.on_detected)
 
 
 @dataclass(frozen=True)
@@ -123,9 +146,10 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, list
     for site in sites:
         site.stored_dtype = _stored_dtype(site, fmt)
         try:
-            element_type(int(site.stored_dtype))
+            etype = element_type(int(site.stored_dtype))
         except OnnxflipError:
             raise OnnxflipError(f"site {site.name} holds {site.stored_dtype.name}, which FlipBits does not flip") from None
+        ecc_word(config.fault_model(site.target).ecc, etype)  # raises where the ECC cannot protect the width
     return prepared, sites
 
 
@@ -142,8 +166,13 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         controls = {t: self._add_controls(graph, t) for t in self.config.targets} if self.with_flips else {}
+        counts: dict[str, list[ir.Value]] = {}
         for stream, site in enumerate(self.sites):
-            self._insert(graph, site, controls.get(site.target), stream)
+            flip = self._insert(graph, site, controls.get(site.target), stream)
+            if flip is not None and len(flip.outputs) > 1:
+                counts.setdefault(site.target, []).append(flip.outputs[1])
+        for target, values in counts.items():
+            self._add_counts_output(graph, target, values)
         graph.sort()
         if self.with_flips:
             model.opset_imports[DOMAIN] = 1
@@ -152,13 +181,15 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             )
         return ir.passes.PassResult(model, modified=bool(self.sites))
 
-    def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ir.Value, ir.Value]:
+    def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ...]:
         fault = self.config.fault_model(target)
         values = []
-        for what, array in (
+        for what, array in (  # in the operator's input order: p01, p10, seed, s0, s1
             ("p01", np.array(fault.p01, dtype=np.float32)),
             ("p10", np.array(fault.p10, dtype=np.float32)),
             ("seed", np.array(fault.seed, dtype=np.int64)),
+            ("s0", np.array(fault.s0, dtype=np.float32)),
+            ("s1", np.array(fault.s1, dtype=np.float32)),
         ):
             name = control_input_name(target, what)
             value = ir.Value(name=name, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
@@ -167,6 +198,19 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             graph.register_initializer(value)
             values.append(value)
         return tuple(values)
+
+    @staticmethod
+    def _add_counts_output(graph: ir.Graph, target: str, values: list[ir.Value]) -> None:
+        """One graph output with the sum of the sites' word counts."""
+        total = values[0]
+        for i, value in enumerate(values[1:]):
+            add = ir.node("Add", [total, value], name=f"onnxflip/{target}/counts_{i}")
+            graph.append(add)
+            total = add.outputs[0]
+        total.name = counts_output_name(target)
+        total.dtype = ir.DataType.INT64
+        total.shape = ir.Shape([len(COUNT_NAMES)])
+        graph.outputs.append(total)
 
     def _mask(self, site: Site) -> int:
         etype = element_type(int(site.stored_dtype))
@@ -181,19 +225,34 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             "elements": site.elements(),
             "bits": etype.width,
             "mask": hex(self._mask(site)),
+            **self._ecc_description(site, etype),
         }
+
+    def _ecc_description(self, site: Site, etype) -> dict:
+        """The stored words of a site protected by ECC (per sample for activations); nothing without ECC."""
+        fault = self.config.fault_model(site.target)
+        word = ecc_word(fault.ecc, etype)
+        if word is None:
+            return {}
+        elements = site.elements()
+        values, data_bits, check_bits = word
+        return {"ecc": fault.ecc, "word_values": values, "codeword_bits": data_bits + check_bits,
+                "words": None if elements is None else stored_words(fault.ecc, etype, elements)}
 
     def _flipbits_node(self, site: Site, source: ir.Value, controls, stream: int) -> ir.Node:
         fault = self.config.fault_model(site.target)
         node = ir.node(
             "FlipBits",
             [source, *controls],
-            {  # p01, p10 and seed are the control inputs only: an input takes precedence over an attribute
+            {  # p01, p10, seed, s0 and s1 are the control inputs only: an input takes precedence over an attribute
                 "stream": stream,
                 "bitmask": mask_to_attribute(self._mask(site)),
                 "randomness": fault.randomness,
                 "nonfinite": fault.nonfinite,
+                "ecc": fault.ecc,
+                "on_detected": fault.on_detected,
             },
+            num_outputs=1 if fault.ecc == "none" else 2,
             domain=DOMAIN,
             name=f"onnxflip/{site.target}/{site.name}",
         )
@@ -201,9 +260,14 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
         out.name = f"{site.name}_flipped"
         out.dtype = source.dtype
         out.shape = source.shape
+        if len(node.outputs) > 1:
+            node.outputs[1].name = f"{site.name}_counts"
+            node.outputs[1].dtype = ir.DataType.INT64
+            node.outputs[1].shape = ir.Shape([len(COUNT_NAMES)])
         return node
 
-    def _insert(self, graph: ir.Graph, site: Site, controls, stream: int) -> None:
+    def _insert(self, graph: ir.Graph, site: Site, controls, stream: int) -> ir.Node | None:
+        """Insert the site's nodes; returns its FlipBits node (None without flips)."""
         value = site.value
         uses = list(value.uses())
         nodes: list[ir.Node] = []
@@ -211,6 +275,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
         if site.stored_dtype != value.dtype:
             source = self._stored_copy(graph, site, nodes)
         result = source
+        flip = None
         if self.with_flips:
             flip = self._flipbits_node(site, source, controls, stream)
             nodes.append(flip)
@@ -223,7 +288,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             nodes.append(back)
             result = back.outputs[0]
         if not nodes:
-            return
+            return flip
         graph.extend(nodes)
         for user, index in uses:
             user.replace_input_with(index, result)
@@ -231,6 +296,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             self._take_over_output(graph, value, result)
         if value.is_initializer() and not value.uses() and site.stored_dtype != value.dtype:
             graph.initializers.pop(value.name)
+        return flip
 
     def _stored_copy(self, graph: ir.Graph, site: Site, nodes: list[ir.Node]) -> ir.Value:
         """The value in the storage format: a converted initializer, or a Cast of an activation."""

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import WordCounts
 from onnxflip.runtime.contract import ATTRIBUTE_DEFAULTS, DOMAIN, INPUT_NAMES, element_type
 from onnxflip.runtime.flip import flip_bits
 
@@ -43,7 +44,7 @@ def _attribute(node: ir.Node, name: str):
     return attr.value if attr is not None else ATTRIBUTE_DEFAULTS[name]
 
 
-def _flipped(node: ir.Node, values: Mapping[str, np.ndarray]) -> np.ndarray:
+def _flipped(node: ir.Node, values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, WordCounts]:
     source = node.inputs[0].const_value.numpy()
     width = element_type(source.dtype).width
     mask = _attribute(node, "bitmask")
@@ -55,7 +56,22 @@ def _flipped(node: ir.Node, values: Mapping[str, np.ndarray]) -> np.ndarray:
         stream=int(_attribute(node, "stream")),
         bits="all" if mask is None else mask & ((1 << width) - 1),
         nonfinite=_attribute(node, "nonfinite"),
+        s0=float(np.float32(_control(node, 4, values))) if len(node.inputs) > 4 else 0.0,
+        s1=float(np.float32(_control(node, 5, values))) if len(node.inputs) > 5 else 0.0,
+        ecc=_attribute(node, "ecc"),
+        on_detected=_attribute(node, "on_detected"),
+        return_counts=True,
     )
+
+
+def _replace_with_constant(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
+    """Replace every use of ``value`` (and its place among the graph outputs) by a constant of ``array``."""
+    name = value.name
+    value.name = f"{name}_computed"
+    constant = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                        const_value=ir.tensor(array, name=name))
+    graph.register_initializer(constant)
+    value.replace_all_uses_with(constant, replace_graph_outputs=True)
 
 
 def _is_fixed_parameter_flip(node: ir.Node) -> bool:
@@ -79,11 +95,13 @@ def materialize_parameters(model: ir.Model, values: Mapping[str, np.ndarray] | N
             continue
         out = node.outputs[0]
         name = out.name
-        array = _flipped(node, values)
+        array, counts = _flipped(node, values)
         constant = ir.Value(name=f"{name}_trial", shape=out.shape, type=out.type,
                             const_value=ir.tensor(array, dtype=out.dtype, name=f"{name}_trial"))
         graph.register_initializer(constant)
         out.replace_all_uses_with(constant)
+        if len(node.outputs) > 1:  # the word counts, constant too
+            _replace_with_constant(graph, node.outputs[1], counts.as_array())
         graph.remove(node, safe=True)
     for name, value in list(graph.initializers.items()):
         if not value.uses() and not value.is_graph_input() and not value.is_graph_output():

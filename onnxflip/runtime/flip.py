@@ -156,10 +156,11 @@ def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p0
     y_name, counts_name = (name for name, _ in OUTPUTS)
     binding.bind_ortvalue_output(y_name, _wrap(out, etype))
     with_counts = len(session.get_outputs()) > 1
+    counts = np.zeros(len(COUNT_NAMES), dtype=np.int64)
     if with_counts:
-        binding.bind_output(counts_name, "cpu")
+        binding.bind_ortvalue_output(counts_name, ort.OrtValue.ortvalue_from_numpy(counts))
     session.run_with_iobinding(binding)
-    return (out, binding.copy_outputs_to_cpu()[1]) if with_counts else out
+    return (out, counts) if with_counts else out
 
 
 def _wrap(array: np.ndarray, etype: ElementType) -> ort.OrtValue:

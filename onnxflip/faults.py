@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.runtime.contract import COUNT_NAMES, ECC_CODES, ECC_MODES, ON_DETECTED, ElementType
+from onnxflip.runtime.contract import COUNT_NAMES, ECC_CODES, ECC_MODES, ON_DETECTED, ElementType, element_type
 
-__all__ = ["WordCounts", "check_ecc", "check_stuck", "ecc_word", "stored_words"]
+__all__ = ["WordCounts", "check_ecc", "check_stuck", "ecc_word", "stored_words", "words_per_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,21 @@ def stored_words(ecc: str, etype: ElementType, elements: int) -> int:
     word = ecc_word(ecc, etype)
     per_word = 1 if word is None else word[0]
     return -(-elements // per_word)
+
+
+def words_per_run(sites: list[dict], target: str, *, batch: int = 1) -> int:
+    """Words one run reads at a target class's ECC sites, from the site list of the injection metadata
+    (``json.loads(model.metadata_props["onnxflip.injection"])["sites"]``): the denominator of the fractions
+    of ``onnxflip_<target>_counts``.  Activation sites hold one sample's elements: ``batch`` samples per run."""
+    total = 0
+    for site in sites:
+        if site["target"] != target or "ecc" not in site:
+            continue
+        if site["elements"] is None:
+            raise OnnxflipError(f"site {site['tensor']} has no static size; count its words from its tensor")
+        elements = site["elements"] * (batch if target == "activations" else 1)
+        total += stored_words(site["ecc"], element_type(site["dtype"]), elements)
+    return total
 
 
 @dataclass(frozen=True)

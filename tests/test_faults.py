@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,8 @@ from conftest import TYPE_NAMES, popcount, random_array, raw, run_model, templat
 from onnxflip import OnnxflipError, flip_bits
 from onnxflip.bits import element_type, field_mask
 from onnxflip.cli import main
-from onnxflip.inject import FaultModel, InjectionConfig, counts_output_name, insert_flipbits
+from onnxflip.faults import words_per_run
+from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, counts_output_name, insert_flipbits
 from onnxflip.materialize import materialize_parameters
 from onnxflip.modelio import save_model
 from onnxflip.runtime.flip import flipbits_node_model, run_flipbits_session
@@ -345,6 +347,8 @@ def test_an_ecc_target_reports_its_word_counts_and_materialised_weights_keep_the
     assert outputs == ["logits", name]
     first, second = (run_model(injected, {"input": x}) for _ in range(2))
     words = -(-(10 * 3072 + 100) // 2)  # the two weight tensors, two float32 values per 64-bit word
+    sites = json.loads(injected.metadata_props[METADATA_KEY])["sites"]
+    assert words_per_run(sites, "weights") == words
     p = 2e-3
     expected_corrected = words * 72 * p * (1 - p) ** 71
     assert np.array_equal(first[1], second[1])  # fixed weights: the same words every run
@@ -353,6 +357,16 @@ def test_an_ecc_target_reports_its_word_counts_and_materialised_weights_keep_the
     assert np.array_equal(run_model(materialized, {"input": x})[1], first[1])
     np.testing.assert_array_equal(run_model(materialized, {"input": x}, exact=True)[0],
                                   run_model(injected, {"input": x}, exact=True)[0])
+
+
+def test_activation_words_per_run_scale_with_the_batch():
+    activations = FaultModel(p01=1e-2, p10=1e-2, ecc="secded", randomness="per_run")
+    injected = insert_flipbits(template_classifier(), config=InjectionConfig(activations=activations, weights=None,
+                                                                            biases=None))
+    sites = json.loads(injected.metadata_props[METADATA_KEY])["sites"]
+    assert words_per_run(sites, "activations", batch=3) == 3 * (10 + 10)  # hidden and logits, one word per value
+    counts = run_model(injected, {"input": np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)})[1]
+    assert 0 < counts.sum() <= 60
 
 
 def test_stuck_probabilities_are_control_inputs():

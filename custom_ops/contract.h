@@ -98,7 +98,8 @@ constexpr Attribute kAttributes[] = {
 };
 
 // Inputs: X, then the optional scalars that, when present and non-empty, take precedence over the attributes.
-enum Input : size_t { kX = 0, kP01 = 1, kP10 = 2, kSeed = 3, kS0 = 4, kS1 = 5, kInputCount = 6 };
+// stuck_seed has no attribute: absent or empty, the stuck cells are keyed by the seed.
+enum Input : size_t { kX = 0, kP01 = 1, kP10 = 2, kSeed = 3, kS0 = 4, kS1 = 5, kStuckSeed = 6, kInputCount = 7 };
 
 struct InputSpec {
   const char* name;
@@ -113,6 +114,7 @@ constexpr InputSpec kInputs[kInputCount] = {
     {kAttrSeed, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, true},
     {kAttrS0, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true},
     {kAttrS1, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true},
+    {"stuck_seed", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, true},
 };
 
 // Outputs: Y, and optionally the words of this run read corrected, detected and silently wrong (kCountNames).

@@ -10,8 +10,8 @@
 //
 // The tensor is cut into blocks of kBlockElems elements; each block seeds a
 // Philox4x32-10 generator from (seed, stream, run, block index) for the flips
-// and from (seed, stream, block index) for the stuck cells, which are thus the
-// same at every run, and draws the gaps between faulty positions from a
+// and from (stuck_seed, stream, block index) for the stuck cells (stuck_seed is
+// the seed unless given apart), which are thus the same at every run, and draws the gaps between faulty positions from a
 // geometric distribution (flips thinned by the bit's value when p01 != p10).
 // A block costs O(elements + faults), independent of how many threads or
 // which device run it; words no fault reaches are not decoded (their
@@ -51,6 +51,7 @@ struct Format {
 // Everything a kernel needs, derived once on the host from the node's settings.
 struct FlipPlan {
   uint64_t seed;
+  uint64_t stuck_seed;       // keys the stuck cells: the stuck_seed input, else seed
   uint32_t stream;
   uint32_t run;
   uint64_t mask;
@@ -107,9 +108,10 @@ struct BlockRng {
   int used;
 
   // A block draws fewer than 2^18 numbers per run, so the flip (domain 0) and stuck streams never meet.
-  ONNXFLIP_HD BlockRng(const FlipPlan& plan, uint64_t block, uint32_t run, uint32_t domain) : used(4) {
-    key[0] = static_cast<uint32_t>(plan.seed);
-    key[1] = static_cast<uint32_t>(plan.seed >> 32);
+  ONNXFLIP_HD BlockRng(uint64_t seed, const FlipPlan& plan, uint64_t block, uint32_t run, uint32_t domain)
+      : used(4) {
+    key[0] = static_cast<uint32_t>(seed);
+    key[1] = static_cast<uint32_t>(seed >> 32);
     counter[0] = domain;
     counter[1] = static_cast<uint32_t>(block);
     counter[2] = plan.stream ^ (static_cast<uint32_t>(block >> 32) * 0x85EBCA6Bu);
@@ -251,8 +253,8 @@ ONNXFLIP_HD void fault_block(U* out, int64_t count, uint64_t block, const FlipPl
   const int64_t words = (count + plan.word_values - 1) / plan.word_values;
   const double per_word = static_cast<double>(plan.word_positions);
   const double total = static_cast<double>(words) * per_word;  // below 2^17: exact, as are all positions
-  BlockRng flip_rng(plan, block, plan.run, 0);
-  BlockRng stuck_rng(plan, block, 0, kStuckDomain);  // no run: the same stuck cells at every run
+  BlockRng flip_rng(plan.seed, plan, block, plan.run, 0);
+  BlockRng stuck_rng(plan.stuck_seed, plan, block, 0, kStuckDomain);  // no run: the same stuck cells at every run
   double next_flip = plan.flips ? draw_gap(flip_rng, plan.inv_log1m_pmax) : total;
   double next_stuck = plan.stuck ? draw_gap(stuck_rng, plan.inv_log1m_stuck) : total;
   while (next_flip < total || next_stuck < total) {

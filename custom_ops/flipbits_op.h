@@ -1,6 +1,6 @@
 // flipbits_op.h: the FlipBits operator description shared by every execution provider.
 //
-// Y [, counts] = FlipBits(X [, p01] [, p10] [, seed] [, s0] [, s1]); Y has X's shape and element type,
+// Y [, counts] = FlipBits(X [, p01] [, p10] [, seed] [, s0] [, s1] [, stuck_seed]); Y has X's shape and type,
 // counts (int64[3], on the kernel's device) the words of this run read corrected, detected and silently wrong.
 // One op is registered per element type and provider; the kernel type says
 // how to apply a FlipPlan on its device.

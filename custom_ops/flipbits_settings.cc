@@ -130,12 +130,14 @@ FlipSettings with_inputs(FlipSettings s, Ort::KernelContext& context, const std:
     check_probability(s.s1, "input s1", node);
   }
   if (s0 || s1) check_stuck(s.s0, s.s1, node);
+  s.has_stuck_seed = scalar_input(context, kStuckSeed, s.stuck_seed, kInputs[kStuckSeed].name, node);
   return s;
 }
 
 FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
   FlipPlan plan{};
   plan.seed = static_cast<uint64_t>(s.seed);
+  plan.stuck_seed = static_cast<uint64_t>(s.has_stuck_seed ? s.stuck_seed : s.seed);
   plan.stream = static_cast<uint32_t>(s.stream);
   plan.run = s.randomness == Randomness::kPerRun ? run : 0;
   plan.mask = s.mask;

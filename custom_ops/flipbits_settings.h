@@ -15,6 +15,8 @@ struct FlipSettings {
   double p01 = 0.0;
   double p10 = 0.0;
   int64_t seed = 0;
+  bool has_stuck_seed = false;  // the stuck_seed input was given: it keys the stuck cells instead of seed
+  int64_t stuck_seed = 0;
   int64_t stream = 0;
   uint64_t mask = 0;  // all bits of the type when the attribute is absent
   Randomness randomness = Randomness::kFixed;

@@ -12,8 +12,10 @@ The probabilities and seed of each target class are graph inputs with
 default values (initializers that are also inputs), named
 ``onnxflip_<target>_p01``, ``onnxflip_<target>_p10``,
 ``onnxflip_<target>_seed``, ``onnxflip_<target>_s0`` and
-``onnxflip_<target>_s1`` (stuck-at probabilities), so one ONNX Runtime
-session serves any sweep; they are the only place the nodes take them from
+``onnxflip_<target>_s1`` (stuck-at probabilities), and
+``onnxflip_<target>_stuck_seed`` (empty by default: the stuck cells follow
+the seed; a scalar fed there keys them apart, so that per-batch activation
+seeds can share one memory), so one ONNX Runtime session serves any sweep; they are the only place the nodes take them from
 (no p01/p10/seed/s0/s1 attribute).  A target class whose fault model has ECC
 also gets a graph output ``onnxflip_<target>_counts`` (int64[3]): the words
 of that run read corrected, detected and silently wrong, summed over its
@@ -59,7 +61,7 @@ METADATA_KEY = "onnxflip.injection"
 
 
 def control_input_name(target: str, what: str) -> str:
-    """Graph input that sets ``what`` (p01, p10, seed, s0 or s1) for a target class."""
+    """Graph input that sets ``what`` (p01, p10, seed, s0, s1 or stuck_seed) for a target class."""
     return f"onnxflip_{target}_{what}"
 
 
@@ -184,15 +186,18 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
     def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ...]:
         fault = self.config.fault_model(target)
         values = []
-        for what, array in (  # in the operator's input order: p01, p10, seed, s0, s1
+        for what, array in (  # in the operator's input order: p01, p10, seed, s0, s1, stuck_seed
             ("p01", np.array(fault.p01, dtype=np.float32)),
             ("p10", np.array(fault.p10, dtype=np.float32)),
             ("seed", np.array(fault.seed, dtype=np.int64)),
             ("s0", np.array(fault.s0, dtype=np.float32)),
             ("s1", np.array(fault.s1, dtype=np.float32)),
+            ("stuck_seed", np.zeros(0, dtype=np.int64)),  # empty: absent, the seed keys the stuck cells
         ):
             name = control_input_name(target, what)
-            value = ir.Value(name=name, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+            # A scalar input, but stuck_seed's default is empty: its declared shape is left open.
+            shape = ir.Shape(array.shape) if array.ndim == 0 else None
+            value = ir.Value(name=name, shape=shape, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                              const_value=ir.tensor(array, name=name))
             graph.inputs.append(value)
             graph.register_initializer(value)

@@ -38,6 +38,16 @@ def _control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> flo
     return value.const_value.numpy().item()
 
 
+def _optional_control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> int | None:
+    """An optional scalar control (stuck_seed): its value, or None where it is absent or empty."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        return None
+    array = np.asarray(values[value.name]) if value.name in values else (
+        value.const_value.numpy() if value.const_value is not None else np.zeros(0))
+    return int(array.reshape(-1)[0]) if array.size else None
+
+
 def _attribute(node: ir.Node, name: str):
     """An attribute of the node, or the operator's default for it."""
     attr = node.attributes.get(name)
@@ -58,6 +68,7 @@ def _flipped(node: ir.Node, values: Mapping[str, np.ndarray]) -> tuple[np.ndarra
         nonfinite=_attribute(node, "nonfinite"),
         s0=float(np.float32(_control(node, 4, values))) if len(node.inputs) > 4 else 0.0,
         s1=float(np.float32(_control(node, 5, values))) if len(node.inputs) > 5 else 0.0,
+        stuck_seed=_optional_control(node, 6, values),
         ecc=_attribute(node, "ecc"),
         on_detected=_attribute(node, "on_detected"),
         return_counts=True,

@@ -122,6 +122,14 @@ def test_a_new_seed_is_a_new_memory():
     assert not np.array_equal(a[0], b[0]) and not np.array_equal(a[1], b[1])
 
 
+def test_stuck_seed_keys_the_memory_apart_from_the_flip_seed():
+    settings = {"s0": 0.05, "s1": 0.05}
+    a = stuck_map("float32", 1 << 14, seed=1, stuck_seed=9, **settings)
+    b = stuck_map("float32", 1 << 14, seed=2, stuck_seed=9, **settings)
+    c = stuck_map("float32", 1 << 14, seed=9, **settings)  # without stuck_seed the seed keys the cells
+    assert all(np.array_equal(a[i], b[i]) and np.array_equal(a[i], c[i]) for i in (0, 1))
+
+
 @pytest.mark.parametrize("ecc", ["secded", "secded64"])
 def test_stuck_cells_in_ecc_words_are_corrected_like_flips(ecc):
     # Stuck cells that disagree with the stored bit are errors of the codeword: one per word is corrected.
@@ -367,6 +375,23 @@ def test_activation_words_per_run_scale_with_the_batch():
     assert words_per_run(sites, "activations", batch=3) == 3 * (10 + 10)  # hidden and logits, one word per value
     counts = run_model(injected, {"input": np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)})[1]
     assert 0 < counts.sum() <= 60
+
+
+def test_a_fed_stuck_seed_keeps_the_activation_memory_across_batch_seeds():
+    activations = FaultModel(s1=0.01, randomness="per_run")
+    injected = insert_flipbits(template_classifier(), config=InjectionConfig(activations=activations, weights=None,
+                                                                            biases=None))
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+
+    def logits(seed: int, stuck_seed: int | None) -> np.ndarray:
+        feeds = {"input": x, "onnxflip_activations_seed": np.array(seed, np.int64)}
+        if stuck_seed is not None:
+            feeds["onnxflip_activations_stuck_seed"] = np.array(stuck_seed, np.int64)
+        return raw(run_model(injected, feeds, exact=True)[0])
+
+    assert np.array_equal(logits(1, 5), logits(2, 5))
+    assert not np.array_equal(logits(1, None), logits(2, None))
+    assert np.array_equal(logits(5, None), logits(1, 5))
 
 
 def test_stuck_probabilities_are_control_inputs():

@@ -30,13 +30,13 @@ OrtStatusPtr FlipBitsCudaKernel::ComputeV2(OrtKernelContext* raw_context) {
 }  // namespace onnxflip
 
 // Runs FlipBits on device memory with an explicit stream, for callers without ORT's CUDA provider
-// (torch or CuPy tensors).  onnx_type, nonfinite, ecc and on_detected are codes from onnxflip_contract();
+// (torch or CuPy tensors); stuck_seed keys the stuck cells (pass seed for the operator's default).  onnx_type, nonfinite, ecc and on_detected are codes from onnxflip_contract();
 // counts, when not null, is device memory for the int64[3] word counts.  Returns 0, a cudaError_t value,
 // or -1 for invalid settings.
 extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
     const void* x, void* y, int64_t count, int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id,
-    uint32_t run, uint64_t mask, int32_t nonfinite, double s0, double s1, int32_t ecc, int32_t on_detected,
-    int64_t* counts, void* cuda_stream) {
+    uint32_t run, uint64_t mask, int32_t nonfinite, double s0, double s1, int64_t stuck_seed, int32_t ecc,
+    int32_t on_detected, int64_t* counts, void* cuda_stream) {
   using namespace onnxflip;
   const ElementType* element = find_element_type(onnx_type);
   if (element == nullptr || !is_enum_code(kNonFiniteNames, nonfinite) || !is_enum_code(kEccNames, ecc) ||
@@ -60,6 +60,8 @@ extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
   settings.nonfinite = static_cast<NonFinite>(nonfinite);
   settings.s0 = s0;
   settings.s1 = s1;
+  settings.has_stuck_seed = true;  // callers pass the seed when they have no other
+  settings.stuck_seed = stuck_seed;
   settings.ecc = static_cast<Ecc>(ecc);
   settings.on_detected = static_cast<OnDetected>(on_detected);
   return launch_flip_bits(x, y, count, format.width / 8, make_plan(settings, format, run), counts, cuda_stream);

@@ -69,9 +69,8 @@ def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomnes
     graph = helper.make_graph(
         [node],
         "flip_bits",
-        [
-            helper.make_tensor_value_info(name, etype.onnx_type, None) if code is None
-            else helper.make_tensor_value_info(name, code, [])
+        [  # X of any shape; the controls are scalars, or empty for "absent"
+            helper.make_tensor_value_info(name, etype.onnx_type if code is None else code, None)
             for name, code in INPUTS
         ],
         [
@@ -107,6 +106,7 @@ def flip_bits(
     nonfinite: str = "keep",
     s0: float = 0.0,
     s1: float = 0.0,
+    stuck_seed: int | None = None,
     ecc: str = "none",
     on_detected: str = "keep",
     return_counts: bool = False,
@@ -117,7 +117,8 @@ def flip_bits(
     ``p`` flips every allowed bit with that probability; ``p01``/``p10`` give
     the 0->1 and 1->0 probabilities separately.  ``bits`` names the field that
     may change (see :mod:`onnxflip.bits`).  ``s0``/``s1`` stick cells at 0/1
-    (after the flips); ``ecc`` (``none``, ``secded``, ``secded64``) stores the
+    (after the flips), the same cells for the same ``stuck_seed`` (default:
+    ``seed``) and ``stream``; ``ecc`` (``none``, ``secded``, ``secded64``) stores the
     values in SECDED words, and ``on_detected`` (``keep``, ``zero``) says what
     a detected, uncorrectable word reads (see :mod:`onnxflip.faults`).  With
     ``return_counts``, returns ``(array, WordCounts)``.  The result depends
@@ -134,7 +135,8 @@ def flip_bits(
     check_ecc(ecc, on_detected)
     session = _session(etype.name, field_mask(etype, bits), int(stream), "fixed", nonfinite, ecc, on_detected,
                        bool(return_counts), threads)
-    out = run_flipbits_session(session, arr, p01=prob01, p10=prob10, seed=seed, s0=float(s0), s1=float(s1))
+    out = run_flipbits_session(session, arr, p01=prob01, p10=prob10, seed=seed, s0=float(s0), s1=float(s1),
+                               stuck_seed=stuck_seed)
     if not return_counts:
         return out
     flipped, counts = out
@@ -142,16 +144,19 @@ def flip_bits(
 
 
 def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p01: float, p10: float, seed: int,
-                         s0: float = 0.0, s1: float = 0.0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                         s0: float = 0.0, s1: float = 0.0,
+                         stuck_seed: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Run a session of :func:`flipbits_node_model` on an array of any supported type; returns Y, or
-    (Y, counts) when the model has the counts output."""
+    (Y, counts) when the model has the counts output.  ``stuck_seed`` None binds an empty stuck_seed: the
+    stuck cells follow ``seed``."""
     etype = element_type(array.dtype)
     source = np.ascontiguousarray(array)
     out = np.empty_like(source)
     binding = session.io_binding()
     x_name = INPUT_NAMES[0]
     binding.bind_ortvalue_input(x_name, _wrap(source, etype))
-    for (name, code), value in zip(INPUTS[1:], (p01, p10, seed, s0, s1), strict=True):
+    stuck = np.zeros(0) if stuck_seed is None else stuck_seed  # empty: absent
+    for (name, code), value in zip(INPUTS[1:], (p01, p10, seed, s0, s1, stuck), strict=True):
         binding.bind_cpu_input(name, np.array(value, dtype=tensor_dtype_to_np_dtype(code)))
     y_name, counts_name = (name for name, _ in OUTPUTS)
     binding.bind_ortvalue_output(y_name, _wrap(out, etype))

@@ -13,9 +13,9 @@ default values (initializers that are also inputs), named
 ``onnxflip_<target>_p01``, ``onnxflip_<target>_p10``,
 ``onnxflip_<target>_seed``, ``onnxflip_<target>_s0`` and
 ``onnxflip_<target>_s1`` (stuck-at probabilities), and
-``onnxflip_<target>_stuck_seed`` (empty by default: the stuck cells follow
-the seed; a scalar fed there keys them apart, so that per-batch activation
-seeds can share one memory), so one ONNX Runtime session serves any sweep; they are the only place the nodes take them from
+``onnxflip_<target>_stuck_seed`` (int64 vector, empty by default: the stuck
+cells follow the seed; one element fed there keys them apart, so that
+per-batch activation seeds can share one memory), so one ONNX Runtime session serves any sweep; they are the only place the nodes take them from
 (no p01/p10/seed/s0/s1 attribute).  A target class whose fault model has ECC
 also gets a graph output ``onnxflip_<target>_counts`` (int64[3]): the words
 of that run read corrected, detected and silently wrong, summed over its
@@ -195,8 +195,8 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             ("stuck_seed", np.zeros(0, dtype=np.int64)),  # empty: absent, the seed keys the stuck cells
         ):
             name = control_input_name(target, what)
-            # A scalar input, but stuck_seed's default is empty: its declared shape is left open.
-            shape = ir.Shape(array.shape) if array.ndim == 0 else None
+            # Scalars, but stuck_seed is a vector: empty by default, one element when fed.
+            shape = ir.Shape(array.shape) if array.ndim == 0 else ir.Shape([f"{name}_length"])
             value = ir.Value(name=name, shape=shape, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                              const_value=ir.tensor(array, name=name))
             graph.inputs.append(value)

@@ -8,6 +8,7 @@ import json
 import math
 
 import numpy as np
+import onnx
 import pytest
 from conftest import TYPE_NAMES, popcount, random_array, raw, run_model, template_classifier
 
@@ -20,7 +21,7 @@ from onnxflip.materialize import materialize_parameters
 from onnxflip.modelio import save_model
 from onnxflip.runtime.flip import flipbits_node_model, run_flipbits_session
 from onnxflip.runtime.library import load_library
-from onnxflip.runtime.session import make_session
+from onnxflip.runtime.session import make_session, runtime_proto
 
 SIGMAS = 4.5  # tolerance of every statistical check, in standard deviations of the count
 CODE_WIDTHS = (8, 16, 32, 64)
@@ -307,8 +308,6 @@ def test_bad_fault_settings_are_one_line_errors(settings, message):
 
 
 def test_the_kernel_refuses_stuck_probabilities_above_one():
-    import onnx
-
     model = flipbits_node_model(element_type("float32"), mask=0xFFFFFFFF, stream=0, randomness="fixed",
                                 nonfinite="keep")
     model.graph.node[0].attribute.extend([onnx.helper.make_attribute("s0", 0.7), onnx.helper.make_attribute("s1", 0.7)])
@@ -350,6 +349,7 @@ def test_an_ecc_target_reports_its_word_counts_and_materialised_weights_keep_the
     config = InjectionConfig(activations=None, biases=None, weights=weights)
     injected = insert_flipbits(template_classifier(), config=config)
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    onnx.checker.check_model(runtime_proto(injected), full_check=True)
     name = counts_output_name("weights")
     outputs = [o.name for o in injected.graph.outputs]
     assert outputs == ["logits", name]
@@ -386,7 +386,7 @@ def test_a_fed_stuck_seed_keeps_the_activation_memory_across_batch_seeds():
     def logits(seed: int, stuck_seed: int | None) -> np.ndarray:
         feeds = {"input": x, "onnxflip_activations_seed": np.array(seed, np.int64)}
         if stuck_seed is not None:
-            feeds["onnxflip_activations_stuck_seed"] = np.array(stuck_seed, np.int64)
+            feeds["onnxflip_activations_stuck_seed"] = np.array([stuck_seed], np.int64)
         return raw(run_model(injected, feeds, exact=True)[0])
 
     assert np.array_equal(logits(1, 5), logits(2, 5))

@@ -253,6 +253,19 @@ def test_word_fractions_match_the_binomial_expectation(type_name, ecc):
     assert within(counts.corrected + counts.detected + counts.silent, words, 1 - p0), counts
 
 
+@pytest.mark.parametrize("ecc", ["secded", "secded64"])
+def test_one_way_flips_see_the_check_bits_values(ecc):
+    # Zero data encodes to zero check bits: 1->0 flips find nothing to flip, 0->1 flips hit all n codeword bits.
+    values, n = _codeword_length("float32", ecc)
+    zeros = np.zeros(1 << 16, np.float32)
+    _, none = flip_bits(zeros, p10=0.05, ecc=ecc, seed=1, return_counts=True)
+    assert (none.corrected, none.detected, none.silent) == (0, 0, 0)
+    p = 2e-3
+    _, counts = flip_bits(zeros, p01=p, ecc=ecc, seed=1, return_counts=True)
+    p3plus = 1 - (1 - p) ** n - n * p * (1 - p) ** (n - 1) - math.comb(n, 2) * p**2 * (1 - p) ** (n - 2)
+    assert within(counts.corrected, counts.words, n * p * (1 - p) ** (n - 1), extra=p3plus), counts
+
+
 @pytest.mark.parametrize(("type_name", "ecc"), ECC_CASES)
 def test_corrected_words_read_the_written_values_and_detected_ones_follow_on_detected(type_name, ecc):
     values, _ = _codeword_length(type_name, ecc)

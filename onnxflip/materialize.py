@@ -3,8 +3,9 @@
     FlipBits(W, p01, p10, seed)   (W an initializer, randomness "fixed")
         -> W'   where W' = flip_bits(W, p01, p10, seed, stream, mask)
 
-p01, p10 and seed come from the node's inputs (fed values, else their
-defaults), as the operator reads them; the rewriter writes no such attribute.
+p01, p10, seed, s0, s1 and stuck_seed come from the node's inputs (fed
+values, else their defaults), as the operator reads them; the rewriter
+writes no such attribute.  A node's word counts (ECC) become a constant too.
 
 The flipped constants are bit for bit what the FlipBits node would produce,
 but ONNX Runtime then sees constant weights again and keeps the optimisations

@@ -19,6 +19,7 @@ from onnxflip.faults import words_per_run
 from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, counts_output_name, insert_flipbits
 from onnxflip.materialize import materialize_parameters
 from onnxflip.modelio import save_model
+from onnxflip.runtime.contract import ECC_CODES, ECC_MODES, ON_DETECTED
 from onnxflip.runtime.flip import flipbits_node_model, run_flipbits_session
 from onnxflip.runtime.library import load_library
 from onnxflip.runtime.session import make_session, runtime_proto
@@ -224,6 +225,13 @@ def test_a_triple_error_at_hamming_positions_3_5_6_decodes_silently_wrong(k):
 
 # --- ECC through the operator ----------------------------------------------------------------------
 
+
+def test_the_contract_states_each_ecc_word():
+    assert ECC_MODES == ("none", "secded", "secded64") and ON_DETECTED == ("keep", "zero")
+    for width in CODE_WIDTHS:
+        assert ECC_CODES["secded"][width] == (width, hamming_bits(width) + 1)
+        assert ECC_CODES["secded64"][width] == (64, hamming_bits(64) + 1)
+
 ECC_CASES = [("int8", "secded"), ("float16", "secded"), ("float32", "secded"), ("float64", "secded"),
              ("int8", "secded64"), ("float32", "secded64")]
 
@@ -256,7 +264,7 @@ def test_word_fractions_match_the_binomial_expectation(type_name, ecc):
 @pytest.mark.parametrize("ecc", ["secded", "secded64"])
 def test_one_way_flips_see_the_check_bits_values(ecc):
     # Zero data encodes to zero check bits: 1->0 flips find nothing to flip, 0->1 flips hit all n codeword bits.
-    values, n = _codeword_length("float32", ecc)
+    _, n = _codeword_length("float32", ecc)
     zeros = np.zeros(1 << 16, np.float32)
     _, none = flip_bits(zeros, p10=0.05, ecc=ecc, seed=1, return_counts=True)
     assert (none.corrected, none.detected, none.silent) == (0, 0, 0)

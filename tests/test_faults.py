@@ -297,6 +297,14 @@ def test_p0_is_bit_identical_with_ecc_and_partial_words(ecc, size):
     assert counts.words == (-(-size // 8) if ecc == "secded64" else size)
 
 
+def test_ecc_words_and_counts_are_the_same_on_any_thread_count():
+    x = random_array("float16", 1 << 18, seed=8)
+    runs = [flip_bits(x, p=2e-3, s0=1e-3, s1=1e-3, ecc="secded64", seed=4, threads=t, return_counts=True)
+            for t in (1, 2, 4)]
+    assert runs[0][1].corrected > 0
+    assert all(np.array_equal(raw(y), raw(runs[0][0])) and counts == runs[0][1] for y, counts in runs)
+
+
 def test_without_ecc_every_changed_value_is_silent():
     x = random_array("float32", 1 << 15, seed=1)
     y, counts = flip_bits(x, p=1e-3, s1=1e-3, seed=3, return_counts=True)

@@ -165,6 +165,18 @@ PROBABILITY_OPTIONS = [
     _option("--p01", type=PROBABILITY, help="Probability that a 0 bit becomes 1."),
     _option("--p10", type=PROBABILITY, help="Probability that a 1 bit becomes 0."),
 ]
+# Stuck-at cells and ECC, for every command that builds fault models (inject; evaluate may reuse them).
+MEMORY_FAULT_OPTIONS = [
+    _option("--stuck-at0", "s0", type=PROBABILITY, default=0.0, show_default=True,
+            help="Probability that a cell is stuck at 0 (the same cells at every run; a new --seed, a new memory)."),
+    _option("--stuck-at1", "s1", type=PROBABILITY, default=0.0, show_default=True,
+            help="Probability that a cell is stuck at 1 (--stuck-at0 + --stuck-at1 <= 1)."),
+    _option("--ecc", type=click.Choice(ECC_MODES), default="none", show_default=True,
+            help="secded: each value stored with a Hamming SECDED code; secded64: values packed into "
+                 "(72,64) words, like DRAM."),
+    _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
+            help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
+]
 FAULT_OPTIONS = [
     *PROBABILITY_OPTIONS,
     BITS_OPTION,
@@ -175,17 +187,7 @@ FAULT_OPTIONS = [
             help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
     _option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
             help="fixed: weights and biases keep their flips across runs (written once); per_run: new each run."),
-    *[
-        _option("--stuck-at0", "s0", type=PROBABILITY, default=0.0, show_default=True,
-                help="Probability that a cell is stuck at 0 (the same cells at every run; a new --seed, a new memory)."),
-        _option("--stuck-at1", "s1", type=PROBABILITY, default=0.0, show_default=True,
-                help="Probability that a cell is stuck at 1 (--stuck-at0 + --stuck-at1 <= 1)."),
-        _option("--ecc", type=click.Choice(ECC_MODES), default="none", show_default=True,
-                help="secded: each value stored with a Hamming SECDED code; secded64: values packed into "
-                     "(72,64) words, like DRAM."),
-        _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
-                help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
-    ],
+    *MEMORY_FAULT_OPTIONS,
 ]
 
 

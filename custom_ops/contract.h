@@ -57,6 +57,17 @@ struct EnumName {
 constexpr EnumName<Randomness> kRandomnessNames[] = {{"fixed", Randomness::kFixed}, {"per_run", Randomness::kPerRun}};
 constexpr EnumName<NonFinite> kNonFiniteNames[] = {
     {"keep", NonFinite::kKeep}, {"zero", NonFinite::kZero}, {"nan_to_num", NonFinite::kNanToNum}};
+constexpr EnumName<Ecc> kEccNames[] = {{"none", Ecc::kNone}, {"secded", Ecc::kSecded}, {"secded64", Ecc::kSecded64}};
+constexpr EnumName<OnDetected> kOnDetectedNames[] = {{"keep", OnDetected::kKeep}, {"zero", OnDetected::kZero}};
+constexpr EnumName<Count> kCountNames[] = {
+    {"corrected", kCorrected}, {"detected", kDetected}, {"silent", kSilent}};  // the counts output, by index
+
+// The data bits of the word an ECC mode stores a value of `width` bits in; 0 where the mode cannot store it.
+constexpr int ecc_word_bits(Ecc ecc, int width) {
+  const bool known = width == 8 || width == 16 || width == 32 || width == 64;
+  if (!known) return 0;
+  return ecc == Ecc::kSecded ? width : ecc == Ecc::kSecded64 ? 64 : 0;
+}
 
 // Attribute names, and the attributes with their defaults as JSON values (null: all bits of the type).
 constexpr const char* kAttrP01 = "p01";
@@ -66,6 +77,10 @@ constexpr const char* kAttrStream = "stream";
 constexpr const char* kAttrBitmask = "bitmask";
 constexpr const char* kAttrRandomness = "randomness";
 constexpr const char* kAttrNonFinite = "nonfinite";
+constexpr const char* kAttrS0 = "s0";
+constexpr const char* kAttrS1 = "s1";
+constexpr const char* kAttrEcc = "ecc";
+constexpr const char* kAttrOnDetected = "on_detected";
 
 struct Attribute {
   const char* name;
@@ -77,11 +92,14 @@ constexpr Attribute kAttributes[] = {
     {kAttrP01, "float", "0.0"},          {kAttrP10, "float", "0.0"},
     {kAttrSeed, "int", "0"},             {kAttrStream, "int", "0"},
     {kAttrBitmask, "int", "null"},       {kAttrRandomness, "string", "\"fixed\""},
-    {kAttrNonFinite, "string", "\"keep\""},
+    {kAttrNonFinite, "string", "\"keep\""},  {kAttrS0, "float", "0.0"},
+    {kAttrS1, "float", "0.0"},           {kAttrEcc, "string", "\"none\""},
+    {kAttrOnDetected, "string", "\"keep\""},
 };
 
 // Inputs: X, then the optional scalars that, when present and non-empty, take precedence over the attributes.
-enum Input : size_t { kX = 0, kP01 = 1, kP10 = 2, kSeed = 3, kInputCount = 4 };
+// stuck_seed has no attribute: absent or empty, the stuck cells are keyed by the seed.
+enum Input : size_t { kX = 0, kP01 = 1, kP10 = 2, kSeed = 3, kS0 = 4, kS1 = 5, kStuckSeed = 6, kInputCount = 7 };
 
 struct InputSpec {
   const char* name;
@@ -94,10 +112,22 @@ constexpr InputSpec kInputs[kInputCount] = {
     {kAttrP01, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true},
     {kAttrP10, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true},
     {kAttrSeed, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, true},
+    {kAttrS0, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true},
+    {kAttrS1, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, true},
+    {"stuck_seed", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, true},
+};
+
+// Outputs: Y, and optionally the words of this run read corrected, detected and silently wrong (kCountNames).
+enum Output : size_t { kY = 0, kCounts = 1, kOutputCount = 2 };
+
+constexpr InputSpec kOutputs[kOutputCount] = {
+    {"Y", ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED, false},
+    {"counts", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, true},
 };
 
 }  // namespace onnxflip
 
-// The contract above as one JSON object (domain, op_type, version, element_types, enums, attributes, inputs).
+// The contract above as one JSON object (domain, op_type, version, element_types, enums, attributes, inputs,
+// outputs, ecc_codes: for each ECC mode and element width, the data and check bits of its stored word).
 // The string is owned by the library and lives as long as it is loaded.
 extern "C" __attribute__((visibility("default"))) const char* onnxflip_contract(void);

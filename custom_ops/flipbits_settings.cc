@@ -19,6 +19,15 @@ void check_probability(double p, const char* name, const std::string& node) {
   }
 }
 
+// s0 + s1 <= 1, up to the rounding of two float32 values.
+void check_stuck(double s0, double s1, const std::string& node) {
+  if (s0 + s1 > 1.0 + 1e-6) {
+    std::ostringstream msg;
+    msg << describe(node) << "s0 + s1 = " << s0 + s1 << " exceeds 1 (a cell is stuck at 0 or at 1, not both)";
+    throw SettingsError{msg.str()};
+  }
+}
+
 template <typename T>
 bool attribute(const Ort::ConstKernelInfo& info, const char* name, T& out) {
   // ORT reports a missing attribute as an error status; absence means "use the default".
@@ -86,6 +95,16 @@ FlipSettings read_attributes(const Ort::ConstKernelInfo& info, const Format& for
   }
   read_enum(info, kAttrRandomness, kRandomnessNames, s.randomness, node);
   read_enum(info, kAttrNonFinite, kNonFiniteNames, s.nonfinite, node);
+  if (attribute(info, kAttrS0, p)) s.s0 = p;
+  if (attribute(info, kAttrS1, p)) s.s1 = p;
+  check_probability(s.s0, "attribute s0", node);
+  check_probability(s.s1, "attribute s1", node);
+  check_stuck(s.s0, s.s1, node);
+  read_enum(info, kAttrEcc, kEccNames, s.ecc, node);
+  read_enum(info, kAttrOnDetected, kOnDetectedNames, s.on_detected, node);
+  if (s.ecc != Ecc::kNone && ecc_word_bits(s.ecc, format.width) == 0) {
+    throw SettingsError{describe(node) + "ecc cannot protect " + std::to_string(format.width) + "-bit values"};
+  }
   return s;
 }
 
@@ -100,12 +119,25 @@ FlipSettings with_inputs(FlipSettings s, Ort::KernelContext& context, const std:
     check_probability(s.p10, "input p10", node);
   }
   scalar_input(context, kSeed, s.seed, kInputs[kSeed].name, node);
+  const bool s0 = scalar_input(context, kS0, p, kInputs[kS0].name, node);
+  if (s0) {
+    s.s0 = p;
+    check_probability(s.s0, "input s0", node);
+  }
+  const bool s1 = scalar_input(context, kS1, p, kInputs[kS1].name, node);
+  if (s1) {
+    s.s1 = p;
+    check_probability(s.s1, "input s1", node);
+  }
+  if (s0 || s1) check_stuck(s.s0, s.s1, node);
+  s.has_stuck_seed = scalar_input(context, kStuckSeed, s.stuck_seed, kInputs[kStuckSeed].name, node);
   return s;
 }
 
 FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
   FlipPlan plan{};
   plan.seed = static_cast<uint64_t>(s.seed);
+  plan.stuck_seed = static_cast<uint64_t>(s.has_stuck_seed ? s.stuck_seed : s.seed);
   plan.stream = static_cast<uint32_t>(s.stream);
   plan.run = s.randomness == Randomness::kPerRun ? run : 0;
   plan.mask = s.mask;
@@ -115,11 +147,22 @@ FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
   }
   const double pmax = std::max(s.p01, s.p10);
   plan.inv_log1m_pmax = 1.0 / std::log1p(-pmax);
-  plan.active = plan.mask_bits > 0 && pmax > 0.0 && (pmax == 1.0 || std::isfinite(plan.inv_log1m_pmax));
+  plan.ecc = s.ecc;
+  plan.on_detected = s.on_detected;
+  plan.code = make_secded(ecc_word_bits(s.ecc, format.width));
+  plan.word_values = s.ecc == Ecc::kSecded64 ? 64 / format.width : 1;
+  const int check_bits = plan.code.data_bits ? plan.code.hamming_bits + 1 : 0;
+  plan.word_positions = static_cast<uint32_t>(plan.word_values * plan.mask_bits + check_bits);
+  plan.flips = plan.word_positions > 0 && pmax > 0.0 && (pmax == 1.0 || std::isfinite(plan.inv_log1m_pmax));
   plan.asymmetric = s.p01 != s.p10;
   const double scale = 4294967296.0;  // 2^32: a u32 below accept[v] happens with probability p/pmax
   plan.accept[0] = pmax > 0.0 ? static_cast<uint64_t>(std::ceil(s.p01 / pmax * scale)) : 0;
   plan.accept[1] = pmax > 0.0 ? static_cast<uint64_t>(std::ceil(s.p10 / pmax * scale)) : 0;
+  const double stuck = std::min(s.s0 + s.s1, 1.0);
+  plan.inv_log1m_stuck = 1.0 / std::log1p(-stuck);
+  plan.stuck = plan.word_positions > 0 && stuck > 0.0 && (stuck == 1.0 || std::isfinite(plan.inv_log1m_stuck));
+  plan.stuck_one = stuck > 0.0 ? static_cast<uint64_t>(std::ceil(std::min(s.s1 / stuck, 1.0) * scale)) : 0;
+  plan.active = plan.flips || plan.stuck;
   plan.format = format;
   plan.nonfinite = s.nonfinite;
   return plan;

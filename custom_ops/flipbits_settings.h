@@ -15,13 +15,19 @@ struct FlipSettings {
   double p01 = 0.0;
   double p10 = 0.0;
   int64_t seed = 0;
+  bool has_stuck_seed = false;  // the stuck_seed input was given: it keys the stuck cells instead of seed
+  int64_t stuck_seed = 0;
   int64_t stream = 0;
   uint64_t mask = 0;  // all bits of the type when the attribute is absent
   Randomness randomness = Randomness::kFixed;
   NonFinite nonfinite = NonFinite::kKeep;
+  double s0 = 0.0;  // probability that a cell is stuck at 0
+  double s1 = 0.0;  // ... at 1 (s0 + s1 <= 1: a cell is stuck at one value)
+  Ecc ecc = Ecc::kNone;
+  OnDetected on_detected = OnDetected::kKeep;
 };
 
-// The contract's (kRandomnessNames / kNonFiniteNames) value for a name; false when the name is not there.
+// The contract's (kRandomnessNames, kNonFiniteNames, ...) value for a name; false when the name is not there.
 template <typename Enum, size_t N>
 bool enum_value(const EnumName<Enum> (&names)[N], const std::string& text, Enum& out) {
   for (const EnumName<Enum>& entry : names) {

@@ -28,7 +28,7 @@ from onnxflip.evaluate import DIRECTIONS
 from onnxflip.graph.config import FaultModel, InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
-from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
+from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
 from onnxflip.sweep import MidpointSearch, parse_probabilities
@@ -165,6 +165,18 @@ PROBABILITY_OPTIONS = [
     _option("--p01", type=PROBABILITY, help="Probability that a 0 bit becomes 1."),
     _option("--p10", type=PROBABILITY, help="Probability that a 1 bit becomes 0."),
 ]
+# Stuck-at cells and ECC, for every command that builds fault models (inject; evaluate may reuse them).
+MEMORY_FAULT_OPTIONS = [
+    _option("--stuck-at0", "s0", type=PROBABILITY, default=0.0, show_default=True,
+            help="Probability that a cell is stuck at 0 (the same cells at every run; a new --seed, a new memory)."),
+    _option("--stuck-at1", "s1", type=PROBABILITY, default=0.0, show_default=True,
+            help="Probability that a cell is stuck at 1 (--stuck-at0 + --stuck-at1 <= 1)."),
+    _option("--ecc", type=click.Choice(ECC_MODES), default="none", show_default=True,
+            help="secded: each value stored with a Hamming SECDED code; secded64: values packed into "
+                 "(72,64) words, like DRAM."),
+    _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
+            help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
+]
 FAULT_OPTIONS = [
     *PROBABILITY_OPTIONS,
     BITS_OPTION,
@@ -175,6 +187,7 @@ FAULT_OPTIONS = [
             help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
     _option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
             help="fixed: weights and biases keep their flips across runs (written once); per_run: new each run."),
+    *MEMORY_FAULT_OPTIONS,
 ]
 
 
@@ -187,8 +200,8 @@ def _selection(ops, every_intermediate, include, exclude) -> Selection:
         raise click.UsageError(str(exc)) from None
 
 
-def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness,
-                  parameter_randomness) -> dict[str, FaultModel | None]:
+def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness, parameter_randomness,
+                  s0, s1, ecc, on_detected) -> dict[str, FaultModel | None]:
     """The FaultModel of each target class (None for a class not in --targets)."""
     prob01, prob10 = resolve_probabilities(p, p01, p10)
 
@@ -196,7 +209,8 @@ def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_ran
         if target not in targets:
             return None
         randomness = activation_randomness if target == "activations" else parameter_randomness
-        return FaultModel(p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness)
+        return FaultModel(p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness,
+                          s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
     return {target: fault(target) for target in TARGETS}
 

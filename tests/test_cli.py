@@ -205,11 +205,13 @@ def test_inject_options_build_the_recorded_fault_models(vgg_path, tmp_path, caps
     out = tmp_path / "injected.onnx"
     code, _, _ = run(capsys, "inject", str(vgg_path), "-o", str(out), "--targets", "activations,weights",
                      "--p01", "1e-3", "--bits", "exponent", "--seed", "9", "--nonfinite", "zero",
-                     "--activation-randomness", "fixed", "--parameter-randomness", "per_run", "--include", "features")
+                     "--activation-randomness", "fixed", "--parameter-randomness", "per_run", "--include", "features",
+                     "--stuck-at0", "1e-4", "--stuck-at1", "2e-4", "--ecc", "secded", "--on-detected", "zero")
     assert code == 0
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     config = json.loads(meta["onnxflip.injection"])["config"]
-    common = {"p01": 1e-3, "p10": 0.0, "bits": "exponent", "seed": 9, "nonfinite": "zero"}
+    common = {"p01": 1e-3, "p10": 0.0, "bits": "exponent", "seed": 9, "nonfinite": "zero", "s0": 1e-4, "s1": 2e-4,
+              "ecc": "secded", "on_detected": "zero"}
     assert config["activations"] == {**common, "randomness": "fixed"}
     assert config["weights"] == {**common, "randomness": "per_run"}
     assert config["biases"] is None and config["selection"]["include"] == "features"

@@ -483,6 +483,21 @@ def test_subgraph_sites_in_an_emulated_format_compute_as_the_converted_model(nam
     assert_same_outputs(path, converted, rtol={"float16": 1e-2, "bfloat16": 5e-2}[fmt])
 
 
+@pytest.mark.parametrize("name", ["if_branches", "loop", "scan"])
+def test_ecc_at_a_site_inside_a_body_is_refused_in_one_line(name, tmp_path, capsys):
+    """A body's word counts cannot reach the main graph's counts output; its outer-scope weights can be protected."""
+    _, path = _built(name, tmp_path)
+    out = tmp_path / "injected.onnx"
+    code, _, err = run(capsys, "inject", path, "-o", out, "--targets", "activations", "--ecc", "secded")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("onnxflip: error: site ") and "inside an If/Loop/Scan body" in err
+    assert not out.exists()
+    assert run(capsys, "inject", path, "-o", out, "--targets", "weights", "--ecc", "secded", "--p", "1e-3")[0] == 0
+    session = make_session(str(out))
+    counts = dict(zip((o.name for o in session.get_outputs()), session.run(None, _feeds(session))))
+    assert counts["onnxflip_weights_counts"].shape == (3,)
+
+
 def test_float16_sites_are_flipped_as_float16(tmp_path, capsys):
     _, path = _built("float16_resnet", tmp_path)
     out = tmp_path / "injected.onnx"

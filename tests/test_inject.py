@@ -125,11 +125,12 @@ def test_caller_model_is_not_mutated(injected, transform):
 
 
 def test_injection_config_build_shares_one_fault_model_across_the_chosen_targets():
+    memory = {"s0": 0.01, "s1": 0.02, "ecc": "secded64", "on_detected": "zero"}
     config = InjectionConfig.build(format="float16", targets=("activations", "weights"), p01=0.1, p10=0.2,
-                                   bits="exponent", seed=7, parameter_randomness="per_run")
+                                   bits="exponent", seed=7, parameter_randomness="per_run", **memory)
     assert config.biases is None and config.targets == ("activations", "weights")
-    assert config.weights == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run")
-    assert config.activations == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run")
+    assert config.weights == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
+    assert config.activations == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
     assert InjectionConfig.build().activations.randomness == "per_run"
     assert InjectionConfig.build().weights.randomness == "fixed"
     with pytest.raises(OnnxflipError, match="unknown target"):
@@ -191,11 +192,11 @@ def test_materialized_parameters_equal_in_graph_flips():
 
 @pytest.mark.parametrize("given", [False, True])
 def test_materialising_drops_flips_at_p0_only_when_the_trial_fixes_their_probabilities(given):
-    """Activations' p01/p10 left to be fed at run time keep their FlipBits; given as 0 for the trial, they go."""
+    """Activations' rates left to be fed at run time keep their FlipBits; given as 0 for the trial, they go."""
     model = conv_model()
     feeds = {"x": RNG.random((2, 3, 8, 8), dtype=np.float32)}
     injected = insert_flipbits(model, config=InjectionConfig(weights=None, biases=None))
-    zero = {control_input_name("activations", w): np.array(0.0, np.float32) for w in ("p01", "p10")}
+    zero = {control_input_name("activations", w): np.array(0.0, np.float32) for w in ("p01", "p10", "s0", "s1")}
     fixed = materialize_parameters(injected, zero if given else None)
     assert flip_targets(fixed)["activations"] == (1 if given else 3)  # the logits, a graph output, stay
     clean = run_model(injected, feeds, exact=True)[0]
@@ -271,7 +272,7 @@ def test_int8_qdq_sites_and_p0_is_bit_identical(qdq_path, images):
     # A trial at p = 0, as the evaluator builds it: every target's probabilities given.  At full optimisation
     # the clean graph's QuantizeLinear -> DequantizeLinear pairs fuse into QLinearConv; a FlipBits between them
     # would keep them apart (dequantise, float Conv, requantise rounds differently), so materialising removes it.
-    trial = {control_input_name(t, w): np.array(0.0, np.float32) for t in TARGETS for w in ("p01", "p10")}
+    trial = {control_input_name(t, w): np.array(0.0, np.float32) for t in TARGETS for w in ("p01", "p10", "s0", "s1")}
     np.testing.assert_array_equal(run_model(materialize_parameters(injected, trial), feeds)[0],
                                   run_model(model, feeds)[0])
     with pytest.raises(OnnxflipError, match="quantised"):

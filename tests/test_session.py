@@ -100,4 +100,4 @@ def test_the_readme_onnxruntime_recipe_runs_without_warnings(tmp_path, capfd, mo
     exec(compile(_readme_recipe(), "README.md", "exec"), namespace)  # the README's own code
     captured = capfd.readouterr()
     assert "appears in graph inputs" not in captured.err + captured.out, captured.err
-    assert set(namespace["controls"]) == {control_input_name(t, w) for t in TARGETS for w in ("p01", "p10", "seed")}
+    assert set(namespace["controls"]) == {control_input_name(t, w) for t in TARGETS for w in ("p01", "p10", "seed", "s0", "s1", "stuck_seed")}

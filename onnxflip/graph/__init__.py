@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import convert_format, insert_flipbits, plan_sites
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters
@@ -25,6 +25,7 @@ __all__ = [
     "batch_dimension",
     "control_input_name",
     "convert_format",
+    "counts_output_name",
     "insert_flipbits",
     "materialize_parameters",
     "plan_sites",

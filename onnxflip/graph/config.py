@@ -10,23 +10,34 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import check_ecc, check_stuck
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 
-__all__ = ["METADATA_KEY", "FaultModel", "InjectionConfig", "control_input_name"]
+__all__ = ["METADATA_KEY", "FaultModel", "InjectionConfig", "control_input_name", "counts_output_name"]
 
 METADATA_KEY = "onnxflip.injection"
 
 
 def control_input_name(target: str, what: str) -> str:
-    """Graph input that sets ``what`` (p01, p10 or seed) for a target class."""
+    """Graph input that sets ``what`` (p01, p10, seed, s0, s1 or stuck_seed) for a target class."""
     return f"onnxflip_{target}_{what}"
+
+
+def counts_output_name(target: str) -> str:
+    """Graph output with the word counts (corrected, detected, silent) of a target class protected by ECC."""
+    return f"onnxflip_{target}_counts"
 
 
 @dataclass(frozen=True)
 class FaultModel:
-    """How the bits of one target class flip."""
+    """How the bits of one target class flip, stick and are protected (see :mod:`onnxflip.faults`).
+
+    ``s0``/``s1``: probability that a cell is stuck at 0/1; ``ecc``: ``none``,
+    ``secded`` or ``secded64``; ``on_detected``: ``keep`` or ``zero`` for a
+    word with a detected, uncorrectable error.
+    """
 
     p01: float = 0.0
     p10: float = 0.0
@@ -34,6 +45,10 @@ class FaultModel:
     seed: int = 0
     randomness: str = "fixed"
     nonfinite: str = "keep"
+    s0: float = 0.0
+    s1: float = 0.0
+    ecc: str = "none"
+    on_detected: str = "keep"
 
     @classmethod
     def symmetric(cls, p: float, **kwargs) -> FaultModel:
@@ -45,6 +60,8 @@ class FaultModel:
             raise OnnxflipError(f"randomness must be one of {', '.join(RANDOMNESS)}, not {self.randomness!r}")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise OnnxflipError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {self.nonfinite!r}")
+        check_stuck(self.s0, self.s1)
+        check_ecc(self.ecc, self.on_detected)
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,10 @@ class InjectionConfig:
         nonfinite: str = "keep",
         activation_randomness: str = "per_run",
         parameter_randomness: str = "fixed",
+        s0: float = 0.0,
+        s1: float = 0.0,
+        ecc: str = "none",
+        on_detected: str = "keep",
         selection: Selection | None = None,
         fold_batchnorm: bool = True,
     ) -> InjectionConfig:
@@ -84,7 +105,8 @@ class InjectionConfig:
             if target not in targets:
                 return None
             randomness = activation_randomness if target == "activations" else parameter_randomness
-            return FaultModel(p01=p01, p10=p10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness)
+            return FaultModel(p01=p01, p10=p10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness,
+                              s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
         return cls(format=format, activations=fault("activations"), weights=fault("weights"),
                    biases=fault("biases"), selection=selection or Selection(), fold_batchnorm=fold_batchnorm)

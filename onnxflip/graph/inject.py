@@ -17,12 +17,13 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import ecc_word
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
 from onnxflip.graph.formats import StorageFormat, is_qdq, native_float_type, require_format_fits, storage_format
 from onnxflip.graph.inputs import check_graph
 from onnxflip.graph.passes import FoldBatchNormPass, InsertFlipBitsPass, StoreInFormatPass
 from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
-from onnxflip.runtime.contract import DOMAIN, element_type
+from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
 
 __all__ = ["FORMAT_METADATA_KEY", "convert_format", "insert_flipbits", "plan_sites"]
 
@@ -64,10 +65,21 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, Stor
         if fmt.emulated:
             site.stored_dtype = fmt.dtype
         try:
-            element_type(int(site.stored_dtype))
+            etype = element_type(int(site.stored_dtype))
         except OnnxflipError:
             raise OnnxflipError(f"site {site.name} holds {site.stored_dtype.name}, which FlipBits does not flip") from None
+        _check_ecc_site(prepared, site, config.fault_model(site.target).ecc, etype)
     return prepared, fmt, sites
+
+
+def _check_ecc_site(model: ir.Model, site: Site, ecc: str, etype: ElementType) -> None:
+    """Raise OnnxflipError where ``ecc`` cannot protect the site: a width it has no code for, or a
+    site inside an If/Loop/Scan body, whose word counts cannot reach the main graph's counts output."""
+    if ecc_word(ecc, etype) is None:
+        return
+    if site.value.graph is not model.graph:
+        raise OnnxflipError(f"site {site.name} lies inside an If/Loop/Scan body, where ecc {ecc} cannot count "
+                            "its words; exclude it from the selection (--exclude)")
 
 
 def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -> ir.Model:

@@ -19,13 +19,18 @@ from onnxflip.runtime.library import operator_contract
 
 __all__ = [
     "ATTRIBUTE_DEFAULTS",
+    "COUNT_NAMES",
     "DOMAIN",
+    "ECC_CODES",
+    "ECC_MODES",
     "ELEMENT_TYPES",
     "INPUTS",
     "INPUT_NAMES",
     "NONFINITE_POLICIES",
+    "ON_DETECTED",
     "OP_TYPE",
     "OP_VERSION",
+    "OUTPUTS",
     "RANDOMNESS",
     "ElementType",
     "element_type",
@@ -67,12 +72,24 @@ ELEMENT_TYPES: tuple[ElementType, ...] = tuple(
 _ENUMS: dict[str, dict[str, int]] = _CONTRACT["enums"]
 RANDOMNESS: tuple[str, ...] = tuple(_ENUMS["randomness"])
 NONFINITE_POLICIES: tuple[str, ...] = tuple(_ENUMS["nonfinite"])
+ECC_MODES: tuple[str, ...] = tuple(_ENUMS["ecc"])
+ON_DETECTED: tuple[str, ...] = tuple(_ENUMS["on_detected"])
+# The counts output's entries, in index order: words read corrected, detected (not corrected), silently wrong.
+COUNT_NAMES: tuple[str, ...] = tuple(sorted(_ENUMS["counts"], key=_ENUMS["counts"].get))
+# ECC mode -> element width -> (data bits, check bits) of the word a value is stored in.
+ECC_CODES = MappingProxyType({
+    mode: MappingProxyType({int(width): tuple(bits) for width, bits in widths.items()})
+    for mode, widths in _CONTRACT["ecc_codes"].items()
+})
 ATTRIBUTE_DEFAULTS = MappingProxyType({a["name"]: a["default"] for a in _CONTRACT["attributes"]})
 # (name, ONNX type code, or None for the element type T of X), in input order.
 INPUTS: tuple[tuple[str, int | None], ...] = tuple(
     (i["name"], None if i["onnx_type"] == "T" else i["onnx_type"]) for i in _CONTRACT["inputs"]
 )
 INPUT_NAMES: tuple[str, ...] = tuple(name for name, _ in INPUTS)
+OUTPUTS: tuple[tuple[str, int | None], ...] = tuple(
+    (o["name"], None if o["onnx_type"] == "T" else o["onnx_type"]) for o in _CONTRACT["outputs"]
+)
 
 _BY_NAME = {t.name: t for t in ELEMENT_TYPES}
 _BY_ONNX = {t.onnx_type: t for t in ELEMENT_TYPES}
@@ -97,7 +114,8 @@ def element_type(key: str | int | np.dtype | type) -> ElementType:
 
 
 def enum_code(attribute: str, name: str) -> int:
-    """The code the library gives a value of an enum attribute (``randomness`` or ``nonfinite``)."""
+    """The code the library gives a value of an enum attribute (``randomness``, ``nonfinite``, ``ecc``,
+    ``on_detected``)."""
     codes = _ENUMS[attribute]
     if name not in codes:
         raise OnnxflipError(f"{attribute} must be one of {', '.join(codes)}, not {name!r}")

@@ -9,16 +9,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from onnx.helper import tensor_dtype_to_np_dtype
 
 from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import WordCounts, check_ecc, check_stuck, stored_words
 from onnxflip.runtime.contract import (
+    COUNT_NAMES,
     DOMAIN,
     INPUT_NAMES,
     INPUTS,
     NONFINITE_POLICIES,
     OP_TYPE,
     OP_VERSION,
+    OUTPUTS,
     ElementType,
     element_type,
 )
@@ -45,27 +49,35 @@ def resolve_probabilities(p: float | None, p01: float | None, p10: float | None)
     return float(pair[0]), float(pair[1])
 
 
-def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomness: str, nonfinite: str) -> onnx.ModelProto:
-    """A one-node model Y = FlipBits(X, p01, p10, seed) for one element type."""
+def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomness: str, nonfinite: str,
+                        ecc: str = "none", on_detected: str = "keep", counts: bool = False) -> onnx.ModelProto:
+    """A one-node model Y = FlipBits(X, p01, p10, seed, s0, s1) for one element type; with ``counts``, the
+    node's second output (the words read corrected, detected and silently wrong) is a graph output too."""
+    outputs = [name for name, _ in OUTPUTS][: 2 if counts else 1]
     node = helper.make_node(
         OP_TYPE,
         list(INPUT_NAMES),
-        ["Y"],
+        outputs,
         domain=DOMAIN,
         bitmask=mask_to_attribute(mask),
         stream=stream,
         randomness=randomness,
         nonfinite=nonfinite,
+        ecc=ecc,
+        on_detected=on_detected,
     )
     graph = helper.make_graph(
         [node],
         "flip_bits",
-        [
-            helper.make_tensor_value_info(name, etype.onnx_type, None) if code is None
-            else helper.make_tensor_value_info(name, code, [])
+        [  # X of any shape; the controls are scalars, or empty for "absent"
+            helper.make_tensor_value_info(name, etype.onnx_type if code is None else code, None)
             for name, code in INPUTS
         ],
-        [helper.make_tensor_value_info("Y", etype.onnx_type, None)],
+        [
+            helper.make_tensor_value_info(name, etype.onnx_type, None) if code is None
+            else helper.make_tensor_value_info(name, code, [len(COUNT_NAMES)])
+            for name, code in OUTPUTS[: len(outputs)]
+        ],
     )
     return helper.make_model(
         graph,
@@ -75,8 +87,10 @@ def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomnes
 
 
 @functools.lru_cache(maxsize=64)
-def _session(type_name: str, mask: int, stream: int, randomness: str, nonfinite: str, threads: int | None) -> ort.InferenceSession:
-    model = flipbits_node_model(element_type(type_name), mask=mask, stream=stream, randomness=randomness, nonfinite=nonfinite)
+def _session(type_name: str, mask: int, stream: int, randomness: str, nonfinite: str, ecc: str, on_detected: str,
+             counts: bool, threads: int | None) -> ort.InferenceSession:
+    model = flipbits_node_model(element_type(type_name), mask=mask, stream=stream, randomness=randomness,
+                                nonfinite=nonfinite, ecc=ecc, on_detected=on_detected, counts=counts)
     return make_session(model, threads=threads)
 
 
@@ -90,38 +104,68 @@ def flip_bits(
     seed: int = 0,
     stream: int = 0,
     nonfinite: str = "keep",
+    s0: float = 0.0,
+    s1: float = 0.0,
+    stuck_seed: int | None = None,
+    ecc: str = "none",
+    on_detected: str = "keep",
+    return_counts: bool = False,
     threads: int | None = None,
-) -> np.ndarray:
-    """A copy of ``array`` with bits flipped as FlipBits flips them, in ``fixed`` mode.
+) -> np.ndarray | tuple[np.ndarray, WordCounts]:
+    """A copy of ``array`` with the faults FlipBits applies, in ``fixed`` mode.
 
     ``p`` flips every allowed bit with that probability; ``p01``/``p10`` give
     the 0->1 and 1->0 probabilities separately.  ``bits`` names the field that
-    may change (see :mod:`onnxflip.bits`).  The result depends only on the
-    array, the settings, ``seed`` and ``stream``, never on ``threads``.
+    may change (see :mod:`onnxflip.bits`).  ``s0``/``s1`` stick cells at 0/1
+    (after the flips), the same cells for the same ``stuck_seed`` (default:
+    ``seed``) and ``stream``; ``ecc`` (``none``, ``secded``, ``secded64``) stores the
+    values in SECDED words, and ``on_detected`` (``keep``, ``zero``) says what
+    a detected, uncorrectable word reads (see :mod:`onnxflip.faults`).  With
+    ``return_counts``, returns ``(array, WordCounts)``.  The result depends
+    only on the array, the settings, ``seed`` and ``stream``, never on
+    ``threads``.
     """
     arr = np.asarray(array)
     etype = element_type(arr.dtype)
     prob01, prob10 = resolve_probabilities(p, p01, p10)
     if nonfinite not in NONFINITE_POLICIES:
         raise OnnxflipError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
-    session = _session(etype.name, field_mask(etype, bits), int(stream), "fixed", nonfinite, threads)
-    return run_flipbits_session(session, arr, p01=prob01, p10=prob10, seed=seed)
+    check_stuck(s0, s1)
+    words = stored_words(ecc, etype, arr.size)  # checks ecc and that it fits the type
+    check_ecc(ecc, on_detected)
+    session = _session(etype.name, field_mask(etype, bits), int(stream), "fixed", nonfinite, ecc, on_detected,
+                       bool(return_counts), threads)
+    out = run_flipbits_session(session, arr, p01=prob01, p10=prob10, seed=seed, s0=float(s0), s1=float(s1),
+                               stuck_seed=stuck_seed)
+    if not return_counts:
+        return out
+    flipped, counts = out
+    return flipped, WordCounts.from_output(counts, words=words)
 
 
-def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p01: float, p10: float, seed: int) -> np.ndarray:
-    """Run a session of :func:`flipbits_node_model` on an array of any supported type."""
+def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p01: float, p10: float, seed: int,
+                         s0: float = 0.0, s1: float = 0.0,
+                         stuck_seed: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Run a session of :func:`flipbits_node_model` on an array of any supported type; returns Y, or
+    (Y, counts) when the model has the counts output.  ``stuck_seed`` None binds an empty stuck_seed: the
+    stuck cells follow ``seed``."""
     etype = element_type(array.dtype)
     source = np.ascontiguousarray(array)
     out = np.empty_like(source)
     binding = session.io_binding()
-    x_name, p01_name, p10_name, seed_name = INPUT_NAMES
+    x_name = INPUT_NAMES[0]
     binding.bind_ortvalue_input(x_name, _wrap(source, etype))
-    binding.bind_cpu_input(p01_name, np.array(p01, dtype=np.float32))
-    binding.bind_cpu_input(p10_name, np.array(p10, dtype=np.float32))
-    binding.bind_cpu_input(seed_name, np.array(seed, dtype=np.int64))
-    binding.bind_ortvalue_output("Y", _wrap(out, etype))
+    stuck = np.zeros(0) if stuck_seed is None else stuck_seed  # empty: absent
+    for (name, code), value in zip(INPUTS[1:], (p01, p10, seed, s0, s1, stuck), strict=True):
+        binding.bind_cpu_input(name, np.array(value, dtype=tensor_dtype_to_np_dtype(code)))
+    y_name, counts_name = (name for name, _ in OUTPUTS)
+    binding.bind_ortvalue_output(y_name, _wrap(out, etype))
+    with_counts = len(session.get_outputs()) > 1
+    counts = np.zeros(len(COUNT_NAMES), dtype=np.int64)
+    if with_counts:
+        binding.bind_ortvalue_output(counts_name, ort.OrtValue.ortvalue_from_numpy(counts))
     session.run_with_iobinding(binding)
-    return out
+    return (out, counts) if with_counts else out
 
 
 def _wrap(array: np.ndarray, etype: ElementType) -> ort.OrtValue:

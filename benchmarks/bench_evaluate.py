@@ -16,9 +16,8 @@ import tempfile
 import time
 
 import numpy as np
-import onnxruntime as ort
 
-from onnxflip import session_options
+from onnxflip import make_session
 from onnxflip.data import load_split
 from onnxflip.evaluate import Evaluator, SweepSettings
 from onnxflip.modelio import load_model
@@ -42,7 +41,7 @@ def main() -> None:
     settings = SweepSettings(trials=args.trials, batch_size=args.batch_size)
     evaluator = Evaluator(load_model(args.model), images, labels, settings)
 
-    plain = ort.InferenceSession(args.model, session_options(), providers=["CPUExecutionProvider"])
+    plain = make_session(args.model)
     name = plain.get_inputs()[0].name
 
     def plain_pass() -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from onnxflip import make_session
-from onnxflip.bits import element_type
-from onnxflip.flip import flipbits_node_model
+from onnxflip.runtime.contract import element_type
+from onnxflip.runtime.flip import flipbits_node_model
 
 
 def best_of(fn, repeats: int) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
     out = np.empty_like(x)
     copy_s = best_of(lambda: np.copyto(out, x), args.repeats)
     model = flipbits_node_model(element_type("float32"), mask=0xFFFFFFFF, stream=0, randomness="fixed", nonfinite="keep")
-    session = make_session(model.SerializeToString(), threads=args.threads)
+    session = make_session(model, threads=args.threads)
 
     print(f"tensor: {args.mib} MiB float32 ({n:,} elements), threads={args.threads or 'default'}")
     print(f"numpy copy: {copy_s * 1e3:.2f} ms")
@@ -62,6 +62,8 @@ def main() -> None:
     binding = session.io_binding()
     binding.bind_cpu_input("X", x)
     binding.bind_cpu_input("seed", np.array(1, dtype=np.int64))
+    for stuck in ("s0", "s1"):  # no stuck cells here: benchmarks/bench_faults.py measures them
+        binding.bind_cpu_input(stuck, np.array(0.0, dtype=np.float32))
     binding.bind_output("Y", "cpu", 0, np.float32, out.shape, out.ctypes.data)
     for p in (0.0, 1e-6, 1e-4, 1e-2):
         binding.bind_cpu_input("p01", np.array(p, dtype=np.float32))

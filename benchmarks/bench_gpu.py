@@ -10,8 +10,8 @@ import argparse
 
 import torch
 
-from onnxflip.bits import element_type
-from onnxflip.cuda import cuda_flip_bits_raw
+from onnxflip.runtime.contract import element_type
+from onnxflip.runtime.cuda import cuda_flip_bits_raw
 
 
 def timed(fn, repeats: int) -> float:

@@ -15,18 +15,16 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxflip import session_options
-from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
-from onnxflip.materialize import materialize_parameters
+from onnxflip import make_session
+from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.inject import convert_format, insert_flipbits
+from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import load_model
-from onnxflip.sites import TARGETS
 
 
 def session(model: ir.Model, threads: int | None) -> ort.InferenceSession:
-    proto = ir.serde.serialize_model(model)
-    proto.ir_version = min(proto.ir_version, 10)
-    return ort.InferenceSession(proto.SerializeToString(), session_options(threads=threads),
-                                providers=["CPUExecutionProvider"])
+    return make_session(model, threads=threads)
 
 
 def throughput(sess: ort.InferenceSession, feeds: dict, batch: int, seconds: float) -> float:

@@ -11,13 +11,13 @@ import pathlib
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from onnxflip import make_session
 from onnxflip.data import load_split
 
 
 def accuracy(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> float:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = make_session(path)
     name = session.get_inputs()[0].name
     right = 0
     for start in range(0, len(images), 1000):

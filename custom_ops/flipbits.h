@@ -1,33 +1,44 @@
-// flipbits.h: the FlipBits fault model, shared by the CPU kernel and the CUDA kernel.
+// flipbits.h: the FlipBits fault models (flips, stuck-at cells, SECDED words), shared by the CPU and CUDA kernels.
 //
 // Every bit position allowed by the mask flips independently: a 0 becomes 1
-// with probability p01, a 1 becomes 0 with probability p10.  The tensor is cut
-// into blocks of kBlockElems elements; each block seeds a Philox4x32-10
-// generator from (seed, stream, run, block index), draws the gaps between
-// flipped positions from a geometric distribution (thinned by the bit's value
-// when p01 != p10), and so costs O(elements + flips), independent of how many
-// threads or which device run it.  Only IEEE +, *, / and floor are used on the
-// random path, and compilation forbids FMA contraction, so the CPU and CUDA
-// builds draw the same flips bit for bit.
+// with probability p01, a 1 becomes 0 with probability p10.  Independently, a
+// cell is stuck at 0 with probability s0 or at 1 with probability s1 (one or
+// the other, never both: s0 + s1 <= 1), and reads its stuck value whatever
+// was written or flipped.  With ECC the stored word is a SECDED codeword
+// (secded.h): flips and stuck cells hit its data bits (those of the mask) and
+// all its check bits, and the word is decoded on read.
+//
+// The tensor is cut into blocks of kBlockElems elements; each block seeds a
+// Philox4x32-10 generator from (seed, stream, run, block index) for the flips
+// and from (stuck_seed, stream, block index) for the stuck cells (stuck_seed is
+// the seed unless given apart), which are thus the same at every run, and draws the gaps between faulty positions from a
+// geometric distribution (flips thinned by the bit's value when p01 != p10).
+// A block costs O(elements + faults), independent of how many threads or
+// which device run it; words no fault reaches are not decoded (their
+// syndrome is zero).  Only IEEE +, *, / and floor are used on the random
+// path, and compilation forbids FMA contraction, so the CPU and CUDA builds
+// draw the same faults bit for bit.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define ONNXFLIP_HD __host__ __device__ __forceinline__
-#else
-#define ONNXFLIP_HD inline
-#endif
+#include "secded.h"
 
 namespace onnxflip {
 
 constexpr int64_t kBlockElems = 1024;
-static_assert(kBlockElems * 64 <= (int64_t{1} << 32), "block positions must fit in 32 bits");
+static_assert(kBlockElems * 72 <= (int64_t{1} << 32), "block positions must fit in 32 bits");
+static_assert(kBlockElems % 8 == 0, "an ECC word of 64 bits must not straddle two blocks");
 
 enum class NonFinite : int { kKeep = 0, kZero = 1, kNanToNum = 2 };
 enum class Randomness : int { kFixed = 0, kPerRun = 1 };
+// none: values stored as they are; secded: each value is one SECDED word; secded64: 64-bit words of 64 / width values.
+enum class Ecc : int { kNone = 0, kSecded = 1, kSecded64 = 2 };
+enum class OnDetected : int { kKeep = 0, kZero = 1 };
+// The words counted per run: an optional second output int64[3] in this order.
+enum Count : int { kCorrected = 0, kDetected = 1, kSilent = 2, kCountKinds = 3 };
 
 // How the bits of an element type encode values, for the nonfinite policy.
 struct Format {
@@ -40,18 +51,31 @@ struct Format {
 // Everything a kernel needs, derived once on the host from the node's settings.
 struct FlipPlan {
   uint64_t seed;
+  uint64_t stuck_seed;       // keys the stuck cells: the stuck_seed input, else seed
   uint32_t stream;
   uint32_t run;
   uint64_t mask;
   int mask_bits;             // number of set bits in mask
   uint8_t positions[64];     // the set bits of mask, ascending
   double inv_log1m_pmax;     // 1 / log(1 - max(p01, p10)); -0.0 when the max is 1
-  bool active;               // some flip can happen
+  bool active;               // some fault can happen (flips or stuck cells)
+  bool flips;                // some flip can happen
   bool asymmetric;           // p01 != p10: thin candidates by bit value
   uint64_t accept[2];        // candidate at a 0 (1) bit is kept when u32 < accept[0] ([1])
+  bool stuck;                // some cell is stuck
+  double inv_log1m_stuck;    // 1 / log(1 - (s0 + s1)); -0.0 when the sum is 1
+  uint64_t stuck_one;        // a stuck cell holds 1 when u32 < stuck_one (probability s1 / (s0 + s1))
+  Ecc ecc;
+  OnDetected on_detected;
+  int word_values;           // values per stored word: 1, or 64 / width for secded64
+  uint32_t word_positions;   // fault positions per word: word_values * mask_bits data bits, then the check bits
+  Secded code;               // data_bits 0 without ECC
   Format format;
   NonFinite nonfinite;
 };
+
+// The random stream of the stuck cells starts here in Philox's first counter word, far above any flip stream.
+constexpr uint32_t kStuckDomain = 0x80000000u;
 
 // Philox4x32-10 (Salmon et al., SC'11): counter-based, so any block's stream
 // can be produced directly from its index.
@@ -83,13 +107,15 @@ struct BlockRng {
   uint32_t buffer[4];
   int used;
 
-  ONNXFLIP_HD BlockRng(const FlipPlan& plan, uint64_t block) : used(4) {
-    key[0] = static_cast<uint32_t>(plan.seed);
-    key[1] = static_cast<uint32_t>(plan.seed >> 32);
-    counter[0] = 0;
+  // A block draws fewer than 2^18 numbers per run, so the flip (domain 0) and stuck streams never meet.
+  ONNXFLIP_HD BlockRng(uint64_t seed, const FlipPlan& plan, uint64_t block, uint32_t run, uint32_t domain)
+      : used(4) {
+    key[0] = static_cast<uint32_t>(seed);
+    key[1] = static_cast<uint32_t>(seed >> 32);
+    counter[0] = domain;
     counter[1] = static_cast<uint32_t>(block);
     counter[2] = plan.stream ^ (static_cast<uint32_t>(block >> 32) * 0x85EBCA6Bu);
-    counter[3] = plan.run;
+    counter[3] = run;
   }
 
   ONNXFLIP_HD uint32_t next_u32() {
@@ -169,35 +195,96 @@ ONNXFLIP_HD U apply_nonfinite(U v, const Format& f, NonFinite policy) {
   return static_cast<U>((v & sign) | largest);
 }
 
-// Flip the bits of out[0..count), the elements of block `block`, in place.
-template <typename U>
-ONNXFLIP_HD void flip_block(U* out, int64_t count, uint64_t block, const FlipPlan& plan) {
-  if (!plan.active || count <= 0) return;
-  BlockRng rng(plan, block);
-  // Positions in a block are below kBlockElems * 64 = 2^16: 32-bit division suffices.
-  const uint32_t per_elem = static_cast<uint32_t>(plan.mask_bits);
-  const double total = static_cast<double>(count) * static_cast<double>(per_elem);
-  double next = draw_gap(rng, plan.inv_log1m_pmax);
-  int64_t current = -1;
-  while (next < total) {
-    const uint32_t pos = static_cast<uint32_t>(next);
-    const int64_t elem = static_cast<int64_t>(pos / per_elem);
-    const U bit = static_cast<U>(U(1) << plan.positions[pos % per_elem]);
-    bool keep = true;
-    if (plan.asymmetric) {
-      const int value = (out[elem] & bit) != 0;
-      keep = rng.next_u32() < plan.accept[value];
-    }
-    if (keep) {
-      if (elem != current) {
-        if (current >= 0) out[current] = apply_nonfinite(out[current], plan.format, plan.nonfinite);
-        current = elem;
-      }
-      out[elem] = static_cast<U>(out[elem] ^ bit);
-    }
-    next = next + 1.0 + draw_gap(rng, plan.inv_log1m_pmax);
+// A stored word while it is read: data bits 0..63 (the word's values packed from bit 0) and check bits.
+// A codeword bit below 64 is a data bit, 64 + j is check bit j.
+struct Codeword {
+  uint64_t data;
+  uint32_t checks;
+
+  ONNXFLIP_HD int bit(int index) const {
+    return index < 64 ? static_cast<int>((data >> index) & 1) : static_cast<int>((checks >> (index - 64)) & 1);
   }
-  if (current >= 0) out[current] = apply_nonfinite(out[current], plan.format, plan.nonfinite);
+  ONNXFLIP_HD void toggle(int index) {
+    if (index < 64) {
+      data ^= uint64_t{1} << index;
+    } else {
+      checks ^= 1u << (index - 64);
+    }
+  }
+  ONNXFLIP_HD void set(int index, int value) {
+    if (bit(index) != value) toggle(index);
+  }
+};
+
+// The codeword bit at fault position `offset` of a word: the mask's bits of each value, then the check bits.
+ONNXFLIP_HD int codeword_bit(const FlipPlan& plan, uint32_t offset) {
+  const uint32_t per_value = static_cast<uint32_t>(plan.mask_bits);
+  const uint32_t data_positions = per_value * static_cast<uint32_t>(plan.word_values);
+  if (offset >= data_positions) return 64 + static_cast<int>(offset - data_positions);
+  return static_cast<int>(offset / per_value) * plan.format.width + plan.positions[offset % per_value];
+}
+
+// The values out[first .. first + values) that exist (below count), packed; absent ones read as zero.
+template <typename U>
+ONNXFLIP_HD uint64_t load_word(const U* out, int64_t first, int64_t count, int values) {
+  uint64_t data = 0;
+  for (int v = 0; v < values && first + v < count; ++v) {
+    data |= static_cast<uint64_t>(out[first + v]) << (v * static_cast<int>(sizeof(U)) * 8);
+  }
+  return data;
+}
+
+// Writes back the values of a word that changed, through the nonfinite policy.
+template <typename U>
+ONNXFLIP_HD void store_word(U* out, int64_t first, int64_t count, uint64_t data, uint64_t written,
+                            const FlipPlan& plan) {
+  constexpr int width = static_cast<int>(sizeof(U)) * 8;
+  for (int v = 0; v < plan.word_values && first + v < count; ++v) {
+    const U value = static_cast<U>(data >> (v * width));
+    if (value != static_cast<U>(written >> (v * width))) out[first + v] = apply_nonfinite(value, plan.format, plan.nonfinite);
+  }
+}
+
+// Applies the plan's faults to out[0..count), the elements of block `block`, in place, and adds the words
+// read corrected, detected or silently wrong to counts (without ECC, every changed value is silent).
+template <typename U>
+ONNXFLIP_HD void fault_block(U* out, int64_t count, uint64_t block, const FlipPlan& plan, int64_t counts[kCountKinds]) {
+  if (!plan.active || count <= 0) return;
+  const int64_t words = (count + plan.word_values - 1) / plan.word_values;
+  const double per_word = static_cast<double>(plan.word_positions);
+  const double total = static_cast<double>(words) * per_word;  // below 2^17: exact, as are all positions
+  BlockRng flip_rng(plan.seed, plan, block, plan.run, 0);
+  BlockRng stuck_rng(plan.stuck_seed, plan, block, 0, kStuckDomain);  // no run: the same stuck cells at every run
+  double next_flip = plan.flips ? draw_gap(flip_rng, plan.inv_log1m_pmax) : total;
+  double next_stuck = plan.stuck ? draw_gap(stuck_rng, plan.inv_log1m_stuck) : total;
+  while (next_flip < total || next_stuck < total) {
+    const uint32_t word = static_cast<uint32_t>(next_flip < next_stuck ? next_flip : next_stuck) / plan.word_positions;
+    const double base = static_cast<double>(word) * per_word;
+    const double end = base + per_word;
+    const int64_t first = static_cast<int64_t>(word) * plan.word_values;
+    const uint64_t written = load_word(out, first, count, plan.word_values);
+    const Codeword stored{written, plan.code.data_bits ? secded_encode(plan.code, written) : 0u};
+    Codeword read = stored;
+    for (; next_flip < end; next_flip = next_flip + 1.0 + draw_gap(flip_rng, plan.inv_log1m_pmax)) {
+      const int bit = codeword_bit(plan, static_cast<uint32_t>(next_flip - base));
+      if (plan.asymmetric && !(flip_rng.next_u32() < plan.accept[read.bit(bit)])) continue;
+      read.toggle(bit);
+    }
+    for (; next_stuck < end; next_stuck = next_stuck + 1.0 + draw_gap(stuck_rng, plan.inv_log1m_stuck)) {
+      const int bit = codeword_bit(plan, static_cast<uint32_t>(next_stuck - base));
+      read.set(bit, stuck_rng.next_u32() < plan.stuck_one);  // after the flips: a stuck cell ignores them
+    }
+    if (read.data == stored.data && read.checks == stored.checks) continue;
+    if (plan.code.data_bits == 0) {
+      ++counts[kSilent];
+    } else if (secded_decode(plan.code, read.data, read.checks) == Decoded::kDetected) {
+      ++counts[kDetected];
+      if (plan.on_detected == OnDetected::kZero) read.data = 0;
+    } else {
+      ++counts[read.data == written ? kCorrected : kSilent];
+    }
+    store_word(out, first, count, read.data, written, plan);
+  }
 }
 
 }  // namespace onnxflip

@@ -1,7 +1,8 @@
-// flipbits_cpu.cc: Y = X with bits flipped per the FlipPlan, one block per task on ORT's intra-op pool
-// (in place when ORT hands Y the buffer of X).
+// flipbits_cpu.cc: Y = X with the FlipPlan's faults, one block per task on ORT's intra-op pool
+// (in place when ORT hands Y the buffer of X), and the words counted when the node has the counts output.
 #include "flipbits_cpu.h"
 
+#include <atomic>
 #include <cstring>
 
 namespace onnxflip {
@@ -15,6 +16,7 @@ struct Work {
   int64_t count;
   int bytes;
   const FlipPlan* plan;
+  std::atomic<int64_t>* counts;  // kCountKinds totals
 };
 
 template <typename U>
@@ -23,7 +25,11 @@ void copy_and_flip(const Work& w, size_t block) {
   const int64_t n = begin + kBlockElems < w.count ? kBlockElems : w.count - begin;
   U* out = reinterpret_cast<U*>(w.out) + begin;
   if (w.in != w.out) std::memcpy(out, reinterpret_cast<const U*>(w.in) + begin, static_cast<size_t>(n) * sizeof(U));
-  flip_block<U>(out, n, block, *w.plan);
+  int64_t counts[kCountKinds] = {0, 0, 0};
+  fault_block<U>(out, n, block, *w.plan, counts);
+  for (int k = 0; k < kCountKinds; ++k) {
+    if (counts[k]) w.counts[k].fetch_add(counts[k], std::memory_order_relaxed);
+  }
 }
 
 void run_block(void* data, size_t block) {
@@ -45,15 +51,21 @@ OrtStatusPtr FlipBitsCpuKernel::ComputeV2(OrtKernelContext* raw_context) {
     Ort::ConstValue x = context.GetInput(kX);
     const auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
     Ort::UnownedValue y = context.GetOutput(0, shape);
+    std::atomic<int64_t> totals[kCountKinds] = {{0}, {0}, {0}};
     Work work{static_cast<const uint8_t*>(x.GetTensorRawData()), static_cast<uint8_t*>(y.GetTensorMutableRawData()),
-              static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()), format_.width / 8, &plan};
-    if (work.count == 0 || (work.in == work.out && !plan.active)) return;
-    const size_t blocks = static_cast<size_t>((work.count + kBlockElems - 1) / kBlockElems);
-    if (blocks < kSerialBlocks) {
-      for (size_t b = 0; b < blocks; ++b) run_block(&work, b);
-      return;
+              static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()), format_.width / 8, &plan, totals};
+    int64_t* counts = counts_output(context);
+    if (work.count > 0 && (work.in != work.out || plan.active)) {
+      const size_t blocks = static_cast<size_t>((work.count + kBlockElems - 1) / kBlockElems);
+      if (blocks < kSerialBlocks) {
+        for (size_t b = 0; b < blocks; ++b) run_block(&work, b);
+      } else {
+        Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(raw_context, run_block, blocks, 0, &work));
+      }
     }
-    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(raw_context, run_block, blocks, 0, &work));
+    if (counts != nullptr) {
+      for (int k = 0; k < kCountKinds; ++k) counts[k] = totals[k].load();
+    }
   });
 }
 

@@ -1,6 +1,7 @@
 // flipbits_op.h: the FlipBits operator description shared by every execution provider.
 //
-// Y = FlipBits(X [, p01] [, p10] [, seed]); Y has X's shape and element type.
+// Y [, counts] = FlipBits(X [, p01] [, p10] [, seed] [, s0] [, s1] [, stuck_seed]); Y has X's shape and type,
+// counts (int64[3], on the kernel's device) the words of this run read corrected, detected and silently wrong.
 // One op is registered per element type and provider; the kernel type says
 // how to apply a FlipPlan on its device.
 #pragma once
@@ -16,7 +17,7 @@ namespace onnxflip {
 class FlipBitsKernelBase {
  public:
   FlipBitsKernelBase(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-      : format_(format_of(type)) {
+      : format_(find_element_type(type)->format) {  // registered only for the contract's types
     Ort::ConstKernelInfo kernel_info{info};
     node_ = kernel_info.GetNodeName();
     settings_ = read_attributes(kernel_info, format_, node_);
@@ -27,6 +28,14 @@ class FlipBitsKernelBase {
   FlipPlan plan_for(Ort::KernelContext& context) {
     const FlipSettings settings = with_inputs(settings_, context, node_);
     return make_plan(settings, format_, runs_.fetch_add(1, std::memory_order_relaxed));
+  }
+
+  // The counts output's buffer (int64[3]) when the node has one, else nullptr.
+  static int64_t* counts_output(Ort::KernelContext& context) {
+    if (context.GetOutputCount() <= kCounts) return nullptr;
+    const int64_t shape[1] = {kCountKinds};
+    Ort::UnownedValue counts = context.GetOutput(kCounts, shape, 1);
+    return counts == nullptr ? nullptr : counts.GetTensorMutableData<int64_t>();
   }
 
   Format format_;
@@ -66,22 +75,23 @@ struct FlipBitsOp : Ort::CustomOpBase<FlipBitsOp<Kernel>, Kernel, /*WithStatus=*
 
   size_t GetInputTypeCount() const { return kInputCount; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    switch (index) {
-      case kX: return type_;
-      case kSeed: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    }
+    return index == kX ? type_ : kInputs[index].type;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == kX ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return kInputs[index].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   // The scalar settings are read on the host, whatever the device of X.
   OrtMemType GetInputMemoryType(size_t index) const {
     return index == kX ? OrtMemTypeDefault : OrtMemTypeCPUInput;
   }
 
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return type_; }
+  size_t GetOutputTypeCount() const { return kOutputCount; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const {
+    return index == kY ? type_ : kOutputs[index].type;
+  }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return kOutputs[index].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
 
  private:
   ONNXTensorElementDataType type_;

@@ -19,6 +19,15 @@ void check_probability(double p, const char* name, const std::string& node) {
   }
 }
 
+// s0 + s1 <= 1, up to the rounding of two float32 values.
+void check_stuck(double s0, double s1, const std::string& node) {
+  if (s0 + s1 > 1.0 + 1e-6) {
+    std::ostringstream msg;
+    msg << describe(node) << "s0 + s1 = " << s0 + s1 << " exceeds 1 (a cell is stuck at 0 or at 1, not both)";
+    throw SettingsError{msg.str()};
+  }
+}
+
 template <typename T>
 bool attribute(const Ort::ConstKernelInfo& info, const char* name, T& out) {
   // ORT reports a missing attribute as an error status; absence means "use the default".
@@ -42,77 +51,93 @@ bool scalar_input(Ort::KernelContext& context, size_t index, T& out, const char*
   return true;
 }
 
-}  // namespace
+// "'a', 'b' or 'c'": the names an enum attribute takes, for error messages.
+template <typename Enum, size_t N>
+std::string choices(const EnumName<Enum> (&names)[N]) {
+  std::string out;
+  for (size_t i = 0; i < N; ++i) {
+    out += (i == 0 ? "'" : (i + 1 == N ? " or '" : ", '")) + std::string(names[i].name) + "'";
+  }
+  return out;
+}
 
-Format format_of(ONNXTensorElementDataType type) {
-  switch (type) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return {16, 5, 10, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return {16, 8, 7, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return {32, 8, 23, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return {64, 11, 52, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FN: return {8, 4, 3, false};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2: return {8, 5, 2, true};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8:
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return {8, 0, 0, false};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return {16, 0, 0, false};
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return {32, 0, 0, false};
-    default: return {0, 0, 0, false};
+template <typename Enum, size_t N>
+void read_enum(const Ort::ConstKernelInfo& info, const char* name, const EnumName<Enum> (&names)[N], Enum& out,
+               const std::string& node) {
+  std::string text;
+  if (attribute(info, name, text) && !enum_value(names, text, out)) {
+    throw SettingsError{describe(node) + name + " '" + text + "' is not " + choices(names)};
   }
 }
+
+}  // namespace
 
 FlipSettings read_attributes(const Ort::ConstKernelInfo& info, const Format& format, const std::string& node) {
   FlipSettings s;
   float p = 0.0f;
-  if (attribute(info, "p01", p)) s.p01 = p;
-  if (attribute(info, "p10", p)) s.p10 = p;
+  if (attribute(info, kAttrP01, p)) s.p01 = p;
+  if (attribute(info, kAttrP10, p)) s.p10 = p;
   check_probability(s.p01, "attribute p01", node);
   check_probability(s.p10, "attribute p10", node);
-  attribute(info, "seed", s.seed);
-  attribute(info, "stream", s.stream);
+  attribute(info, kAttrSeed, s.seed);
+  attribute(info, kAttrStream, s.stream);
   if (s.stream < 0 || s.stream > std::numeric_limits<uint32_t>::max()) {
     throw SettingsError{describe(node) + "attribute stream must be in [0, 2^32)"};
   }
   const uint64_t all = format.width == 64 ? ~uint64_t{0} : ((uint64_t{1} << format.width) - 1);
   int64_t mask = 0;
-  s.mask = attribute(info, "bitmask", mask) ? static_cast<uint64_t>(mask) : all;
+  s.mask = attribute(info, kAttrBitmask, mask) ? static_cast<uint64_t>(mask) : all;
   if ((s.mask & ~all) != 0) {
     std::ostringstream msg;
     msg << describe(node) << "bitmask 0x" << std::hex << s.mask << " has bits outside the " << std::dec
         << format.width << "-bit element type";
     throw SettingsError{msg.str()};
   }
-  std::string text;
-  if (attribute(info, "randomness", text)) {
-    if (text == "fixed") s.randomness = Randomness::kFixed;
-    else if (text == "per_run") s.randomness = Randomness::kPerRun;
-    else throw SettingsError{describe(node) + "randomness '" + text + "' is not 'fixed' or 'per_run'"};
-  }
-  if (attribute(info, "nonfinite", text)) {
-    if (text == "keep") s.nonfinite = NonFinite::kKeep;
-    else if (text == "zero") s.nonfinite = NonFinite::kZero;
-    else if (text == "nan_to_num") s.nonfinite = NonFinite::kNanToNum;
-    else throw SettingsError{describe(node) + "nonfinite '" + text + "' is not 'keep', 'zero' or 'nan_to_num'"};
+  read_enum(info, kAttrRandomness, kRandomnessNames, s.randomness, node);
+  read_enum(info, kAttrNonFinite, kNonFiniteNames, s.nonfinite, node);
+  if (attribute(info, kAttrS0, p)) s.s0 = p;
+  if (attribute(info, kAttrS1, p)) s.s1 = p;
+  check_probability(s.s0, "attribute s0", node);
+  check_probability(s.s1, "attribute s1", node);
+  check_stuck(s.s0, s.s1, node);
+  read_enum(info, kAttrEcc, kEccNames, s.ecc, node);
+  read_enum(info, kAttrOnDetected, kOnDetectedNames, s.on_detected, node);
+  if (s.ecc != Ecc::kNone && ecc_word_bits(s.ecc, format.width) == 0) {
+    throw SettingsError{describe(node) + "ecc cannot protect " + std::to_string(format.width) + "-bit values"};
   }
   return s;
 }
 
 FlipSettings with_inputs(FlipSettings s, Ort::KernelContext& context, const std::string& node) {
   float p = 0.0f;
-  if (scalar_input(context, kP01, p, "p01", node)) {
+  if (scalar_input(context, kP01, p, kInputs[kP01].name, node)) {
     s.p01 = p;
     check_probability(s.p01, "input p01", node);
   }
-  if (scalar_input(context, kP10, p, "p10", node)) {
+  if (scalar_input(context, kP10, p, kInputs[kP10].name, node)) {
     s.p10 = p;
     check_probability(s.p10, "input p10", node);
   }
-  scalar_input(context, kSeed, s.seed, "seed", node);
+  scalar_input(context, kSeed, s.seed, kInputs[kSeed].name, node);
+  const bool s0 = scalar_input(context, kS0, p, kInputs[kS0].name, node);
+  if (s0) {
+    s.s0 = p;
+    check_probability(s.s0, "input s0", node);
+  }
+  const bool s1 = scalar_input(context, kS1, p, kInputs[kS1].name, node);
+  if (s1) {
+    s.s1 = p;
+    check_probability(s.s1, "input s1", node);
+  }
+  if (s0 || s1) check_stuck(s.s0, s.s1, node);
+  s.has_stuck_seed = scalar_input(context, kStuckSeed, s.stuck_seed, kInputs[kStuckSeed].name, node);
   return s;
 }
 
 FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
   FlipPlan plan{};
   plan.seed = static_cast<uint64_t>(s.seed);
+  plan.stuck_seed = static_cast<uint64_t>(s.has_stuck_seed ? s.stuck_seed : s.seed);
   plan.stream = static_cast<uint32_t>(s.stream);
   plan.run = s.randomness == Randomness::kPerRun ? run : 0;
   plan.mask = s.mask;
@@ -122,11 +147,22 @@ FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
   }
   const double pmax = std::max(s.p01, s.p10);
   plan.inv_log1m_pmax = 1.0 / std::log1p(-pmax);
-  plan.active = plan.mask_bits > 0 && pmax > 0.0 && (pmax == 1.0 || std::isfinite(plan.inv_log1m_pmax));
+  plan.ecc = s.ecc;
+  plan.on_detected = s.on_detected;
+  plan.code = make_secded(ecc_word_bits(s.ecc, format.width));
+  plan.word_values = s.ecc == Ecc::kSecded64 ? 64 / format.width : 1;
+  const int check_bits = plan.code.data_bits ? plan.code.hamming_bits + 1 : 0;
+  plan.word_positions = static_cast<uint32_t>(plan.word_values * plan.mask_bits + check_bits);
+  plan.flips = plan.word_positions > 0 && pmax > 0.0 && (pmax == 1.0 || std::isfinite(plan.inv_log1m_pmax));
   plan.asymmetric = s.p01 != s.p10;
   const double scale = 4294967296.0;  // 2^32: a u32 below accept[v] happens with probability p/pmax
   plan.accept[0] = pmax > 0.0 ? static_cast<uint64_t>(std::ceil(s.p01 / pmax * scale)) : 0;
   plan.accept[1] = pmax > 0.0 ? static_cast<uint64_t>(std::ceil(s.p10 / pmax * scale)) : 0;
+  const double stuck = std::min(s.s0 + s.s1, 1.0);
+  plan.inv_log1m_stuck = 1.0 / std::log1p(-stuck);
+  plan.stuck = plan.word_positions > 0 && stuck > 0.0 && (stuck == 1.0 || std::isfinite(plan.inv_log1m_stuck));
+  plan.stuck_one = stuck > 0.0 ? static_cast<uint64_t>(std::ceil(std::min(s.s1 / stuck, 1.0) * scale)) : 0;
+  plan.active = plan.flips || plan.stuck;
   plan.format = format;
   plan.nonfinite = s.nonfinite;
   return plan;

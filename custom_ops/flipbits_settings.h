@@ -6,28 +6,47 @@
 
 #include <onnxruntime_cxx_api.h>  // built with ORT_API_MANUAL_INIT
 
+#include "contract.h"
 #include "flipbits.h"
 
 namespace onnxflip {
-
-constexpr const char* kDomain = "onnxflip";
-constexpr const char* kOpType = "FlipBits";
-
-// Input indices: X, then the optional scalars that override the attributes.
-enum Input : size_t { kX = 0, kP01 = 1, kP10 = 2, kSeed = 3, kInputCount = 4 };
-
-// The bit layout of an ONNX element type; width 0 for types FlipBits does not take.
-Format format_of(ONNXTensorElementDataType type);
 
 struct FlipSettings {
   double p01 = 0.0;
   double p10 = 0.0;
   int64_t seed = 0;
+  bool has_stuck_seed = false;  // the stuck_seed input was given: it keys the stuck cells instead of seed
+  int64_t stuck_seed = 0;
   int64_t stream = 0;
   uint64_t mask = 0;  // all bits of the type when the attribute is absent
   Randomness randomness = Randomness::kFixed;
   NonFinite nonfinite = NonFinite::kKeep;
+  double s0 = 0.0;  // probability that a cell is stuck at 0
+  double s1 = 0.0;  // ... at 1 (s0 + s1 <= 1: a cell is stuck at one value)
+  Ecc ecc = Ecc::kNone;
+  OnDetected on_detected = OnDetected::kKeep;
 };
+
+// The contract's (kRandomnessNames, kNonFiniteNames, ...) value for a name; false when the name is not there.
+template <typename Enum, size_t N>
+bool enum_value(const EnumName<Enum> (&names)[N], const std::string& text, Enum& out) {
+  for (const EnumName<Enum>& entry : names) {
+    if (text == entry.name) {
+      out = entry.value;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Whether a code is one of the contract's values of the enum (the C entry point takes codes).
+template <typename Enum, size_t N>
+bool is_enum_code(const EnumName<Enum> (&names)[N], int code) {
+  for (const EnumName<Enum>& entry : names) {
+    if (static_cast<int>(entry.value) == code) return true;
+  }
+  return false;
+}
 
 // Thrown for settings a user must fix; the message names the node.
 struct SettingsError {

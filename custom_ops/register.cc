@@ -1,4 +1,5 @@
-// register.cc: RegisterCustomOps, the entry point ONNX Runtime calls when it loads the library.
+// register.cc: RegisterCustomOps, the entry point ONNX Runtime calls when it loads the library;
+// one FlipBits op per element type of the contract (contract.h) and provider.
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -10,14 +11,6 @@
 
 namespace onnxflip {
 namespace {
-
-constexpr ONNXTensorElementDataType kTypes[] = {
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,      ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16,
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,        ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE,
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,         ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16,        ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E4M3FN, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT8E5M2,
-};
 
 // The ops and domain must outlive every session that uses them.
 struct Registry {
@@ -45,7 +38,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     Registry& reg = registry();
     if (reg.domains.empty()) {
       Ort::CustomOpDomain domain{kDomain};
-      for (ONNXTensorElementDataType type : kTypes) {
+      for (const ElementType& element : kElementTypes) {
+        const ONNXTensorElementDataType type = element.onnx_type;
         reg.cpu_ops.push_back(std::make_unique<FlipBitsOp<FlipBitsCpuKernel>>(type, "CPUExecutionProvider"));
         domain.Add(reg.cpu_ops.back().get());
 #ifdef ONNXFLIP_WITH_CUDA

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from onnxflip._library import DOMAIN, get_library_path, make_session, session_options
-from onnxflip.bits import element_type, field_mask
+from onnxflip.bits import field_mask
 from onnxflip.errors import OnnxflipError
-from onnxflip.flip import flip_bits
+from onnxflip.runtime.contract import DOMAIN, element_type
+from onnxflip.runtime.flip import flip_bits
+from onnxflip.runtime.library import get_library_path
+from onnxflip.runtime.session import make_session, session_options, session_providers
 
 __all__ = [
     "DOMAIN",
@@ -16,5 +18,6 @@ __all__ = [
     "get_library_path",
     "make_session",
     "session_options",
+    "session_providers",
 ]
 __version__ = "0.1.0"

@@ -1,19 +1,40 @@
-"""The ``onnxflip`` command line: argument parsing only; the work is in the Python API."""
+"""The ``onnxflip`` command line: argument parsing only; the work is in the Python API.
+
+Options that together describe one thing are an :class:`OptionGroup`: the
+command receives the object they build (a :class:`~onnxflip.graph.sites.Selection`,
+the :class:`~onnxflip.graph.config.FaultModel` of each target class, an
+:class:`~onnxflip.graph.config.InjectionConfig`), not the options one by one.
+
+Exit status: 0 on success; 2 for a usage error (an unknown option, an option
+value that is wrong on its own, options that contradict each other); 1 for
+an input error (a missing or broken file, data folder or output folder, an
+option that does not fit the model); 130 when interrupted.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import pathlib
 import sys
+from collections.abc import Callable, Sequence
 
 import click
 
+from onnxflip import __version__
 from onnxflip.errors import OnnxflipError
-from onnxflip.flip import NONFINITE_POLICIES, RANDOMNESS
-from onnxflip.formats import FORMATS
-from onnxflip.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
+from onnxflip.evaluate import DIRECTIONS
+from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.graph.formats import FORMATS
+from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
+from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
+from onnxflip.runtime.flip import resolve_probabilities
+from onnxflip.runtime.session import PROVIDERS
+from onnxflip.sweep import MidpointSearch, parse_probabilities
+from onnxflip.zoo import MODELS, PAPER_NAMES
 
-__all__ = ["main"]
+__all__ = ["OptionGroup", "cli", "main"]
 
 logger = logging.getLogger("onnxflip")
 
@@ -23,8 +44,8 @@ class CommaList(click.ParamType):
 
     name = "list"
 
-    def __init__(self, choices: tuple[str, ...] | None = None) -> None:
-        self.choices = choices
+    def __init__(self, choices: Sequence[str] | None = None) -> None:
+        self.choices = tuple(choices) if choices is not None else None
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
@@ -39,42 +60,65 @@ class CommaList(click.ParamType):
         return items
 
 
-PROBABILITY = click.FloatRange(0.0, 1.0)
-MODEL_ARG = click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
-FORMAT_OPTION = click.option(
-    "--format", "fmt", type=click.Choice(list(FORMATS)), default="float32", show_default=True,
-    help="Number format the values are stored in, hence which bits can flip.",
-)
-TARGETS_OPTION = click.option(
-    "--targets", type=CommaList(TARGETS), default=",".join(TARGETS), show_default=True,
-    help="Which stored values flip: activations, weights, biases (comma-separated).",
-)
-SELECTION_OPTIONS = [
-    click.option("--ops", type=CommaList(), default=",".join(DEFAULT_ACTIVATION_OPS), show_default=False,
-                 help="Op types whose outputs are activation sites (default: activation functions and pooling)."),
-    click.option("--every-intermediate", is_flag=True,
-                 help="Make every intermediate float tensor after the first Conv/Gemm/MatMul an activation site."),
-    click.option("--include", metavar="REGEX", help="Only sites whose tensor or node name matches."),
-    click.option("--exclude", metavar="REGEX", help="Drop sites whose tensor or node name matches."),
-    click.option("--no-fold-batchnorm", is_flag=True, help="Keep BatchNormalization nodes instead of folding them into Conv."),
-]
-FAULT_OPTIONS = [
-    click.option("--p", "p", type=PROBABILITY, help="Flip probability of every allowed bit (0->1 and 1->0)."),
-    click.option("--p01", type=PROBABILITY, help="Probability that a 0 bit becomes 1."),
-    click.option("--p10", type=PROBABILITY, help="Probability that a 1 bit becomes 0."),
-    click.option("--bits", default="all", show_default=True,
-                 help="Bits that may flip: all, sign, exponent, mantissa, low:K, high:K, or a mask like 0x7f80."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the flips."),
-    click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
-                 help="What becomes of values a flip made NaN or infinite."),
-    click.option("--activation-randomness", type=click.Choice(RANDOMNESS), default="per_run", show_default=True,
-                 help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
-    click.option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
-                 help="fixed: weights and biases keep their flips across runs (written once); per_run: new each run."),
-]
+def _option(*decls: str, **attrs) -> Callable:
+    """``click.option(*decls, **attrs)`` that remembers the name of the parameter it passes to the command."""
+    decorator = click.option(*decls, **attrs)
+    decorator.param_name = click.Option(decls, **attrs).name
+    return decorator
+
+
+class OptionGroup:
+    """Options that together build one object; the command receives the object as one parameter.
+
+    ``parts`` are options made with :func:`_option` or other groups (whose
+    objects ``build`` then receives under their names).  ``build`` takes
+    every part by its parameter name and returns the object; an
+    :class:`OnnxflipError` it raises is a usage error of these options.
+    """
+
+    def __init__(self, name: str, parts: Sequence[Callable], build: Callable[..., object]) -> None:
+        self.param_name = name  # as for an option: the name the command receives
+        self.parts = tuple(parts)
+        self.build = build
+
+    def __call__(self, command: Callable) -> Callable:
+        names = [part.param_name for part in self.parts]
+
+        @functools.wraps(command)
+        def with_object(*args, **kwargs):
+            values = {name: kwargs.pop(name) for name in names}
+            try:
+                kwargs[self.param_name] = self.build(**values)
+            except OnnxflipError as exc:
+                raise click.UsageError(str(exc)) from None
+            return command(*args, **kwargs)
+
+        for part in reversed(self.parts):
+            with_object = part(with_object)
+        return with_object
+
+
+def _checked_by(parse: Callable[[str], object]) -> Callable:
+    """A callback that rejects a value ``parse`` cannot read as a usage error, and passes the text on.
+
+    For options whose command still parses the text itself (evaluate, reproduce): a bad value stops the
+    command at parse time, exit status 2, before any model or data is read.
+    """
+
+    def callback(ctx, param, value):
+        if value is not None:
+            try:
+                parse(value)
+            except OnnxflipError as exc:
+                raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return callback
 
 
 def _apply(options):
+    """Apply a list of option decorators, first on top."""
+
     def decorator(fn):
         for option in reversed(options):
             fn = option(fn)
@@ -83,30 +127,130 @@ def _apply(options):
     return decorator
 
 
+PROBABILITY = click.FloatRange(0.0, 1.0)
+MODEL_ARG = click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+
+
+def OUTPUT_OPTION(what: str) -> Callable:  # a decorator factory, named like the option constants
+    """-o/--output, a file path; ``what`` completes "Where to write ..."."""
+    return click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+                        help=f"Where to write {what}.")
+
+
+FORMAT_OPTION = _option(
+    "--format", "fmt", type=click.Choice(list(FORMATS)), default="float32", show_default=True,
+    help="Number format the values are stored in, hence which bits can flip.",
+)
+TARGETS_OPTION = _option(
+    "--targets", type=CommaList(TARGETS), default=",".join(TARGETS), show_default=True,
+    help="Which stored values flip: activations, weights, biases (comma-separated).",
+)
+BITS_OPTION = _option(
+    "--bits", default="all", show_default=True,
+    help="Bits that may flip: all, sign, exponent, mantissa, low:K, high:K, or a mask like 0x7f80.",
+)
+FOLD_OPTION = _option("--no-fold-batchnorm", is_flag=True,
+                      help="Keep BatchNormalization nodes instead of folding them into Conv.")
+SELECTION_OPTIONS = [
+    _option("--ops", type=CommaList(), default=",".join(DEFAULT_ACTIVATION_OPS), show_default=False,
+            help="Op types whose outputs are activation sites (default: activation functions and pooling)."),
+    _option("--every-intermediate", is_flag=True,
+            help="Make every intermediate float tensor after the first Conv/Gemm/MatMul an activation site."),
+    _option("--include", metavar="REGEX", help="Only sites whose tensor or node name matches."),
+    _option("--exclude", metavar="REGEX", help="Drop sites whose tensor or node name matches."),
+]
+PROBABILITY_OPTIONS = [
+    _option("--p", "p", type=PROBABILITY,
+            help="Flip probability of every allowed bit (0->1 and 1->0); default 0: set it at run time."),
+    _option("--p01", type=PROBABILITY, help="Probability that a 0 bit becomes 1."),
+    _option("--p10", type=PROBABILITY, help="Probability that a 1 bit becomes 0."),
+]
+# Stuck-at cells and ECC, for every command that builds fault models (inject; evaluate may reuse them).
+MEMORY_FAULT_OPTIONS = [
+    _option("--stuck-at0", "s0", type=PROBABILITY, default=0.0, show_default=True,
+            help="Probability that a cell is stuck at 0 (the same cells at every run; a new --seed, a new memory)."),
+    _option("--stuck-at1", "s1", type=PROBABILITY, default=0.0, show_default=True,
+            help="Probability that a cell is stuck at 1 (--stuck-at0 + --stuck-at1 <= 1)."),
+    _option("--ecc", type=click.Choice(ECC_MODES), default="none", show_default=True,
+            help="secded: each value stored with a Hamming SECDED code; secded64: values packed into "
+                 "(72,64) words, like DRAM."),
+    _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
+            help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
+]
+FAULT_OPTIONS = [
+    *PROBABILITY_OPTIONS,
+    BITS_OPTION,
+    _option("--seed", type=int, default=0, show_default=True, help="Seed of the flips."),
+    _option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
+            help="What becomes of values a flip made NaN or infinite."),
+    _option("--activation-randomness", type=click.Choice(RANDOMNESS), default="per_run", show_default=True,
+            help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
+    _option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
+            help="fixed: weights and biases keep their flips across runs (written once); per_run: new each run."),
+    *MEMORY_FAULT_OPTIONS,
+]
+
+
 def _selection(ops, every_intermediate, include, exclude) -> Selection:
-    return Selection(activation_ops=tuple(ops), every_intermediate=every_intermediate, include=include, exclude=exclude)
+    """The Selection of --ops, --every-intermediate, --include and --exclude; a bad value is a usage error."""
+    try:
+        return Selection(activation_ops=tuple(ops), every_intermediate=every_intermediate, include=include,
+                         exclude=exclude)
+    except OnnxflipError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
-def _config(fmt, targets, selection, no_fold_batchnorm, p, p01, p10, bits, seed, nonfinite, activation_randomness,
-            parameter_randomness):
-    from onnxflip.flip import resolve_probabilities
-    from onnxflip.inject import FaultModel, InjectionConfig
-
+def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness, parameter_randomness,
+                  s0, s1, ecc, on_detected) -> dict[str, FaultModel | None]:
+    """The FaultModel of each target class (None for a class not in --targets)."""
     prob01, prob10 = resolve_probabilities(p, p01, p10)
 
     def fault(target: str) -> FaultModel | None:
         if target not in targets:
             return None
         randomness = activation_randomness if target == "activations" else parameter_randomness
-        return FaultModel(p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness)
+        return FaultModel(p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness,
+                          s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
-    return InjectionConfig(
-        format=fmt, activations=fault("activations"), weights=fault("weights"), biases=fault("biases"),
-        selection=selection, fold_batchnorm=not no_fold_batchnorm,
-    )
+    return {target: fault(target) for target in TARGETS}
+
+
+def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:
+    """For inspect: the target classes and their bits; no probabilities."""
+    return {target: FaultModel(bits=bits) if target in targets else None for target in TARGETS}
+
+
+def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> InjectionConfig:
+    return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm, **faults)
+
+
+# Option groups: each command takes the object, never the options.
+SELECTION = OptionGroup("selection", SELECTION_OPTIONS, _selection)
+FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS], _fault_models)
+SITE_FAULTS = OptionGroup("faults", [TARGETS_OPTION, BITS_OPTION], _site_fault_models)
+INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION], _injection_config)
+SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
+
+DIRECTION_OPTION = click.option(
+    "--direction", type=click.Choice(DIRECTIONS), default=DIRECTIONS[0], show_default=True,
+    help="Flip 0->1 and 1->0 (both), only 0->1 (01) or only 1->0 (10) with probability p.")
+PROVIDER_OPTION = click.option(
+    "--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
+    help="ONNX Runtime execution provider that runs the model.")
+PROBABILITIES_OPTION = click.option(
+    "--p", "p_spec", default="1e-7:1e-1:13", show_default=True, callback=_checked_by(parse_probabilities),
+    help="Probabilities: START:STOP:COUNT (log-spaced, START > 0) or a comma list such as 0,1e-6,1e-4.")
+P_RANGE_OPTION = click.option(
+    "--p-range", default="1e-9:1e-2", show_default=True, callback=_checked_by(MidpointSearch.from_range),
+    help="LOW:HIGH bracket of the midpoint search, 0 < LOW < HIGH <= 1.")
+TOLERANCE_OPTION = click.option(
+    "--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True,
+    help="Width in decades of p at which the midpoint search stops.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="onnxflip", message="%(prog)s %(version)s",
+                      help="Show the version and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Bit-flip fault injection for ONNX models.
@@ -118,16 +262,15 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _warn(message: str) -> None:
+    click.echo(f"onnxflip: warning: {message}", err=True)
+
+
 @cli.command()
 @MODEL_ARG
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="Where to write the injected model.")
-@FORMAT_OPTION
-@TARGETS_OPTION
-@_apply(FAULT_OPTIONS)
-@_apply(SELECTION_OPTIONS)
-def inject(model, output, fmt, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness,
-           parameter_randomness, ops, every_intermediate, include, exclude, no_fold_batchnorm):
+@OUTPUT_OPTION("the injected model")
+@INJECTION
+def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -> None:
     """Write a copy of MODEL with FlipBits at every selected site.
 
     The probabilities and seed given here are defaults: each target class has
@@ -135,49 +278,49 @@ def inject(model, output, fmt, targets, p, p01, p10, bits, seed, nonfinite, acti
     run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
-    from onnxflip.inject import insert_flipbits
+    from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
-    config = _config(fmt, targets, _selection(ops, every_intermediate, include, exclude), no_fold_batchnorm, p, p01,
-                     p10, bits, seed, nonfinite, activation_randomness, parameter_randomness)
     injected = insert_flipbits(load_model(model), config=config)
     save_model(injected, output)
-    sites = [n for n in injected.graph if n.op_type == "FlipBits"]
-    click.echo(f"wrote {output}: {len(sites)} FlipBits sites, format {fmt}")
+    sites = sum(node.op_type == "FlipBits" for node in injected.graph)
+    click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")
+    ctx = click.get_current_context()
+    if all(ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT for name in ("p", "p01", "p10")):
+        _warn("no --p, --p01 or --p10 given: the model's default flip probabilities are 0 (set its "
+              "onnxflip_<target>_p01 and _p10 inputs at run time)")
 
 
 @cli.command()
 @MODEL_ARG
-@FORMAT_OPTION
-@TARGETS_OPTION
-@click.option("--bits", default="all", show_default=True, help="Bit field, as for inject.")
-@_apply(SELECTION_OPTIONS)
-def inspect(model, fmt, targets, bits, ops, every_intermediate, include, exclude, no_fold_batchnorm):
+@SITE_PLAN
+@click.option("--json", "as_json", is_flag=True, help="Print the sites as a JSON list of objects instead of a table.")
+def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None:
     """List the FlipBits sites of MODEL.
 
     For an injected model, the sites it has; for a clean model, the sites
-    inject would create with the same options.
+    inject would create with the same options.  Each row: tensor, target
+    class, stored element type, elements (per sample for activations), bits
+    per element and the mask of the bits that may flip.
     """
-    from onnxflip.report import describe_sites, format_site_table
+    from onnxflip.report.sites_table import describe_sites, format_site_table
 
-    rows = describe_sites(model, fmt=fmt, targets=targets, bits=bits, no_fold_batchnorm=no_fold_batchnorm,
-                          selection=_selection(ops, every_intermediate, include, exclude))
-    click.echo(format_site_table(rows))
+    rows = describe_sites(model, config=config)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_site_table(rows))
 
 
 @cli.command()
 @MODEL_ARG
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="Where to write the converted model.")
+@OUTPUT_OPTION("the converted model")
 @click.option("--format", "fmt", type=click.Choice([f for f in FORMATS if f != "int8"]), required=True,
               help="Storage format to round every stored value through.")
-def convert(model, output, fmt):
+def convert(model: pathlib.Path, output: pathlib.Path, fmt: str) -> None:
     """Write MODEL with its stored values in another format, without flips.
 
     This is what inject computes at p = 0: the clean baseline of a format.
     """
-    from onnxflip.inject import convert_format
+    from onnxflip.graph.inject import convert_format
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
@@ -189,7 +332,9 @@ def _data_folder(ctx, param, value):
     """--data, after --download has fetched the official release into it when asked."""
     if ctx.params.get("download") or (ctx.obj or {}).get("download"):
         from onnxflip.data import download
+        from onnxflip.zoo import require_extra
 
+        require_extra("--download", modules=("torch", "torchvision"))
         return download(value)
     return value
 
@@ -211,27 +356,25 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @DATA_OPTION
 @FORMAT_OPTION
 @TARGETS_OPTION
-@click.option("--bits", default="all", show_default=True, help="Bits that may flip, as for inject.")
-@click.option("--direction", type=click.Choice(["both", "01", "10"]), default="both", show_default=True,
-              help="Flip 0->1 and 1->0 (both), only 0->1 (01) or only 1->0 (10) with probability p.")
+@BITS_OPTION
+@DIRECTION_OPTION
 @click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
               help="What becomes of values a flip made NaN or infinite.")
-@click.option("--p", "p_spec", default="1e-7:1e-1:13", show_default=True,
-              help="Probabilities: START:STOP:COUNT (log-spaced) or a comma list.")
+@PROBABILITIES_OPTION
 @click.option("--midpoint", is_flag=True, help="Search for the midpoint (bracket, then bisect in log p) instead of a grid.")
-@click.option("--p-range", default="1e-9:1e-2", show_default=True, help="LOW:HIGH bracket of the midpoint search.")
-@click.option("--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True,
-              help="Width in decades of p at which the midpoint search stops.")
+@P_RANGE_OPTION
+@TOLERANCE_OPTION
 @click.option("--trials", type=click.IntRange(1), default=3, show_default=True, help="Independent trials per probability.")
 @click.option("--samples", type=click.IntRange(1), default=None, help="Use the first N test images (classes kept balanced).")
-@click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
+              help="Images per ONNX Runtime run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@PROVIDER_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=None,
               help="Results folder (default results/<model>-<format>).")
 @click.option("--resume", is_flag=True, help="Continue the sweep in --out, keeping the points measured.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
-@_apply(SELECTION_OPTIONS)
+@_apply([*SELECTION_OPTIONS, FOLD_OPTION])
 def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midpoint, p_range, tolerance, trials,
              samples, batch_size, seed, provider, out, resume, overwrite, ops, every_intermediate, include, exclude,
              no_fold_batchnorm):
@@ -270,10 +413,9 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midp
 
 
 @cli.command()
-@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="Where to write the overlaid plot (PNG).")
-def compare(results, output):
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=pathlib.Path))
+@OUTPUT_OPTION("the overlaid plot (PNG)")
+def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
     """Overlay the accuracy curves of several results and tabulate their midpoints."""
     from onnxflip.compare import compare_results
 
@@ -282,45 +424,46 @@ def compare(results, output):
 
 @cli.command()
 @MODEL_ARG
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="Where to write the int8 QDQ model.")
+@OUTPUT_OPTION("the int8 QDQ model")
 @DATA_OPTION
 @click.option("--samples", type=click.IntRange(1), default=1000, show_default=True,
-              help="Calibration images, taken from the training split.")
-def quantize(model, output, data, samples):
-    """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on CIFAR-10)."""
-    from onnxflip.data import load_split
-    from onnxflip.modelio import check_output_path
+              help="Calibration samples (classes kept balanced), taken from the training split.")
+def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | None, samples: int) -> None:
+    """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on the data's training split)."""
+    from onnxflip.data import open_source, resolve_data_dir
+    from onnxflip.modelio import check_output_path, load_model
     from onnxflip.quantize import quantize_model
 
     check_output_path(output, inputs=(model,))
-    calibration = load_split(data, "train").subset(samples).as_float_nchw()
-    quantize_model(model, output, calibration=calibration)
-    click.echo(f"wrote {output}: int8 QDQ, calibrated on {samples} images")
+    calibration = open_source(resolve_data_dir(data), model=load_model(model), split="train")
+    quantize_model(model, output, calibration=calibration, samples=samples)
+    click.echo(f"wrote {output}: int8 QDQ, calibrated on {min(samples, len(calibration))} samples")
 
 
 @cli.group()
 def zoo() -> None:
-    """Train and export the VGG models of the zoo."""
+    """Train and export the VGG models of the zoo (needs the zoo extra: pip install 'onnxflip[zoo]')."""
 
 
 @zoo.command()
-@click.option("--model", "name", type=click.Choice(["vgg11", "vgg13", "vgg16", "vgg19"]), default="vgg11",
-              show_default=True, help="VGG-A, -B, -D or -E.")
+@click.option("--model", "name", type=click.Choice(MODELS), default=MODELS[0], show_default=True,
+              help=f"Which VGG: {', '.join(f'{m} ({PAPER_NAMES[m]})' for m in MODELS)}.")
 @click.option("--width", type=click.FloatRange(0.01, 4), default=0.25, show_default=True, help="Channel width multiplier.")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Passes over the training set.")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per training step.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True, help="Peak learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialisation and data order.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 @DATA_OPTION
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="Where to write the ONNX model.")
+@OUTPUT_OPTION("the ONNX model")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
 def train(name, width, epochs, batch_size, lr, seed, device, threads, data, output, checkpoint):
     """Train a VGG on CIFAR-10 and export it to ONNX."""
+    from onnxflip.zoo import require_extra
+
+    require_extra("onnxflip zoo train")
     from onnxflip.modelio import check_output_path
     from onnxflip.zoo.export import export_onnx
     from onnxflip.zoo.train import TrainConfig
@@ -339,26 +482,27 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
 
 
 @cli.command()
-@click.option("--models", type=CommaList(("vgg11", "vgg13", "vgg16", "vgg19")), default="vgg11,vgg13,vgg16,vgg19",
-              show_default=True, help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx).")
+@click.option("--models", type=CommaList(MODELS), default=",".join(MODELS), show_default=True,
+              help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx).")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("models"),
-              show_default=True)
+              show_default=True, help="Folder holding the zoo models.")
 @click.option("--formats", type=CommaList(tuple(FORMATS)), default="float16,bfloat16,float32,float64,int8",
-              show_default=True)
+              show_default=True, help="Storage formats, one cell per model each.")
 @click.option("--targets", type=CommaList(TARGETS), default="activations", show_default=True,
               help="Which stored values flip in every cell.")
 @click.option("--bits", type=CommaList(("all", "exponent", "mantissa")), default="all", show_default=True,
               help="Bit fields, one cell each (exponent and mantissa skip int8).")
 @click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
               help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
-@click.option("--trials", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
+              help="Independent trials per probability.")
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
-@click.option("--p-range", default="1e-9:1e-2", show_default=True, help="LOW:HIGH bracket of each midpoint search.")
-@click.option("--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True)
+@P_RANGE_OPTION
+@TOLERANCE_OPTION
 @click.option("--no-extras", is_flag=True, help="Skip the one-direction and nonfinite-policy sections.")
 @DATA_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),
-              show_default=True)
+              show_default=True, help="Results folder: one folder per cell under cells/, report.json, report.md.")
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def reproduce(models, models_dir, formats, targets, bits, field_formats, trials, samples, p_range, tolerance, no_extras,
@@ -390,8 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("onnxflip: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # `onnxflip` or `onnxflip zoo` alone: the help, a usage error
+        click.echo(exc.format_message(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"onnxflip: error: {exc.format_message()}", err=True)
+        message = " ".join(line.strip() for line in exc.format_message().splitlines())  # click's lists, one line
+        click.echo(f"onnxflip: error: {message}", err=True)
         return exc.exit_code
     except OnnxflipError as exc:
         click.echo(f"onnxflip: error: {exc}", err=True)

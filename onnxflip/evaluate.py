@@ -1,7 +1,7 @@
 """Accuracy under bit flips: one evaluation per (probability, trial), swept or searched.
 
 For each trial the fixed parameter flips (weights, biases) are drawn once
-and made constants (:mod:`onnxflip.materialize`), so ONNX Runtime keeps its
+and made constants (:mod:`onnxflip.graph.passes.materialize`), so ONNX Runtime keeps its
 constant-weight optimisations; a session costs milliseconds to create.
 Activations are flipped in the graph with a new seed for every batch: new
 flips at every write, and every number reproducible from the run seed.
@@ -24,12 +24,12 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxflip._library import session_options
 from onnxflip.errors import OnnxflipError
-from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, control_input_name, insert_flipbits
-from onnxflip.materialize import materialize_parameters
-from onnxflip.modelio import MAX_IR_VERSION
-from onnxflip.sites import TARGETS, Selection
+from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.inject import insert_flipbits
+from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.sites import TARGETS, Selection
+from onnxflip.runtime.session import PROVIDERS, make_session
 from onnxflip.stats import accuracy_interval
 
 __all__ = ["DIRECTIONS", "Evaluator", "SweepSettings", "mix_seed", "probabilities_for"]
@@ -37,7 +37,6 @@ __all__ = ["DIRECTIONS", "Evaluator", "SweepSettings", "mix_seed", "probabilitie
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("both", "01", "10")
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 _MASK64 = (1 << 64) - 1
 
 
@@ -129,11 +128,7 @@ class Evaluator:
                 controls[control_input_name(target, "p01")] = np.array(p01, np.float32)
                 controls[control_input_name(target, "p10")] = np.array(p10, np.float32)
                 controls[control_input_name(target, "seed")] = np.array(trial_seed, np.int64)
-        model = materialize_parameters(self.injected, controls)
-        proto = ir.serde.serialize_model(model)
-        proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-        return ort.InferenceSession(proto.SerializeToString(), session_options(),
-                                    providers=PROVIDERS[self.settings.provider])
+        return make_session(materialize_parameters(self.injected, controls), provider=self.settings.provider)
 
     def run_trial(self, p: float, trial: int, on_batch: Callable[[], None] | None = None) -> dict:
         """Accuracy and non-finite fraction of one trial at probability p (and which images were right)."""

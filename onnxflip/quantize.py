@@ -1,8 +1,15 @@
-"""int8 QDQ quantisation with ONNX Runtime's static quantiser and CIFAR-10 calibration images.
+"""``onnxflip quantize``: int8 QDQ quantisation with ONNX Runtime's static quantiser.
 
 Choices (recorded in the model's ``onnxflip.quantization`` metadata): QDQ
 format, signed int8 activations and weights, per-channel weights, MinMax
-calibration, int32 biases.  Preprocessing before the first Conv stays float.
+calibration, int32 biases.  Preprocessing before the first Conv/Gemm/MatMul
+stays float.  Calibration inputs come from a ``DataSource`` (ImageFolder,
+.npz, CIFAR-10: see ``onnxflip.data``) or an array for a one-input model;
+any number of inputs and outputs, any number of classes.
+
+A model exported with a fixed batch size is calibrated in batches of that
+size; a model with external data (or too large for one protobuf) is
+quantised with external data and written so.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from onnxflip.data.sources import ArraySource, DataSource, InputSpec, check_arrays, model_inputs
 from onnxflip.errors import OnnxflipError
-from onnxflip.modelio import MAX_IR_VERSION, save_model
+from onnxflip.graph.inputs import batch_dimension
+from onnxflip.modelio import has_external_data, load_model, save_model
+from onnxflip.runtime.session import runtime_proto
 
 __all__ = ["QUANT_METADATA_KEY", "quantize_model"]
 
@@ -26,11 +36,32 @@ QUANT_METADATA_KEY = "onnxflip.quantization"
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
-        self._items = iter([{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
+    """The source's batches, one feed dictionary at a time, as the calibrator asks for them."""
+
+    def __init__(self, source: DataSource, batch_size: int) -> None:
+        self._batches = source.batches(batch_size)
 
     def get_next(self):
-        return next(self._items, None)
+        batch = next(self._batches, None)
+        return None if batch is None else batch.feeds
+
+
+def _calibration_source(
+    calibration: np.ndarray | DataSource, inputs: list[InputSpec], samples: int | None, *, where: str
+) -> DataSource:
+    """The calibration data as a source checked against the model's inputs, cut to ``samples``."""
+    if isinstance(calibration, np.ndarray):
+        if len(inputs) != 1:
+            names = ", ".join(s.name for s in inputs)
+            raise OnnxflipError(f"{where} takes {len(inputs)} inputs ({names}); calibrate from a data source")
+        calibration = ArraySource({inputs[0].name: np.ascontiguousarray(calibration, dtype=inputs[0].dtype)}, None)
+    if len(calibration) == 0:
+        raise OnnxflipError("no calibration samples")
+    if samples is not None and samples < len(calibration):
+        calibration = calibration.subset(samples)
+    first = next(calibration.subset(1).batches(1))
+    check_arrays(first.feeds, inputs, where="calibration data")
+    return calibration
 
 
 def _preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
@@ -47,27 +78,29 @@ def quantize_model(
     model_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     *,
-    calibration: np.ndarray,
+    calibration: np.ndarray | DataSource,
+    samples: int | None = None,
     batch_size: int = 100,
-) -> onnx.ModelProto:
-    """Quantise a float32 classifier to int8 QDQ, calibrated on ``calibration`` images; returns the proto."""
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as exc:  # noqa: BLE001 - any failure to parse means a bad file
-        raise OnnxflipError(f"{model_path} is not a readable ONNX model ({type(exc).__name__})") from None
+) -> None:
+    """Quantise a float32 model to int8 QDQ, calibrated on ``calibration`` (its first ``samples``, class-balanced,
+    when given), and write it.  Nothing is written when the model or the data is refused.
+
+    ``batch_size`` is overridden by the model's own batch size when it is
+    fixed (the calibration samples are then cut to a multiple of it).
+    """
+    loaded = load_model(model_path)
+    fixed = batch_dimension(loaded)
+    external = has_external_data(loaded)
+    model = onnx.load(str(model_path))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise OnnxflipError(f"{model_path} is already quantised")
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise OnnxflipError(f"quantize expects a model with one image input, found {len(inputs)}")
-    if len(calibration) == 0:
-        raise OnnxflipError("no calibration images")
-    outputs = model.graph.output
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
-    if len(outputs) != 1 or (dims and dims[-1] not in (None, 10)):
-        raise OnnxflipError(f"{model_path} is not a classifier of 10 classes (its output is not 10 logits)")
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    data = _calibration_source(calibration, model_inputs(model), samples, where=str(model_path))
+    if fixed is not None:
+        batch_size = fixed
+        if len(data) < fixed:
+            raise OnnxflipError(f"{len(data)} calibration samples are fewer than the model's fixed batch of {fixed}")
+        data = data.subset(len(data) // fixed * fixed)
+    model = runtime_proto(model)
     for i, node in enumerate(model.graph.node):
         if not node.name:  # the quantiser selects nodes by name
             node.name = f"{node.op_type}_{i}"
@@ -76,30 +109,29 @@ def quantize_model(
         source = pathlib.Path(tmp) / "float.onnx"
         prepared = pathlib.Path(tmp) / "prepared.onnx"
         out = pathlib.Path(tmp) / "quantized.onnx"
-        onnx.save(model, str(source))
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        onnx.save(model, str(source), save_as_external_data=external, location="float.onnx.data")
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
+                          all_tensors_to_one_file=True, external_data_location="prepared.onnx.data")
         quantize_static(
             prepared,
             out,
-            _Batches(inputs[0], np.ascontiguousarray(calibration, dtype=np.float32), batch_size),
+            _Batches(data, batch_size),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=excluded,
+            use_external_data_format=external,
         )
-        quantized = onnx.load(str(out))
-    choices = {
-        "format": "QDQ",
-        "activations": "int8",
-        "weights": "int8, per channel",
-        "biases": "int32",
-        "calibration": "MinMax",
-        "calibration_images": len(calibration),
-        "kept_float": excluded,
-    }
-    entry = quantized.metadata_props.add()
-    entry.key, entry.value = QUANT_METADATA_KEY, json.dumps(choices)
-    save_model(quantized, output_path)
-    return quantized
+        quantized = load_model(out)
+        quantized.metadata_props[QUANT_METADATA_KEY] = json.dumps({
+            "format": "QDQ",
+            "activations": "int8",
+            "weights": "int8, per channel",
+            "biases": "int32",
+            "calibration": "MinMax",
+            "calibration_samples": len(data),
+            "kept_float": excluded,
+        })
+        save_model(quantized, output_path, external_data=external or None)

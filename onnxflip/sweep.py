@@ -40,13 +40,17 @@ def parse_probabilities(text: str) -> list[float]:
         if ":" in text:
             start, stop, count = text.split(":")
             lo, hi, n = float(start), float(stop), int(count)
-            if lo <= 0 or hi <= 0 or n < 1:
-                raise ValueError
-            values = list(np.logspace(math.log10(lo), math.log10(hi), n))
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise OnnxflipError(f"cannot read probabilities {text!r}; use START:STOP:COUNT or a comma list") from None
+    if ":" in text:
+        if not (lo > 0 and hi > 0):
+            raise OnnxflipError(f"{text!r} is log-spaced, so START and STOP must be above 0; to include p = 0, "
+                                f"give a comma list such as 0,1e-6,1e-4")
+        if n < 1:
+            raise OnnxflipError(f"{text!r}: COUNT must be at least 1")
+        values = list(np.logspace(math.log10(lo), math.log10(hi), n))
     if not values:
         raise OnnxflipError("the probability list is empty")
     bad = [v for v in values if not 0.0 <= v <= 1.0]

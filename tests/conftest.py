@@ -11,23 +11,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from onnxflip import make_session, session_options
-from onnxflip.bits import element_type, field_mask
-from onnxflip.flip import flipbits_node_model, run_flipbits_session
+from onnxflip.bits import field_mask
 from onnxflip.modelio import save_model
+from onnxflip.runtime.contract import ELEMENT_TYPES, element_type
+from onnxflip.runtime.flip import flipbits_node_model, run_flipbits_session
+from onnxflip.runtime.session import make_session, session_options
 
-TYPE_NAMES = [
-    "float16",
-    "bfloat16",
-    "float32",
-    "float64",
-    "float8_e4m3fn",
-    "float8_e5m2",
-    "int8",
-    "uint8",
-    "int16",
-    "int32",
-]
+TYPE_NAMES = [t.name for t in ELEMENT_TYPES]  # every element type the library's contract lists
 
 
 def raw(array: np.ndarray) -> np.ndarray:
@@ -56,7 +46,7 @@ class FlipBitsNode:
             etype, mask=field_mask(etype, bits), stream=stream, randomness=randomness, nonfinite=nonfinite
         )
         self.mask = field_mask(etype, bits)
-        self.session = make_session(model.SerializeToString(), threads=threads)
+        self.session = make_session(model, threads=threads)
 
     def __call__(self, x: np.ndarray, *, p01: float = 0.0, p10: float = 0.0, seed: int = 0) -> np.ndarray:
         return run_flipbits_session(self.session, x, p01=p01, p10=p10, seed=seed)
@@ -89,22 +79,24 @@ def run_model(model, feeds: dict, *, exact: bool = False) -> list[np.ndarray]:
     if exact:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.add_session_config_entry("session.disable_prepacking", "1")
-    if isinstance(model, ir.Model):
-        model = ir.serde.serialize_model(model)
-    if hasattr(model, "SerializeToString"):
-        model.ir_version = min(model.ir_version, 10)
-        model = model.SerializeToString()
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return make_session(model, options=options).run(None, feeds)
 
 
 def file_digest(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def needs_zoo_extra() -> None:
+    """Skip the calling test (or module) where the zoo extra, torch and its ONNX exporter, is not installed."""
+    from onnxflip.zoo import EXTRA_MODULES
+
+    for module in EXTRA_MODULES:
+        pytest.importorskip(module, reason="needs the zoo extra: pip install 'onnxflip[zoo]'")
+
+
 def tiny_vgg(seed: int = 0):
     """A randomly initialised VGG-11 at width 1/8 with non-trivial BatchNorm statistics."""
+    needs_zoo_extra()
     import torch
 
     from onnxflip.zoo import build_vgg
@@ -121,6 +113,7 @@ def tiny_vgg(seed: int = 0):
 
 @pytest.fixture(scope="session")
 def vgg_path(tmp_path_factory) -> pathlib.Path:
+    needs_zoo_extra()
     from onnxflip.zoo.export import export_onnx
 
     path = tmp_path_factory.mktemp("models") / "vgg.onnx"
@@ -232,3 +225,130 @@ def classifier_path(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("models") / "templates.onnx"
     save_model(template_classifier(), path)
     return path
+
+
+# --- torchvision architectures and a token model with random weights (nothing downloaded) ------
+
+
+def export_torch(module, example: tuple, path: pathlib.Path, *, inputs: list[str], output: str = "logits") -> pathlib.Path:
+    """Export a torch module with a dynamic batch axis, as the zoo exports its models."""
+    needs_zoo_extra()
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(module.eval(), example, input_names=inputs, output_names=[output],
+                                dynamic_shapes=tuple({0: batch} for _ in example), dynamo=True, optimize=True,
+                                verbose=False)
+    save_model(program.model_proto, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet18_path(tmp_path_factory) -> pathlib.Path:
+    """torchvision's ResNet-18, random weights: (batch, 3, 224, 224) -> 1000 logits."""
+    needs_zoo_extra()
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "resnet18.onnx"
+    return export_torch(torchvision.models.resnet18(weights=None), (torch.rand(2, 3, 224, 224),), path,
+                        inputs=["input"])
+
+
+@pytest.fixture(scope="session")
+def squeezenet4_path(tmp_path_factory) -> pathlib.Path:
+    """torchvision's SqueezeNet 1.1 with 4 classes, random weights, taking NHWC images of 96x96."""
+    needs_zoo_extra()
+    import torch
+    import torchvision
+
+    class Nhwc(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torchvision.models.squeezenet1_1(weights=None, num_classes=4)
+
+        def forward(self, x):
+            return self.net(x.permute(0, 3, 1, 2))
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("models") / "squeezenet4.onnx"
+    return export_torch(Nhwc(), (torch.rand(2, 96, 96, 3),), path, inputs=["image"])
+
+
+class TokenClassifier:
+    """Embedding -> mean over the tokens the attention mask keeps -> Linear: int64 ids and mask, 3 classes."""
+
+    vocabulary, length, classes = 50, 12, 3
+
+    @classmethod
+    def module(cls):
+        import torch
+
+        class Module(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = torch.nn.Embedding(cls.vocabulary, 16)
+                self.head = torch.nn.Linear(16, cls.classes)
+
+            def forward(self, input_ids, attention_mask):
+                keep = attention_mask.unsqueeze(-1).to(torch.float32)
+                pooled = (self.embed(input_ids) * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+                return self.head(pooled)
+
+        torch.manual_seed(2)
+        return Module()
+
+    @classmethod
+    def arrays(cls, count: int, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(0, cls.vocabulary, size=(count, cls.length), dtype=np.int64)
+        lengths = rng.integers(1, cls.length + 1, size=count)
+        mask = (np.arange(cls.length)[None, :] < lengths[:, None]).astype(np.int64)
+        labels = rng.integers(0, cls.classes, size=count, dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.fixture(scope="session")
+def token_model_path(tmp_path_factory) -> pathlib.Path:
+    needs_zoo_extra()
+    import torch
+
+    example = {k: torch.from_numpy(v) for k, v in TokenClassifier.arrays(2).items() if k != "labels"}
+    path = tmp_path_factory.mktemp("models") / "tokens.onnx"
+    return export_torch(TokenClassifier.module(), (example["input_ids"], example["attention_mask"]), path,
+                        inputs=["input_ids", "attention_mask"])
+
+
+@pytest.fixture(scope="session")
+def token_npz(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("data") / "tokens.npz"
+    np.savez(path, **TokenClassifier.arrays(40))
+    return path
+
+
+CIFAR10_SHARED = pathlib.Path("/work/shared/cifar10/test")
+
+
+def write_photo_folder(root: pathlib.Path, *, classes: int, per_class: int) -> pathlib.Path:
+    """An ImageFolder tree of JPEGs of different sizes (and one PNG in grey): CIFAR-10 test images enlarged when
+    the shared copy is present, else random pictures."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    sizes = [(64, 48), (80, 80), (50, 70), (96, 64)]
+    names = sorted(p.name for p in CIFAR10_SHARED.iterdir())[:classes] if CIFAR10_SHARED.is_dir() else []
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            if names:
+                image = Image.open(CIFAR10_SHARED / names[c] / f"{i:04d}.jpg").convert("RGB")
+            else:
+                image = Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8))
+            image = image.resize(sizes[(c + i) % len(sizes)], Image.Resampling.BICUBIC)
+            if (c, i) == (0, 1):
+                image.convert("L").save(folder / f"{i:03d}.png")
+            else:
+                image.save(folder / f"{i:03d}.jpg", quality=90)
+    return root

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 
+import click
+import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from conftest import file_digest
 
 from onnxflip.cli import cli, main
@@ -18,14 +21,30 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("command", [[], ["inject"], ["inspect"], ["convert"]])
-def test_help_explains_each_command(command):
-    result = CliRunner().invoke(cli, [*command, "--help"])
-    assert result.exit_code == 0
-    assert "Usage:" in result.output
-    if command == ["inject"]:
-        for option in ("--format", "--targets", "--p01", "--bits", "--seed", "--nonfinite", "--include"):
-            assert option in result.output
+def _commands(command: click.Command, path: tuple[str, ...] = ()):
+    """(path, command) for the group and every command under it."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_option_of_every_command_has_help_text():
+    missing = [f"{' '.join(path) or 'onnxflip'} {param.opts[0]}" for path, command in _commands(cli)
+               for param in command.params if isinstance(param, click.Option) and not (param.help or "").strip()]
+    assert not missing, missing
+    assert {" ".join(path) for path, _ in _commands(cli)} >= {
+        "inject", "inspect", "convert", "evaluate", "compare", "quantize", "reproduce", "zoo train"}
+
+
+@pytest.mark.parametrize("group", [[], ["zoo"]])
+def test_a_group_alone_prints_its_help_as_a_usage_error(capsys, group):
+    code, out, err = run(capsys, *group)
+    assert code == 2 and out == "" and err.startswith("Usage: ") and "Commands:" in err and "error" not in err
+
+
+def test_version_is_the_installed_distribution_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"onnxflip {importlib.metadata.version('onnxflip')}"
 
 
 def test_inject_then_inspect(vgg_path, tmp_path, capsys):
@@ -116,3 +135,148 @@ def test_output_over_the_input_model_is_refused(vgg_path, tmp_path, capsys, comm
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and "is the input model" in lines[0], err
     assert file_digest(source) == before
+
+
+@pytest.mark.parametrize("command", ["inject", "compare"])
+def test_an_output_folder_that_is_a_file_is_named_as_a_file(vgg_path, tmp_path, capsys, command):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    if command == "inject":
+        args = ["inject", str(vgg_path), "-o", str(afile / "x.onnx")]
+    else:
+        results = tmp_path / "results"
+        results.mkdir()
+        (results / "results.json").write_text(json.dumps({"settings": {}, "rows": []}))
+        args = ["compare", str(results), "-o", str(afile / "c.png")]
+    code, _, err = run(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and f"{afile} is a file" in lines[0], err
+    assert "does not exist" not in err
+    assert afile.read_text() == "not a folder"
+
+
+def _weight_and_bias_sizes(path) -> dict[str, int]:
+    """Elements of the Conv/Gemm weight and bias initializers, read from the file with onnx alone."""
+    proto = onnx.load(path)
+    sizes = {init.name: int(np.prod(init.dims)) for init in proto.graph.initializer}
+    totals = {"weights": 0, "biases": 0}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            totals["weights"] += sizes[node.input[1]]
+            totals["biases"] += sizes[node.input[2]] if len(node.input) > 2 else 0
+    return totals
+
+
+def test_inspect_json_lists_the_sites_the_injected_model_has(vgg_path, tmp_path, capsys):
+    code, listing, _ = run(capsys, "inspect", str(vgg_path), "--json", "--format", "float16")
+    rows = json.loads(listing)
+    assert code == 0 and {tuple(sorted(r)) for r in rows} == {("bits", "dtype", "elements", "mask", "target", "tensor")}
+    out = tmp_path / "injected.onnx"
+    assert run(capsys, "inject", str(vgg_path), "-o", str(out), "--format", "float16", "--p", "1e-4")[0] == 0
+    injected = onnx.load(out)
+    flipped = {node.input[0] for node in injected.graph.node if node.op_type == "FlipBits"}
+    assert len(rows) == len(flipped)
+    assert {r["dtype"] for r in rows} == {"float16"} and {r["bits"] for r in rows} == {16}
+    assert {r["mask"] for r in rows} == {"0xffff"}
+    for target, elements in _weight_and_bias_sizes(vgg_path).items():
+        assert sum(r["elements"] for r in rows if r["target"] == target) == elements
+    code, again, _ = run(capsys, "inspect", str(out), "--json")
+    # The injected model records the logits under the name of the value FlipBits reads ("logits_clean").
+    def without_names(listing):
+        return [{k: v for k, v in row.items() if k != "tensor"} for row in listing]
+
+    assert code == 0 and without_names(json.loads(again)) == without_names(rows)
+
+
+@pytest.mark.parametrize(
+    ("probability", "warned"), [([], True), (["--p", "0"], False), (["--p01", "1e-3"], False)])
+def test_inject_without_a_probability_warns_that_it_writes_p0(vgg_path, tmp_path, capsys, probability, warned):
+    out = tmp_path / "injected.onnx"
+    code, stdout, err = run(capsys, "inject", str(vgg_path), "-o", str(out), *probability)
+    assert code == 0 and "FlipBits sites" in stdout
+    lines = err.strip().splitlines()
+    if warned:
+        assert len(lines) == 1 and lines[0].startswith("onnxflip: warning:") and "are 0" in lines[0], err
+    else:
+        assert lines == []
+
+
+def test_inject_options_build_the_recorded_fault_models(vgg_path, tmp_path, capsys):
+    out = tmp_path / "injected.onnx"
+    code, _, _ = run(capsys, "inject", str(vgg_path), "-o", str(out), "--targets", "activations,weights",
+                     "--p01", "1e-3", "--bits", "exponent", "--seed", "9", "--nonfinite", "zero",
+                     "--activation-randomness", "fixed", "--parameter-randomness", "per_run", "--include", "features",
+                     "--stuck-at0", "1e-4", "--stuck-at1", "2e-4", "--ecc", "secded", "--on-detected", "zero")
+    assert code == 0
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    config = json.loads(meta["onnxflip.injection"])["config"]
+    common = {"p01": 1e-3, "p10": 0.0, "bits": "exponent", "seed": 9, "nonfinite": "zero", "s0": 1e-4, "s1": 2e-4,
+              "ecc": "secded", "on_detected": "zero"}
+    assert config["activations"] == {**common, "randomness": "fixed"}
+    assert config["weights"] == {**common, "randomness": "per_run"}
+    assert config["biases"] is None and config["selection"]["include"] == "features"
+
+
+USAGE, INPUT = 2, 1
+
+
+def _case(status: int, *args: str):
+    return pytest.param(status, args, id=f"{status}:{' '.join(args)}")
+
+
+@pytest.mark.parametrize(
+    ("status", "args"),
+    [
+        # usage errors: unknown options, bad or missing option values, options that contradict each other
+        _case(USAGE, "inject", "{model}", "-o", "{out}", "--frobnicate"),
+        _case(USAGE, "inject", "{model}", "-o", "{out}", "--p", "1e-3", "--p01", "1e-3"),
+        _case(USAGE, "inject", "{model}", "-o", "{out}", "--ops", "Relu,Frobnicate"),
+        _case(USAGE, "inspect", "{model}", "--format", "float128"),
+        _case(USAGE, "inspect", "{model}", "--include", "("),
+        _case(USAGE, "convert", "{model}", "-o", "{out}"),
+        _case(USAGE, "compare", "{results}"),
+        _case(USAGE, "quantize", "{model}"),
+        _case(USAGE, "evaluate", "{model}", "--p", "0:1e-2:5"),
+        _case(USAGE, "evaluate", "{model}", "--midpoint", "--p-range", "0:1e-2"),
+        _case(USAGE, "evaluate", "{model}", "--ops", "Frobnicate"),
+        _case(USAGE, "evaluate", "{model}", "--direction", "sideways"),
+        _case(USAGE, "reproduce", "--models", "vgg12", "--out", "{out}"),
+        _case(USAGE, "zoo", "train", "--model", "vgg12", "-o", "{out}"),
+        # input errors: missing or broken files and folders
+        _case(INPUT, "inject", "{missing}", "-o", "{out}", "--p", "1e-3"),
+        _case(INPUT, "inject", "{model}", "-o", "{afile}/x.onnx", "--p", "1e-3"),
+        _case(INPUT, "inspect", "{missing}"),
+        _case(INPUT, "convert", "{missing}", "-o", "{out}", "--format", "float16"),
+        _case(INPUT, "compare", "{missing}", "-o", "{out}.png"),
+        _case(INPUT, "compare", "{results}", "-o", "{afile}/c.png"),
+        _case(INPUT, "quantize", "{missing}", "-o", "{out}"),
+        _case(INPUT, "quantize", "{model}", "-o", "{out}", "--data", "{missing}"),
+        _case(INPUT, "evaluate", "{missing}", "--data", "{missing}", "--out", "{out}"),
+        _case(INPUT, "evaluate", "{model}", "--data", "{missing}", "--out", "{out}"),
+    ],
+)
+def test_the_same_kind_of_error_has_the_same_exit_status_in_every_command(classifier_path, tmp_path, capsys,
+                                                                           status, args):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.json").write_text(json.dumps({"settings": {}, "rows": []}))
+    (tmp_path / "afile").write_text("a file")
+    paths = {"model": classifier_path, "out": tmp_path / "out.onnx", "results": results,
+             "missing": tmp_path / "missing", "afile": tmp_path / "afile"}
+    code, _, err = run(capsys, *(a.format(**paths) for a in args))
+    lines = err.strip().splitlines()
+    assert code == status and len(lines) == 1 and lines[0].startswith("onnxflip: error:"), (code, err)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("args", [["zoo", "train", "-o", "{out}"], ["quantize", "{model}", "-o", "{out}", "--download"]])
+def test_without_torch_the_zoo_and_download_name_the_extra(classifier_path, tmp_path, capsys, monkeypatch, args):
+    import sys
+
+    for module in ("torch", "torchvision", "onnxscript"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    paths = {"model": classifier_path, "out": tmp_path / "out.onnx"}
+    code, _, err = run(capsys, *(a.format(**paths) for a in args))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "pip install 'onnxflip[zoo]'" in lines[0], err
+    assert not (tmp_path / "out.onnx").exists()

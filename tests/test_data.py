@@ -25,9 +25,20 @@ def test_both_layouts_load_the_same_images_and_labels(tmp_path, writer):
         np.testing.assert_array_equal(loaded.images, images)
 
 
-def test_class_order_is_cifar_order():
-    assert CLASSES[0] == "airplane" and CLASSES[3] == "cat" and CLASSES[9] == "truck"
-    assert list(CLASSES) == sorted(CLASSES)
+# label_names of the official release's batches.meta, in label order
+OFFICIAL_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_image_folder_labels_are_the_official_cifar_labels(tmp_path):
+    from PIL import Image
+
+    for label in (7, 2, 9, 0, 4, 1, 8, 3, 6, 5):  # folders created out of order
+        folder = tmp_path / "test" / OFFICIAL_CLASSES[label]
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 20 * label, np.uint8)).save(folder / "0.png")
+    loaded = load_split(tmp_path, "test")
+    assert loaded.labels.tolist() == [int(image[0, 0, 0]) // 20 for image in loaded.images]
+    assert sorted(loaded.labels.tolist()) == list(range(10)) and list(CLASSES) == OFFICIAL_CLASSES
 
 
 def test_float_images_and_balanced_subsets(tmp_path):
@@ -84,7 +95,7 @@ def test_broken_pickle(tmp_path):
 
 
 def test_download_goes_through_torchvision_into_the_data_folder(tmp_path, monkeypatch):
-    import torchvision
+    torchvision = pytest.importorskip("torchvision", reason="needs the zoo extra: pip install 'onnxflip[zoo]'")
 
     from onnxflip.data import download
 

@@ -37,7 +37,11 @@ def test_p0_accuracy_is_the_clean_accuracy(test_split):
 def test_half_of_all_bits_flipped_is_chance(test_split):
     row = evaluator(test_split, trials=2, batch_size=100).evaluate_point(0.5)
     assert abs(row["mean"] - 0.1) < 0.06
-    assert 0.0 <= row["nonfinite"] <= 1.0
+    # At p = 0.5 every bit of the 10 stored logits is a fair coin, whatever the layers before did: a logit is
+    # NaN or infinite when its 8 exponent bits are all 1 (probability 2^-8), an image when any of its 10 is.
+    expected = 1 - (1 - 2.0**-8) ** 10
+    draws = 2 * len(test_split.labels)
+    assert abs(row["nonfinite"] - expected) < 4 * math.sqrt(expected * (1 - expected) / draws)  # 4 sd
 
 
 def test_same_seed_reproduces_every_number(test_split, tmp_path):
@@ -225,3 +229,10 @@ def test_the_bracket_may_be_given_in_either_order():
     from onnxflip.sweep import MidpointSearch
 
     assert MidpointSearch.from_range("1e-2:1e-9", tolerance=0.2) == MidpointSearch(low=1e-9, high=1e-2, tolerance=0.2)
+
+
+@pytest.mark.parametrize("spec", ["0:1e-2:5", "1e-6:0:3", "-1e-3:1e-2:3"])
+def test_a_log_spaced_grid_from_zero_says_why(spec):
+    with pytest.raises(OnnxflipError, match=r"log-spaced.*above 0.*comma list") as info:
+        parse_probabilities(spec)
+    assert "\n" not in str(info.value)

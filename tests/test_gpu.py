@@ -10,7 +10,7 @@ from conftest import TYPE_NAMES, popcount, random_array, raw
 
 from onnxflip import OnnxflipError, flip_bits
 from onnxflip.bits import element_type, field_mask
-from onnxflip.cuda import cuda_flip_bits_raw, has_cuda_kernels
+from onnxflip.runtime.cuda import cuda_flip_bits_raw, has_cuda_kernels
 
 
 def _gpu_available() -> bool:
@@ -43,10 +43,7 @@ def _to_torch(array: np.ndarray):
     width = array.dtype.itemsize * 8
     signed = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
     bits = torch.from_numpy(raw(array).view(f"i{width // 8}") if width > 8 else raw(array).copy())
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-             "float64": torch.float64, "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16,
-             "int32": torch.int32, "float8_e4m3fn": torch.float8_e4m3fn,
-             "float8_e5m2": torch.float8_e5m2}[element_type(array.dtype).name]
+    dtype = getattr(torch, element_type(array.dtype).name)  # torch names its dtypes as the contract does
     return bits.to(signed).cuda().view(dtype)
 
 
@@ -59,7 +56,7 @@ def _from_torch(tensor, like: np.ndarray) -> np.ndarray:
 
 
 def _cuda(x: np.ndarray, **kwargs) -> np.ndarray:
-    from onnxflip.cuda import flip_bits_torch
+    from onnxflip.runtime.cuda import flip_bits_torch
 
     return _from_torch(flip_bits_torch(_to_torch(x), **kwargs), x)
 
@@ -91,3 +88,51 @@ def test_cuda_flip_count_is_binomial(p):
     y = _cuda(x, p=p, seed=2)
     trials = x.size * 32
     assert abs(popcount(raw(x) ^ raw(y)) - trials * p) <= 4.5 * math.sqrt(trials * p * (1 - p))
+
+
+FAULT_CASES = [  # (p, s0, s1, ecc, on_detected)
+    (0.0, 0.02, 0.01, "none", "keep"),
+    (1e-3, 0.01, 0.01, "none", "keep"),
+    (1e-3, 0.0, 0.0, "secded", "keep"),
+    (3e-3, 1e-3, 1e-3, "secded", "zero"),
+    (3e-3, 1e-3, 0.0, "secded64", "keep"),
+]
+
+
+@needs_gpu
+@needs_cuda_build
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", TYPE_NAMES)
+@pytest.mark.parametrize(("p", "s0", "s1", "ecc", "on_detected"), FAULT_CASES)
+def test_cuda_stuck_cells_and_ecc_equal_cpu(type_name, p, s0, s1, ecc, on_detected):
+    x = random_array(type_name, (1 << 18) + 5, seed=6)  # a partial block and, with secded64, a partial word
+    settings = {"p01": p, "p10": p / 2, "s0": s0, "s1": s1, "ecc": ecc, "on_detected": on_detected, "seed": 13,
+                "stream": 2, "return_counts": True}
+    cpu, cpu_counts = flip_bits(x, **settings)
+    gpu, gpu_counts = _cuda_counts(x, **settings)
+    assert np.array_equal(raw(cpu), raw(gpu)) and cpu_counts == gpu_counts
+
+
+def _cuda_counts(x: np.ndarray, **kwargs):
+    from onnxflip.runtime.cuda import flip_bits_torch
+
+    out, counts = flip_bits_torch(_to_torch(x), **kwargs)
+    return _from_torch(out, x), counts
+
+
+@needs_gpu
+@needs_cuda_build
+@pytest.mark.gpu
+def test_cuda_stuck_map_ignores_the_run_counter():
+    import torch
+
+    etype = element_type("float32")
+    zeros = torch.zeros(1 << 16, dtype=torch.float32, device="cuda")
+    maps = []
+    for run in (0, 7):
+        out = torch.empty_like(zeros)
+        cuda_flip_bits_raw(zeros.data_ptr(), out.data_ptr(), zeros.numel(), etype.onnx_type, p01=0.0, p10=0.0, seed=3,
+                           run=run, mask=etype.all_bits, s1=0.01)
+        torch.cuda.synchronize()
+        maps.append(out.cpu().numpy())
+    assert popcount(raw(maps[0])) > 0 and np.array_equal(raw(maps[0]), raw(maps[1]))

@@ -10,13 +10,16 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import model_from_text, run_model, save_model
+from conftest import model_from_text, needs_zoo_extra, run_model, save_model
 
 from onnxflip import OnnxflipError
-from onnxflip.inject import FaultModel, InjectionConfig, control_input_name, convert_format, insert_flipbits
-from onnxflip.materialize import materialize_parameters
+from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.inject import convert_format, insert_flipbits
+from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
+from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.modelio import load_model
-from onnxflip.sites import Selection
+from onnxflip.runtime.session import runtime_proto
 
 RNG = np.random.default_rng(0)
 
@@ -75,8 +78,7 @@ def flip_targets(model: ir.Model) -> Counter:
 
 
 def check(model: ir.Model) -> onnx.ModelProto:
-    proto = ir.serde.serialize_model(model)
-    proto.ir_version = 10
+    proto = runtime_proto(model)
     onnx.checker.check_model(proto)
     return proto
 
@@ -108,11 +110,31 @@ def test_small_graphs_get_expected_sites_and_p0_is_bit_identical(build, feeds, o
     np.testing.assert_allclose(out, run_model(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_caller_model_is_not_mutated():
-    model = conv_model()
+@pytest.mark.parametrize(("injected", "transform"), [
+    (False, lambda m: insert_flipbits(m, config=InjectionConfig(format="bfloat16"))),
+    (False, lambda m: convert_format(m, format="float16")),
+    (False, fold_batchnorm),
+    (True, lambda m: materialize_parameters(m, {control_input_name("weights", "p01"): np.array(0.5, np.float32)})),
+], ids=["insert_flipbits", "convert_format", "fold_batchnorm", "materialize_parameters"])
+def test_caller_model_is_not_mutated(injected, transform):
+    model = insert_flipbits(conv_model()) if injected else conv_model()
     before = ir.serde.serialize_model(model).SerializeToString()
-    insert_flipbits(model, config=InjectionConfig(format="bfloat16"))
+    result = transform(model)
     assert ir.serde.serialize_model(model).SerializeToString() == before
+    assert ir.serde.serialize_model(result).SerializeToString() != before
+
+
+def test_injection_config_build_shares_one_fault_model_across_the_chosen_targets():
+    memory = {"s0": 0.01, "s1": 0.02, "ecc": "secded64", "on_detected": "zero"}
+    config = InjectionConfig.build(format="float16", targets=("activations", "weights"), p01=0.1, p10=0.2,
+                                   bits="exponent", seed=7, parameter_randomness="per_run", **memory)
+    assert config.biases is None and config.targets == ("activations", "weights")
+    assert config.weights == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
+    assert config.activations == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
+    assert InjectionConfig.build().activations.randomness == "per_run"
+    assert InjectionConfig.build().weights.randomness == "fixed"
+    with pytest.raises(OnnxflipError, match="unknown target"):
+        InjectionConfig.build(targets=("gradients",))
 
 
 def test_controls_are_graph_inputs_with_defaults_and_settings_are_recorded():
@@ -168,6 +190,21 @@ def test_materialized_parameters_equal_in_graph_flips():
     assert not np.array_equal(in_graph, run_model(model, feeds, exact=True)[0])
 
 
+@pytest.mark.parametrize("given", [False, True])
+def test_materialising_drops_flips_at_p0_only_when_the_trial_fixes_their_probabilities(given):
+    """Activations' rates left to be fed at run time keep their FlipBits; given as 0 for the trial, they go."""
+    model = conv_model()
+    feeds = {"x": RNG.random((2, 3, 8, 8), dtype=np.float32)}
+    injected = insert_flipbits(model, config=InjectionConfig(weights=None, biases=None))
+    zero = {control_input_name("activations", w): np.array(0.0, np.float32) for w in ("p01", "p10", "s0", "s1")}
+    fixed = materialize_parameters(injected, zero if given else None)
+    assert flip_targets(fixed)["activations"] == (1 if given else 3)  # the logits, a graph output, stay
+    clean = run_model(injected, feeds, exact=True)[0]
+    noisy = {control_input_name("activations", w): np.array(0.3, np.float32) for w in ("p01", "p10")}
+    assert not np.array_equal(run_model(fixed, {**feeds, **noisy}, exact=True)[0], clean)
+    np.testing.assert_array_equal(run_model(fixed, feeds, exact=True)[0], clean)
+
+
 def test_selection_by_op_type_pattern_and_every_intermediate():
     model = conv_model()
     only_pool = insert_flipbits(model, config=InjectionConfig(weights=None, biases=None,
@@ -193,12 +230,11 @@ def test_int8_needs_a_qdq_model():
 
 
 def test_vgg_default_sites_match_inspect_and_p0_is_bit_identical(vgg_path, images):
-    from onnxflip.report import describe_sites
+    from onnxflip.report.sites_table import describe_sites
 
     model = load_model(vgg_path)
     injected = insert_flipbits(model)
-    rows = describe_sites(vgg_path, fmt="float32", targets=("activations", "weights", "biases"), bits="all",
-                          selection=Selection())
+    rows = describe_sites(vgg_path, config=InjectionConfig())
     assert Counter(r["target"] for r in rows) == flip_targets(injected) == Counter(
         {"weights": 10, "biases": 10, "activations": 15})
     feeds = {"input": images}
@@ -233,7 +269,12 @@ def test_int8_qdq_sites_and_p0_is_bit_identical(qdq_path, images):
     assert flip_targets(injected) == Counter({"weights": 10, "biases": 10, "activations": 15})
     feeds = {"input": images}
     np.testing.assert_array_equal(run_model(injected, feeds, exact=True)[0], run_model(model, feeds, exact=True)[0])
-    np.testing.assert_array_equal(run_model(materialize_parameters(injected), feeds)[0], run_model(model, feeds)[0])
+    # A trial at p = 0, as the evaluator builds it: every target's probabilities given.  At full optimisation
+    # the clean graph's QuantizeLinear -> DequantizeLinear pairs fuse into QLinearConv; a FlipBits between them
+    # would keep them apart (dequantise, float Conv, requantise rounds differently), so materialising removes it.
+    trial = {control_input_name(t, w): np.array(0.0, np.float32) for t in TARGETS for w in ("p01", "p10", "s0", "s1")}
+    np.testing.assert_array_equal(run_model(materialize_parameters(injected, trial), feeds)[0],
+                                  run_model(model, feeds)[0])
     with pytest.raises(OnnxflipError, match="quantised"):
         insert_flipbits(model, config=InjectionConfig(format="float32"))
 
@@ -273,6 +314,7 @@ class _TinyMobileNet:
 
 @pytest.mark.parametrize("net", [_TinyResNet, _TinyMobileNet], ids=["resnet", "mobilenet"])
 def test_other_architectures_with_dynamic_batch(net, tmp_path):
+    needs_zoo_extra()
     import torch
 
     torch.manual_seed(0)
@@ -285,9 +327,7 @@ def test_other_architectures_with_dynamic_batch(net, tmp_path):
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(module, (torch.rand(2, 3, 16, 16),), input_names=["x"], output_names=["y"],
                                 dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
-    proto = program.model_proto
-    proto.ir_version = 10
-    onnx.save(proto, path)
+    onnx.save(runtime_proto(program.model_proto), path)
     model = load_model(path)
     injected = insert_flipbits(model)
     counts = flip_targets(injected)

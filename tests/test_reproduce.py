@@ -1,4 +1,7 @@
-"""`onnxflip reproduce` on two tiny models and synthetic data: the report is filled from its JSON."""
+"""`onnxflip reproduce` on two tiny models and synthetic data: the report is filled from its JSON.
+
+The verdicts on the paper's findings are checked against chosen numbers in tests/test_report_verdicts.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from conftest import save_model, template_classifier
 from onnxflip.cli import main
 from onnxflip.data import load_split
 from onnxflip.quantize import quantize_model
-from onnxflip.report_md import findings
 
 
 def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path, capsys):
@@ -39,8 +41,7 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
             assert f"{cell['midpoint']:.3g}" in text
         else:
             assert f"{cell['bound']} {cell['bound_p']:.3g}" in text
-    for finding, verdict, numbers in findings(report):
-        assert f"| {finding} | {verdict} | {numbers} |" in text
+    assert "## The paper's findings" in text  # its verdicts: tests/test_report_verdicts.py
     assert re.search(r"## Flips in one direction", text) and re.search(r"## Nonfinite policy", text)
     assert (out / "midpoint_vs_depth.png").is_file() and (out / "curves_vgg11.png").is_file()
     assert f"Command: `onnxflip {' '.join(args)}`" in text

@@ -8,12 +8,15 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-import torch
-from conftest import four_logit_model, run_model, tiny_vgg
+from conftest import four_logit_model, needs_zoo_extra, run_model, tiny_vgg
 
-from onnxflip.cli import main
-from onnxflip.zoo import CONFIGS, build_vgg
-from onnxflip.zoo.train import TrainConfig, train
+needs_zoo_extra()
+import torch  # noqa: E402 - after the skip where the zoo extra is missing
+
+from onnxflip.cli import main  # noqa: E402
+from onnxflip.runtime.session import IR_VERSION  # noqa: E402
+from onnxflip.zoo import CONFIGS, build_vgg  # noqa: E402
+from onnxflip.zoo.train import TrainConfig, train  # noqa: E402
 
 
 @pytest.mark.parametrize(("name", "convs"), [("vgg11", 8), ("vgg13", 10), ("vgg16", 13), ("vgg19", 16)])
@@ -37,7 +40,7 @@ def test_export_matches_torch_and_has_a_dynamic_batch(vgg_path):
     model = tiny_vgg()
     proto = onnx.load(vgg_path)
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
-    assert proto.ir_version <= 10
+    assert proto.ir_version <= IR_VERSION
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["onnxflip.model"])
     assert meta["classes"][0] == "airplane"
     for batch in (1, 7):
@@ -83,9 +86,10 @@ def test_quantize_rejects_bad_input(synthetic_data, tmp_path, capsys, qdq_path):
     assert len(err) == 3 and all(line.startswith("onnxflip: error:") for line in err)
 
 
-def test_quantize_rejects_a_model_that_is_not_a_ten_class_classifier(synthetic_data, tmp_path, capsys):
+def test_quantize_takes_a_model_of_four_classes(synthetic_data, tmp_path, capsys):
     path = tmp_path / "four.onnx"
     onnx.save(four_logit_model(), path)
     assert main(["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(synthetic_data),
-                 "--samples", "50"]) == 1
-    assert "10 classes" in capsys.readouterr().err
+                 "--samples", "50"]) == 0, capsys.readouterr().err
+    (y,) = run_model(tmp_path / "q.onnx", {"input": np.zeros((2, 3, 32, 32), np.float32)})
+    assert y.shape == (2, 4)

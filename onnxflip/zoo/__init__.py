@@ -1,7 +1,33 @@
-"""The model zoo: the VGG networks of the paper, adapted to CIFAR-10."""
+"""The model zoo: the VGG networks of the paper, adapted to CIFAR-10.
+
+Training and export need torch, torchvision and onnxscript, the ``zoo``
+extra (``pip install 'onnxflip[zoo]'``); the model names and configurations
+are readable without them, and ``VGG``/``build_vgg`` import torch only when
+asked for.
+"""
 
 from __future__ import annotations
 
-from onnxflip.zoo.vgg import CONFIGS, VGG, build_vgg
+import importlib
+import importlib.util
 
-__all__ = ["CONFIGS", "VGG", "build_vgg"]
+from onnxflip.errors import OnnxflipError
+from onnxflip.zoo.configs import CONFIGS, MODELS, PAPER_NAMES
+
+__all__ = ["CONFIGS", "EXTRA_MODULES", "MODELS", "PAPER_NAMES", "VGG", "build_vgg", "require_extra"]
+
+# What pyproject.toml's zoo extra installs (torch's ONNX exporter needs onnxscript).
+EXTRA_MODULES = ("torch", "torchvision", "onnxscript")
+
+
+def require_extra(purpose: str, *, modules: tuple[str, ...] = EXTRA_MODULES) -> None:
+    """Raise a one-line error naming the zoo extra when a module ``purpose`` needs is not installed."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise OnnxflipError(f"{purpose} needs {', '.join(missing)}: pip install 'onnxflip[zoo]'")
+
+
+def __getattr__(name: str):
+    if name in ("VGG", "build_vgg"):
+        return getattr(importlib.import_module("onnxflip.zoo.vgg"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

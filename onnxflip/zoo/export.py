@@ -2,7 +2,9 @@
 
 The exported graph takes ``input``: float32 RGB images in [0, 1], shape
 (batch, 3, 32, 32), and returns ``logits`` (batch, 10).  Normalisation is
-part of the graph (before the first Conv, so never a fault target).
+part of the graph (before the first Conv, so never a fault target).  The
+preprocessing (32x32 RGB scaled to [0, 1], NCHW) is stored under
+``onnxflip.preprocess``, so data sources need no options for these models.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import onnx
 import torch
 from torch import nn
 
-from onnxflip.data import CLASSES
-from onnxflip.modelio import MAX_IR_VERSION, save_model
+from onnxflip.data import CLASSES, PREPROCESS_METADATA_KEY, Preprocess
+from onnxflip.modelio import save_model
+from onnxflip.runtime.session import runtime_proto
 from onnxflip.zoo.vgg import VGG
 
 __all__ = ["MODEL_METADATA_KEY", "export_onnx", "fold_batchnorm_torch"]
@@ -57,8 +60,7 @@ def export_onnx(model: VGG, path: str | os.PathLike[str], *, info: dict | None =
         optimize=True,
         verbose=False,
     )
-    proto = program.model_proto
-    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    proto = runtime_proto(program.model_proto)
     meta = {
         "input": "RGB images in [0, 1], float32, NCHW (batch, 3, 32, 32); normalisation is in the graph",
         "classes": list(CLASSES),
@@ -66,5 +68,6 @@ def export_onnx(model: VGG, path: str | os.PathLike[str], *, info: dict | None =
     }
     del proto.metadata_props[:]
     proto.metadata_props.add(key=MODEL_METADATA_KEY, value=json.dumps(meta))
+    proto.metadata_props.add(key=PREPROCESS_METADATA_KEY, value=Preprocess.parse("cifar10").to_json())
     save_model(proto, path)
     return proto

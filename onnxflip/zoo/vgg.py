@@ -12,16 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from onnxflip.zoo.configs import CONFIGS
+
 __all__ = ["CONFIGS", "MEAN", "STD", "VGG", "build_vgg"]
 
-# torchvision.models.vgg.cfgs, by the paper's names.
-CONFIGS: dict[str, list[int | str]] = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-}
-PAPER_NAMES = {"vgg11": "VGG-A", "vgg13": "VGG-B", "vgg16": "VGG-D", "vgg19": "VGG-E"}
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 

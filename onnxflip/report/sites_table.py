@@ -1,4 +1,4 @@
-"""Site listings for ``onnxflip inspect``."""
+"""The FlipBits sites of a model as rows and as a table: what ``onnxflip inspect`` prints."""
 
 from __future__ import annotations
 
@@ -6,34 +6,25 @@ import json
 import os
 from collections import defaultdict
 
-from onnxflip.inject import METADATA_KEY, FaultModel, InjectionConfig, InsertFlipBitsPass, plan_sites
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.inject import plan_sites
+from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.modelio import load_model
-from onnxflip.sites import Selection
 
 __all__ = ["describe_sites", "format_site_table"]
 
 
-def describe_sites(
-    path: str | os.PathLike[str],
-    *,
-    fmt: str,
-    targets: tuple[str, ...],
-    bits: str,
-    selection: Selection,
-    no_fold_batchnorm: bool = False,
-) -> list[dict]:
-    """One row per site: tensor, target, dtype, elements, bits, mask."""
+def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> list[dict]:
+    """One row per site: tensor, target, dtype, elements, bits, mask.
+
+    For an injected model, the sites it records (``config`` is not used);
+    for a clean model, the sites :func:`onnxflip.graph.inject.insert_flipbits`
+    would create with ``config``.
+    """
     model = load_model(path)
     if METADATA_KEY in model.metadata_props:
         return json.loads(model.metadata_props[METADATA_KEY])["sites"]
-    fault = FaultModel(bits=bits)
-    config = InjectionConfig(
-        format=fmt,
-        **{t: (fault if t in targets else None) for t in ("activations", "weights", "biases")},
-        selection=selection,
-        fold_batchnorm=not no_fold_batchnorm,
-    )
-    _, sites = plan_sites(model, config)
+    _, _, sites = plan_sites(model, config)
     describe = InsertFlipBitsPass(config, sites).describe
     return [describe(site) for site in sites]
 

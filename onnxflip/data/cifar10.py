@@ -9,7 +9,9 @@ Accepted layouts for a data folder ``DIR``:
 
 The folder is the ``--data`` option, else the ``ONNXFLIP_DATA`` environment
 variable, else ``DEFAULT_DATA_DIR``.  Decoded splits are kept in memory, so
-a sweep decodes the test set once per process.
+a sweep decodes the test set once per process.  ``cifar10_source`` serves
+the pickle layout as a data source (``open_source`` reads the ImageFolder
+layout as any ImageFolder tree).
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxflip.data.preprocess import Preprocess
+from onnxflip.data.sources import InputSpec
 from onnxflip.errors import OnnxflipError
 
 __all__ = [
     "CLASSES",
     "DEFAULT_DATA_DIR",
     "Split",
+    "cifar10_source",
     "download",
     "load_split",
+    "pickle_folder",
     "resolve_data_dir",
 ]
 
@@ -106,7 +112,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
 def download(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
     """Fetch the official CIFAR-10 release with torchvision into the data folder (needs internet)."""
     chosen = pathlib.Path(data_dir or os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR).expanduser()
-    if _pickle_folder(chosen) is not None:
+    if pickle_folder(chosen) is not None:
         return chosen
     import torchvision
 
@@ -129,7 +135,7 @@ def load_split(data_dir: str | os.PathLike[str] | None, split: str) -> Split:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(root: pathlib.Path, split: str) -> Split:
-    pickles = _pickle_folder(root)
+    pickles = pickle_folder(root)
     if pickles is not None:
         logger.info("reading CIFAR-10 %s split from pickles in %s", split, pickles)
         return _read_pickles(pickles, split)
@@ -139,7 +145,8 @@ def _load_cached(root: pathlib.Path, split: str) -> Split:
     raise OnnxflipError(f"{root} holds no CIFAR-10 {split} split; {_LAYOUTS_HELP}")
 
 
-def _pickle_folder(root: pathlib.Path) -> pathlib.Path | None:
+def pickle_folder(root: pathlib.Path) -> pathlib.Path | None:
+    """The folder holding the official pickle batches under ``root``, if any."""
     for candidate in (root, root / "cifar-10-batches-py"):
         if (candidate / "test_batch").is_file():
             return candidate
@@ -199,3 +206,20 @@ def _checked(images: np.ndarray, labels: np.ndarray, where: pathlib.Path) -> Spl
     images.setflags(write=False)
     labels.setflags(write=False)
     return Split(images, labels)
+
+
+def cifar10_source(root: pathlib.Path, *, split: str, spec: InputSpec, preprocess: Preprocess):
+    """A split of the pickle layout as a data source: the decoded uint8 images, preprocessed batch by batch."""
+    from onnxflip.data.imagefolder import ImageSource
+
+    data = load_split(root, split)
+    return ImageSource(range(len(data)), data.labels, load=functools.partial(_pixels, data.images, preprocess),
+                       spec=spec, preprocess=preprocess, name=f"{root} ({split})", classes=CLASSES)
+
+
+def _pixels(images: np.ndarray, preprocess: Preprocess, index: int) -> np.ndarray:
+    if preprocess.resize in (None, 32, (32, 32)) and preprocess.crop in (None, 32, (32, 32)):
+        return images[index]
+    from PIL import Image
+
+    return preprocess.image(Image.fromarray(images[index]))

@@ -13,6 +13,10 @@ Three target classes:
 * ``biases``: bias initializers of Conv, ConvTranspose and Gemm, and of an
   Add that follows a MatMul (in a QDQ graph, the int32 quantised biases).
 
+Sites are found in the main graph and in the bodies of ``If``, ``Loop`` and
+``Scan`` nodes alike (onnx_ir walks subgraphs); an ``If`` or ``Loop`` whose
+body computes a Conv, Gemm or MatMul counts as one for what lies downstream.
+
 ``include``/``exclude`` regular expressions match a site's tensor name or the
 name of the node that writes (or first reads) it.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import onnx
@@ -35,6 +39,7 @@ __all__ = [
     "TARGETS",
     "Selection",
     "Site",
+    "all_nodes",
     "find_sites",
 ]
 
@@ -70,16 +75,23 @@ class Selection:
 
 @dataclass
 class Site:
-    """One tensor FlipBits will act on."""
+    """One tensor FlipBits will act on.
+
+    ``name`` is the tensor's name when the site was found (later passes may
+    rename the value, e.g. when a graph output is taken over); ``stored`` is
+    the value that holds it in the storage format, set by the pass that
+    stores it (``value`` itself when stored as computed).
+    """
 
     value: ir.Value
     target: str
     node_name: str
     stored_dtype: ir.DataType = field(default=ir.DataType.UNDEFINED)
+    name: str = ""
+    stored: ir.Value | None = None
 
-    @property
-    def name(self) -> str:
-        return self.value.name or ""
+    def __post_init__(self) -> None:
+        self.name = self.name or self.value.name or ""
 
     def elements(self) -> int | None:
         """Elements in the tensor (per sample for activations with a symbolic batch)."""
@@ -101,11 +113,32 @@ def _matches(site: Site, selection: Selection) -> bool:
     return not (selection.exclude and any(re.search(selection.exclude, n or "") for n in names))
 
 
+def all_nodes(graph: ir.Graph) -> Iterator[ir.Node]:
+    """The nodes of a graph and of every subgraph (If, Loop, Scan bodies), a node before its bodies."""
+    return iter(ir.traversal.RecursiveGraphIterator(graph))
+
+
+def _subgraph_nodes(node: ir.Node) -> list[ir.Node]:
+    nodes: list[ir.Node] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            nodes += all_nodes(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            for body in attr.value:
+                nodes += all_nodes(body)
+    return nodes
+
+
 def _downstream_of_compute(graph: ir.Graph) -> set[ir.Value]:
-    """Values computed, directly or not, from a Conv, Gemm or MatMul."""
+    """Values computed, directly or not, from a Conv, Gemm or MatMul (a body that computes one counts)."""
     reached: set[ir.Value] = set()
-    for node in graph:
-        if node.op_type in COMPUTE_OPS or any(v in reached for v in node.inputs if v is not None):
+    for node in all_nodes(graph):
+        body = _subgraph_nodes(node)
+        if (
+            node.op_type in COMPUTE_OPS
+            or any(v in reached for v in node.inputs if v is not None)
+            or any(n.op_type in COMPUTE_OPS or any(v in reached for v in n.inputs if v is not None) for n in body)
+        ):
             reached.update(node.outputs)
     return reached
 
@@ -116,7 +149,7 @@ def _is_initializer(value: ir.Value | None) -> bool:
 
 def _parameter_sites(graph: ir.Graph, qdq: bool) -> Iterable[Site]:
     seen: set[ir.Value] = set()
-    for node in graph:
+    for node in all_nodes(graph):
         if node.op_type not in COMPUTE_OPS:
             continue
         roles = {1: "weights"}
@@ -165,7 +198,7 @@ def _requantises_a_view(quantize: ir.Node) -> bool:
 def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_dtype: ir.DataType) -> Iterable[Site]:
     downstream = _downstream_of_compute(graph)
     chosen: list[ir.Value] = []
-    for node in graph:
+    for node in all_nodes(graph):
         if qdq:
             wanted = node.op_type == "QuantizeLinear" and not _requantises_a_view(node)
         elif selection.every_intermediate:

@@ -1,0 +1,119 @@
+"""Fault models of real memories beyond transient flips: stuck-at cells and SECDED-protected words.
+
+The kernel holds the arithmetic (``custom_ops/flipbits.h``, ``custom_ops/secded.h``)
+and its contract names the vocabulary (``ECC_MODES``, ``ON_DETECTED``,
+``COUNT_NAMES``, ``ECC_CODES`` in :mod:`onnxflip.runtime.contract`); this module
+checks settings against it and turns the kernel's word counts into fractions.
+
+- **stuck-at**: each cell (a bit allowed by the mask, or a check bit) is stuck
+  at 0 with probability ``s0`` or at 1 with probability ``s1``, one or the
+  other (``s0 + s1 <= 1``); the map depends on the seed and the tensor's site,
+  never on the run.
+- **ECC**: ``secded`` stores each value as one extended Hamming word,
+  (13,8), (22,16), (39,32) or (72,64); ``secded64`` packs 64 / width
+  consecutive values into one (72,64) word (the last word of a tensor is
+  padded with zero bits, stored and exposed like the others).  One wrong bit
+  is corrected, two are detected and follow ``on_detected``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxflip.errors import OnnxflipError
+from onnxflip.runtime.contract import COUNT_NAMES, ECC_CODES, ECC_MODES, ON_DETECTED, ElementType, element_type
+
+__all__ = ["WordCounts", "check_ecc", "check_stuck", "ecc_word", "stored_words", "words_per_run"]
+
+logger = logging.getLogger(__name__)
+
+_STUCK_SLACK = 1e-6  # s0 + s1 may exceed 1 by the rounding of two float32 values, as the kernel allows
+
+
+def check_stuck(s0: float, s1: float) -> None:
+    """Raise OnnxflipError unless s0 and s1 are probabilities with s0 + s1 <= 1."""
+    for name, value in (("s0", s0), ("s1", s1)):
+        if not isinstance(value, (int, float, np.floating)) or math.isnan(value) or not 0.0 <= float(value) <= 1.0:
+            raise OnnxflipError(f"{name} = {value} is not a probability in [0, 1]")
+    if s0 + s1 > 1.0 + _STUCK_SLACK:
+        raise OnnxflipError(f"s0 + s1 = {s0 + s1:g} exceeds 1: a cell is stuck at 0 or at 1, not both")
+
+
+def check_ecc(ecc: str, on_detected: str) -> None:
+    """Raise OnnxflipError unless ``ecc`` and ``on_detected`` are values the kernel knows."""
+    if ecc not in ECC_MODES:
+        raise OnnxflipError(f"ecc must be one of {', '.join(ECC_MODES)}, not {ecc!r}")
+    if on_detected not in ON_DETECTED:
+        raise OnnxflipError(f"on_detected must be one of {', '.join(ON_DETECTED)}, not {on_detected!r}")
+
+
+def ecc_word(ecc: str, etype: ElementType) -> tuple[int, int, int] | None:
+    """(values per word, data bits, check bits) of the word ``ecc`` stores ``etype`` in; None without ECC.
+
+    Raises OnnxflipError where the mode cannot protect values of that width.
+    """
+    check_ecc(ecc, ON_DETECTED[0])
+    if ecc == "none":
+        return None
+    code = ECC_CODES[ecc].get(etype.width)
+    if code is None:
+        raise OnnxflipError(f"ecc {ecc} cannot protect {etype.width}-bit {etype.name} values")
+    data_bits, check_bits = code
+    return data_bits // etype.width, data_bits, check_bits
+
+
+def stored_words(ecc: str, etype: ElementType, elements: int) -> int:
+    """How many words hold ``elements`` values: one per value, or per 64-bit word with ``secded64``."""
+    word = ecc_word(ecc, etype)
+    per_word = 1 if word is None else word[0]
+    return -(-elements // per_word)
+
+
+def words_per_run(sites: list[dict], target: str, *, batch: int = 1) -> int:
+    """Words one run reads at a target class's ECC sites, from the site list of the injection metadata
+    (``json.loads(model.metadata_props["onnxflip.injection"])["sites"]``): the denominator of the fractions
+    of ``onnxflip_<target>_counts``.  Activation sites hold one sample's elements: ``batch`` samples per run."""
+    total = 0
+    for site in sites:
+        if site["target"] != target or "ecc" not in site:
+            continue
+        if site["elements"] is None:
+            raise OnnxflipError(f"site {site['tensor']} has no static size; count its words from its tensor")
+        elements = site["elements"] * (batch if target == "activations" else 1)
+        total += stored_words(site["ecc"], element_type(site["dtype"]), elements)
+    return total
+
+
+@dataclass(frozen=True)
+class WordCounts:
+    """Words of one or more runs read corrected, detected (not corrected) and silently wrong, out of ``words``.
+
+    Without ECC every word (value) that reads a changed value is silent.
+    """
+
+    corrected: int = 0
+    detected: int = 0
+    silent: int = 0
+    words: int = 0
+
+    @classmethod
+    def from_output(cls, counts: np.ndarray, *, words: int) -> WordCounts:
+        """From the kernel's counts output (int64[3], in ``COUNT_NAMES`` order)."""
+        values = dict(zip(COUNT_NAMES, (int(c) for c in np.asarray(counts).reshape(-1))))
+        return cls(words=words, **values)
+
+    def as_array(self) -> np.ndarray:
+        """The counts as the kernel's counts output holds them (int64[3], in ``COUNT_NAMES`` order)."""
+        return np.array([getattr(self, name) for name in COUNT_NAMES], dtype=np.int64)
+
+    def __add__(self, other: WordCounts) -> WordCounts:
+        return WordCounts(self.corrected + other.corrected, self.detected + other.detected,
+                          self.silent + other.silent, self.words + other.words)
+
+    def fractions(self) -> dict[str, float]:
+        """Each count over ``words`` (NaN when no word was read)."""
+        return {name: getattr(self, name) / self.words if self.words else math.nan for name in COUNT_NAMES}

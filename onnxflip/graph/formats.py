@@ -1,0 +1,116 @@
+"""Storage formats: the number format in which a model's values sit in memory.
+
+* ``float32`` is native: FlipBits acts on the tensors the kernels read.
+* ``float16``, ``bfloat16`` and ``float64`` are emulated: the graph computes
+  in float32, and every stored value is cast to the format where it is
+  written, flipped there and cast back; weights and biases are held as
+  initializers of that format.  ONNX Runtime's CPU provider has no bfloat16
+  or float64 Conv, and runs a float16 graph's convolutions in float32 anyway
+  (its optimiser removes the Casts and uses its float32 NCHWc kernels), so
+  emulation is what the CPU computes in every case, made explicit.
+* ``int8`` takes a QDQ model (``onnxflip quantize``) and flips the int8
+  tensors between QuantizeLinear and DequantizeLinear, the int8 weights and
+  the int32 quantised biases.
+
+A model may already store its values in a format (a float16 export, say):
+then that format is native, its activations and parameters are flipped as
+they are, and any other format is refused rather than mislabelled (convert
+the float32 original instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxflip.errors import OnnxflipError
+from onnxflip.graph.sites import COMPUTE_OPS, all_nodes
+from onnxflip.runtime.contract import ElementType, element_type
+
+__all__ = ["FORMATS", "StorageFormat", "is_qdq", "native_float_type", "require_format_fits", "storage_format"]
+
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
+
+
+@dataclass(frozen=True)
+class StorageFormat:
+    name: str  # also the name of the element type FlipBits flips (for int8: of activations and weights)
+    emulated: bool  # computed in float32, cast at each stored value
+
+    @property
+    def element_type(self) -> ElementType:
+        return element_type(self.name)
+
+    @property
+    def dtype(self) -> ir.DataType:
+        return ir.DataType(self.element_type.onnx_type)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return self.element_type.dtype
+
+
+FORMATS = {
+    name: StorageFormat(name, emulated)
+    for name, emulated in (("float32", False), ("float16", True), ("bfloat16", True), ("float64", True), ("int8", False))
+}
+
+
+def storage_format(name: str) -> StorageFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise OnnxflipError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}") from None
+
+
+def is_qdq(model: ir.Model) -> bool:
+    """Whether the graph is quantised in QDQ form."""
+    return any(node.op_type in _QDQ_OPS for node in all_nodes(model.graph))
+
+
+_FLOAT_TYPES = {f.dtype: f for f in FORMATS.values() if f.name != "int8"}
+
+
+def native_float_type(model: ir.Model) -> ir.DataType:
+    """The float type the model computes in: that of its first Conv/Gemm/MatMul (float32 if none is known)."""
+    for node in all_nodes(model.graph):
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        for value in (node.outputs[0], *node.inputs[:2]):
+            if value is not None and value.dtype in _FLOAT_TYPES:
+                return value.dtype
+    return ir.DataType.FLOAT
+
+
+def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
+    """Refuse a format the model cannot be injected in; the format as applied to this model.
+
+    For a float32 model, the format itself.  For a model that computes in
+    another float type, only that type's format fits, and it is native (not
+    emulated): the values are flipped as stored.
+    """
+    qdq = is_qdq(model)
+    native = native_float_type(model)
+    if not qdq and native != ir.DataType.FLOAT:
+        stored = _FLOAT_TYPES[native]
+        if fmt.name != stored.name:
+            raise OnnxflipError(
+                f"the model stores its values in {stored.name}; use --format {stored.name}, or inject a "
+                f"float32 copy of the model to study {fmt.name}"
+            )
+        return StorageFormat(stored.name, False)
+    if fmt.name == "int8" and not qdq:
+        raise OnnxflipError(
+            "format int8 needs a QDQ-quantised model (QuantizeLinear/DequantizeLinear nodes); "
+            "make one with `onnxflip quantize`"
+        )
+    if fmt.name != "int8" and qdq:
+        raise OnnxflipError(f"the model is quantised (QDQ); use --format int8, not {fmt.name}")
+    opset = model.opset_imports.get("", 0)
+    if fmt.emulated and fmt.dtype == ir.DataType.BFLOAT16 and opset < _BFLOAT16_CAST_OPSET:
+        raise OnnxflipError(f"format bfloat16 needs ONNX opset {_BFLOAT16_CAST_OPSET} or newer (Cast to bfloat16); "
+                            f"the model uses opset {opset}")
+    return fmt

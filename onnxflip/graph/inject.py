@@ -1,0 +1,114 @@
+"""Insert FlipBits where a model stores values, in the chosen storage format: a sequence of passes.
+
+    model -> FoldBatchNormPass -> ShapeInferencePass -> (find sites)
+          -> StoreInFormatPass -> InsertFlipBitsPass -> injected model
+
+``convert_format`` runs the same sequence without the last pass: the clean
+model in a format, what an injected model computes at p = 0.  Both work on a
+copy; the caller's model is not changed.  A model that already carries the
+``onnxflip.injection`` metadata is refused (inject the original again).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from onnxflip.errors import OnnxflipError
+from onnxflip.faults import ecc_word
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.formats import StorageFormat, is_qdq, native_float_type, require_format_fits, storage_format
+from onnxflip.graph.inputs import check_graph
+from onnxflip.graph.passes import FoldBatchNormPass, InsertFlipBitsPass, StoreInFormatPass
+from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
+from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
+
+__all__ = ["FORMAT_METADATA_KEY", "convert_format", "insert_flipbits", "plan_sites"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_METADATA_KEY = "onnxflip.format"
+
+
+def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> ir.Model:
+    """Run passes in sequence; a user error inside one surfaces as itself, not as the pass manager's wrapper."""
+    try:
+        return ir.passes.Sequential(*passes)(model).model
+    except ir.passes.PassError as exc:
+        cause = exc.__cause__
+        while isinstance(cause, ir.passes.PassError):
+            cause = cause.__cause__
+        if isinstance(cause, OnnxflipError):
+            raise cause from None
+        raise
+
+
+def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
+    if METADATA_KEY in model.metadata_props or any(n.domain == DOMAIN for n in all_nodes(model.graph)):
+        raise OnnxflipError("the model is already injected; inject the original model instead")
+    check_graph(model)
+    passes = [FoldBatchNormPass()] if config.fold_batchnorm else []
+    prepared = _run([*passes, ShapeInferencePass()], model.clone())
+    prepared.graph.meta.update(model.graph.meta)  # e.g. that the model came with external data
+    return prepared
+
+
+def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, StorageFormat, list[Site]]:
+    """A prepared copy of the model (BN folded, shapes inferred), the format as it applies, and the sites."""
+    prepared = _prepare(model, config)
+    fmt = require_format_fits(prepared, storage_format(config.format))
+    sites = find_sites(prepared, targets=config.targets, selection=config.selection, qdq=is_qdq(prepared),
+                       compute_dtype=native_float_type(prepared))
+    for site in sites:
+        if fmt.emulated:
+            site.stored_dtype = fmt.dtype
+        try:
+            etype = element_type(int(site.stored_dtype))
+        except OnnxflipError:
+            raise OnnxflipError(f"site {site.name} holds {site.stored_dtype.name}, which FlipBits does not flip") from None
+        _check_ecc_site(prepared, site, config.fault_model(site.target).ecc, etype)
+    return prepared, fmt, sites
+
+
+def _check_ecc_site(model: ir.Model, site: Site, ecc: str, etype: ElementType) -> None:
+    """Raise OnnxflipError where ``ecc`` cannot protect the site: a width it has no code for, or a
+    site inside an If/Loop/Scan body, whose word counts cannot reach the main graph's counts output."""
+    if ecc_word(ecc, etype) is None:
+        return
+    if site.value.graph is not model.graph:
+        raise OnnxflipError(f"site {site.name} lies inside an If/Loop/Scan body, where ecc {ecc} cannot count "
+                            "its words; exclude it from the selection (--exclude)")
+
+
+def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -> ir.Model:
+    """A copy of ``model`` with FlipBits at every selected site; ``model`` is not changed.
+
+    ``config`` defaults to ``InjectionConfig()`` (float32, every target, p = 0).
+    Raises OnnxflipError when no site matches the selection.
+    """
+    config = config or InjectionConfig()
+    prepared, fmt, sites = plan_sites(model, config)
+    if not sites:
+        raise OnnxflipError(
+            f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format {config.format})"
+        )
+    result = _run([StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites)], prepared)
+    logger.info("inserted FlipBits at %d sites", len(sites))
+    return result
+
+
+def convert_format(model: ir.Model, *, format: str, selection: Selection | None = None) -> ir.Model:
+    """The clean model in a storage format: what an injected model computes at p = 0.
+
+    float16, bfloat16 and float64 round every stored value (the sites of all
+    three target classes) through the format; float32 only folds BatchNorm.
+    The same site logic as :func:`insert_flipbits`.
+    """
+    if format == "int8":
+        raise OnnxflipError("int8 models come from `onnxflip quantize`, not from convert")
+    prepared, fmt, sites = plan_sites(model, InjectionConfig(format=format, selection=selection or Selection()))
+    result = _run([StoreInFormatPass(fmt, sites)], prepared)
+    result.metadata_props[FORMAT_METADATA_KEY] = format
+    return result

@@ -1,0 +1,10 @@
+"""The graph transforms, one job each, as onnx_ir passes (run in this order by :mod:`onnxflip.graph.inject`)."""
+
+from __future__ import annotations
+
+from onnxflip.graph.passes.fold_batchnorm import FoldBatchNormPass
+from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
+from onnxflip.graph.passes.materialize import MaterializeParametersPass
+from onnxflip.graph.passes.store_in_format import StoreInFormatPass
+
+__all__ = ["FoldBatchNormPass", "InsertFlipBitsPass", "MaterializeParametersPass", "StoreInFormatPass"]

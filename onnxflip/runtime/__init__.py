@@ -1,0 +1,8 @@
+"""Talking to ONNX Runtime and the FlipBits kernel.
+
+``library`` finds and loads the compiled library and reads the operator's
+contract it exports; ``contract`` is Python's view of that contract;
+``session`` is the one session builder; ``flip`` runs the kernel on NumPy
+arrays and ``cuda`` on device memory.  Modules are imported where needed,
+so that ``onnxflip.runtime`` itself loads nothing.
+"""

@@ -1,0 +1,85 @@
+"""The CUDA kernel without ONNX Runtime: FlipBits on device memory through the library's C entry point.
+
+``onnxflip_cuda_flip_bits`` takes device pointers and a CUDA stream, so GPU
+code (torch, CuPy) can run the very kernel ONNX Runtime's CUDA provider runs.
+In ``fixed`` mode (run = 0) it gives the same bits as :func:`onnxflip.flip_bits`
+on the CPU for the same seed and stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from onnxflip.bits import field_mask
+from onnxflip.errors import OnnxflipError
+from onnxflip.faults import WordCounts, check_ecc, check_stuck, stored_words
+from onnxflip.runtime.contract import COUNT_NAMES, element_type, enum_code
+from onnxflip.runtime.flip import resolve_probabilities
+from onnxflip.runtime.library import load_library
+
+__all__ = ["cuda_flip_bits_raw", "flip_bits_torch", "has_cuda_kernels"]
+
+
+@functools.cache
+def _entry():
+    try:
+        fn = load_library().onnxflip_cuda_flip_bits
+    except AttributeError:
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_double, ctypes.c_double,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32, ctypes.c_double,
+                   ctypes.c_double, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
+    return fn
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the installed library was built with its CUDA kernels."""
+    return _entry() is not None
+
+
+def cuda_flip_bits_raw(x_ptr: int, y_ptr: int, count: int, onnx_type: int, *, p01: float, p10: float, seed: int,
+                       stream: int = 0, run: int = 0, mask: int, nonfinite: str = "keep", s0: float = 0.0,
+                       s1: float = 0.0, stuck_seed: int | None = None, ecc: str = "none", on_detected: str = "keep",
+                       counts_ptr: int = 0, cuda_stream: int = 0) -> None:
+    """Y = FlipBits(X) on device pointers (``counts_ptr``: device int64[3] for the word counts, or 0;
+    ``stuck_seed``: keys the stuck cells, default ``seed``); raises OnnxflipError with the CUDA error on failure."""
+    fn = _entry()
+    if fn is None:
+        raise OnnxflipError("the FlipBits library was built without CUDA kernels")
+    code = fn(x_ptr, y_ptr, count, onnx_type, p01, p10, seed, stream, run, mask, enum_code("nonfinite", nonfinite),
+              s0, s1, seed if stuck_seed is None else stuck_seed, enum_code("ecc", ecc), enum_code("on_detected", on_detected), counts_ptr or None,
+              cuda_stream)
+    if code == -1:
+        raise OnnxflipError("invalid FlipBits settings for the CUDA kernel")
+    if code != 0:
+        raise OnnxflipError(f"CUDA error {code} in FlipBits")
+
+
+def flip_bits_torch(tensor, *, p: float | None = None, p01: float | None = None, p10: float | None = None,
+                    bits: str | int = "all", seed: int = 0, stream: int = 0, nonfinite: str = "keep",
+                    s0: float = 0.0, s1: float = 0.0, stuck_seed: int | None = None, ecc: str = "none",
+                    on_detected: str = "keep", return_counts: bool = False):
+    """A copy of a CUDA torch tensor with the faults of :func:`onnxflip.flip_bits` applied by the CUDA kernel,
+    on torch's current stream; with ``return_counts``, ``(tensor, WordCounts)``."""
+    import torch
+
+    if not tensor.is_cuda:
+        raise OnnxflipError("flip_bits_torch takes a CUDA tensor; use onnxflip.flip_bits for host arrays")
+    # torch names its dtypes as the contract names the element types (torch.float32, torch.float8_e4m3fn, ...).
+    etype = element_type(str(tensor.dtype).removeprefix("torch."))
+    prob01, prob10 = resolve_probabilities(p, p01, p10)
+    check_stuck(s0, s1)
+    words = stored_words(ecc, etype, tensor.numel())
+    check_ecc(ecc, on_detected)
+    source = tensor.contiguous()
+    out = torch.empty_like(source)
+    counts = torch.zeros(len(COUNT_NAMES), dtype=torch.int64, device=source.device) if return_counts else None
+    cuda_flip_bits_raw(source.data_ptr(), out.data_ptr(), source.numel(), etype.onnx_type, p01=prob01, p10=prob10,
+                       seed=seed, stream=stream, mask=field_mask(etype, bits), nonfinite=nonfinite, s0=s0, s1=s1,
+                       stuck_seed=stuck_seed, ecc=ecc, on_detected=on_detected, counts_ptr=counts.data_ptr() if return_counts else 0,
+                       cuda_stream=torch.cuda.current_stream().cuda_stream)
+    if not return_counts:
+        return out
+    return out, WordCounts.from_output(counts.cpu().numpy(), words=words)

@@ -1,0 +1,130 @@
+"""The one ONNX Runtime session builder: the FlipBits library, options, providers, IR version.
+
+Every session onnxflip creates comes from :func:`make_session`, and every
+model handed to ONNX Runtime goes through :func:`runtime_proto` (or
+:func:`runtime_bytes`), which lowers the IR version to :data:`IR_VERSION`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxflip.errors import OnnxflipError
+from onnxflip.runtime.library import get_library_path
+
+__all__ = [
+    "IR_VERSION",
+    "PROVIDERS",
+    "make_session",
+    "runtime_bytes",
+    "runtime_proto",
+    "session_options",
+    "session_providers",
+]
+
+# The newest IR version the ONNX Runtime releases onnxflip supports all read.
+IR_VERSION = 10
+
+# Provider names as onnxflip's options spell them, and the ONNX Runtime providers each asks for.
+PROVIDERS: Mapping[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_ORT_DEFAULT_SEVERITY = 2  # ONNX Runtime's own default for its process-wide logger: warnings
+
+
+def runtime_proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
+    """The model as a proto at an IR version ONNX Runtime reads; ``model`` is not changed (a proto already
+    readable is returned as it is, any other is copied)."""
+    if isinstance(model, ir.Model):
+        proto = ir.serde.serialize_model(model)
+    elif model.ir_version and model.ir_version <= IR_VERSION:
+        return model
+    else:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    proto.ir_version = min(proto.ir_version or IR_VERSION, IR_VERSION)
+    return proto
+
+
+def runtime_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
+    """The serialised model at an IR version ONNX Runtime reads."""
+    return runtime_proto(model).SerializeToString()
+
+
+def session_options(*, threads: int | None = None) -> ort.SessionOptions:
+    """``onnxruntime.SessionOptions`` with the FlipBits library registered and warnings off.
+
+    Log severity 3 (errors only): an injected model's control inputs are
+    initializers that are also graph inputs on purpose (overridable
+    defaults), and ONNX Runtime warns about each of them otherwise.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.register_custom_ops_library(get_library_path())
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def make_session(
+    model: bytes | str | os.PathLike[str] | ir.Model | onnx.ModelProto,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` for a model that may contain FlipBits nodes.
+
+    ``provider`` is a key of :data:`PROVIDERS`.  ``options``, when given,
+    come from :func:`session_options` (the library registered), adjusted by
+    the caller.  Asking for ``cuda`` where ONNX Runtime cannot run it raises
+    OnnxflipError instead of falling back to the CPU.
+    """
+    if provider not in PROVIDERS:
+        raise OnnxflipError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    opts = options if options is not None else session_options(threads=threads)
+    if options is not None and threads is not None:
+        opts.intra_op_num_threads = threads
+    if isinstance(model, (ir.Model, onnx.ModelProto)):
+        source: bytes | str = runtime_bytes(model)
+    else:
+        source = model if isinstance(model, bytes) else str(model)
+    wanted = PROVIDERS[provider]
+    if provider == "cpu":
+        return ort.InferenceSession(source, opts, providers=list(wanted))
+    if wanted[0] not in ort.get_available_providers():
+        raise OnnxflipError(
+            f"provider {provider}: this onnxruntime build has no {wanted[0]} (install onnxruntime-gpu), "
+            "or use provider cpu"
+        )
+    session = _quiet_session(source, opts, wanted)
+    if wanted[0] not in session.get_providers():
+        raise OnnxflipError(
+            f"provider {provider}: ONNX Runtime cannot start {wanted[0]} here (no usable GPU, driver, "
+            "or CUDA/cuDNN libraries); use provider cpu"
+        )
+    return session
+
+
+def _quiet_session(source: bytes | str, options: ort.SessionOptions, providers: tuple[str, ...]) -> ort.InferenceSession:
+    """A session whose provider probing does not print: ONNX Runtime logs a failed provider in several
+    multi-line messages on its process-wide logger, and the caller checks the providers instead."""
+    ort.set_default_logger_severity(4)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ort.InferenceSession(source, options, providers=list(providers))
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+
+
+def session_providers(session: ort.InferenceSession) -> tuple[str, ...]:
+    """The ONNX Runtime providers a session really runs on, in priority order (record these, not the request)."""
+    return tuple(session.get_providers())

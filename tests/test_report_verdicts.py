@@ -1,0 +1,163 @@
+"""report.md's verdicts on the paper's findings, for report.json files whose numbers the test chose.
+
+Each case builds the grid cells by hand, works out in the test what the
+finding must say (from the numbers it chose, not from the report code), and
+reads the verdict `render_report` prints.  The numbers sit on both sides of
+each threshold: int8/float32 midpoint ratios of 10^2.5 and 10^3.5, a
+mantissa-only midpoint 10x the all-bits one, equal exponent and mantissa
+midpoints, and a depth correlation of exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy.stats import spearmanr
+
+from onnxflip.report_md import render_report
+
+DEPTHS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+EDGE = 1e-6  # decades either side of a threshold
+
+
+def cell(model: str, fmt: str, bits: str = "all", midpoint: float | None = None, *, bound: str | None = None,
+         bound_p: float | None = None) -> dict:
+    """One grid cell as report.json holds it."""
+    return {
+        "section": "grid", "model": model, "depth": DEPTHS[model], "format": fmt, "targets": ["activations"],
+        "bits": bits, "direction": "both", "nonfinite": "keep", "clean_accuracy": 0.9, "midpoint": midpoint,
+        "low": midpoint / 2 if midpoint else None, "high": midpoint * 2 if midpoint else None, "bound": bound,
+        "bound_p": bound_p, "evaluations": 9, "wall_seconds": 1.0, "folder": f"cells/{model}-{fmt}-{bits}", "rows": [],
+    }
+
+
+def report(cells: list[dict]) -> dict:
+    return {"cells": cells, "samples": 1000, "wall_seconds": 60.0,
+            "spec": {"trials": 3, "search": {"low": 1e-9, "high": 1e-2, "tolerance": 0.1}}}
+
+
+def verdicts(cells: list[dict]) -> dict[str, tuple[str, str]]:
+    """{finding: (verdict, numbers)} from the findings table of the rendered report."""
+    text = render_report(report(cells))
+    table = text.split("## The paper's findings", 1)[1].strip().splitlines()
+    assert table[0] == "| finding | measured | numbers |"
+    rows = [line.strip("| ").split(" | ") for line in table[2:] if line.startswith("|")]
+    keys = {"Exponent": "exponent", "Deeper": "depth", "int8": "int8", "Confining": "mantissa"}
+    found = {next(k for prefix, k in keys.items() if finding.startswith(prefix)): (verdict, numbers)
+             for finding, verdict, numbers in rows}
+    assert sorted(found) == sorted(keys.values()), rows
+    return found
+
+
+# --- int8 raises the tolerable probability by about three orders of magnitude -------------------------------------
+
+
+def expected_int8_verdict(mean_log_ratio: float) -> str:
+    """The paper says 'about three orders of magnitude': agreement is a mean ratio within 10^(3 +- 0.5)."""
+    if 2.5 <= mean_log_ratio <= 3.5:
+        return "agrees"
+    return "partly: int8 is more tolerant" if mean_log_ratio > 0 else "disagrees"
+
+
+@pytest.mark.parametrize("log_ratios", [
+    (3.0,), (2.5 + EDGE,), (2.5 - EDGE,), (3.5 - EDGE,), (3.5 + EDGE,), (1.0,), (EDGE,), (-EDGE,), (-2.0,),
+    (2.0, 3.0 + 2 * EDGE), (2.0, 3.0 - 2 * EDGE), (4.0, 2.0),
+])
+def test_int8_ratio_verdict_at_the_edges(log_ratios):
+    float32 = 1e-6
+    models = list(DEPTHS)[: len(log_ratios)]
+    cells = [c for m, r in zip(models, log_ratios)
+             for c in (cell(m, "float32", midpoint=float32), cell(m, "int8", midpoint=float32 * 10**r))]
+    mean = sum(log_ratios) / len(log_ratios)
+    verdict, numbers = verdicts(cells)["int8"]
+    assert verdict == expected_int8_verdict(mean)
+    assert numbers.endswith(f"mean 10^{mean:.2f}")
+    for m, r in zip(models, log_ratios):
+        assert f"{m}: 10^{r:.2f}" in numbers
+
+
+# --- confining noise to the mantissa helps a lot (mantissa-only midpoint >= 10x all bits) -------------------------
+
+
+@pytest.mark.parametrize(("gains", "agreeing"), [
+    ((1.0 + EDGE,), 1), ((1.0 - EDGE,), 0), ((2.0, 0.5, 1.0 + EDGE), 2), ((-1.0, 0.0), 0),
+])
+def test_mantissa_gain_verdict_at_ten_times(gains, agreeing):
+    everything = 1e-5
+    cells = []
+    for m, gain in zip(DEPTHS, gains):
+        cells += [cell(m, "float32", "all", everything), cell(m, "float32", "mantissa", everything * 10**gain)]
+    verdict, numbers = verdicts(cells)["mantissa"]
+    assert verdict == (f"agrees in {agreeing} of {len(gains)}" if agreeing else "disagrees")
+    assert numbers.count("x10^") == len(gains)
+
+
+def test_a_mantissa_midpoint_beyond_the_range_counts_from_its_bound():
+    # The mantissa-only search never reached the midpoint below 1e-2: the gain is at least 10^3, "or more".
+    cells = [cell("vgg11", "float32", "all", 1e-5), cell("vgg11", "float32", "mantissa", bound=">", bound_p=1e-2)]
+    verdict, numbers = verdicts(cells)["mantissa"]
+    assert verdict == "agrees in 1 of 1" and numbers == f"vgg11 float32: x10^{math.log10(1e-2 / 1e-5):.2f} or more"
+
+
+# --- exponent flips do more harm than mantissa flips ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pairs", "agreeing"), [
+    (((1e-7, 1e-4),), 1),  # exponent midpoint below the mantissa one
+    (((1e-4, 1e-4),), 0),  # equal: not more harm
+    (((1e-4, 1e-7),), 0),
+    (((1e-7, 1e-4), (1e-6, 1e-6 * (1 + EDGE)), (3e-5, 2e-5)), 2),
+])
+def test_exponent_versus_mantissa_verdict(pairs, agreeing):
+    cells = []
+    for m, (exponent, mantissa) in zip(DEPTHS, pairs):
+        cells += [cell(m, "float16", "exponent", exponent), cell(m, "float16", "mantissa", mantissa)]
+    verdict, _ = verdicts(cells)["exponent"]
+    assert verdict == (f"agrees in {agreeing} of {len(pairs)}" if agreeing else "disagrees")
+
+
+def test_exponent_bounds_count_only_where_they_decide():
+    # Exponent midpoint below the range (< 1e-9) and mantissa above it (> 1e-2): agreement.  An exponent
+    # midpoint above the range says nothing about the order, so that pair is not counted.
+    cells = [cell("vgg11", "float32", "exponent", bound="<", bound_p=1e-9),
+             cell("vgg11", "float32", "mantissa", bound=">", bound_p=1e-2),
+             cell("vgg13", "float32", "exponent", bound=">", bound_p=1e-2),
+             cell("vgg13", "float32", "mantissa", 1e-3)]
+    verdict, numbers = verdicts(cells)["exponent"]
+    assert verdict == "agrees in 1 of 1" and "vgg13" not in numbers
+
+
+# --- deeper networks tolerate less ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("midpoints", [
+    (1e-3, 1e-4, 1e-5, 1e-6),  # falls with depth
+    (1e-6, 1e-5, 1e-4, 1e-3),  # rises
+    (1e-5, 1e-3, 1e-6, 1e-4),  # ranks 2, 4, 1, 3: Spearman exactly 0, no agreement
+    (1e-4, 1e-3, 1e-5),        # three depths are enough
+])
+def test_depth_verdict_follows_the_spearman_correlation(midpoints):
+    models = list(DEPTHS)[: len(midpoints)]
+    cells = [cell(m, "float32", midpoint=p) for m, p in zip(models, midpoints)]
+    rho = spearmanr([DEPTHS[m] for m in models], midpoints).statistic
+    verdict, numbers = verdicts(cells)["depth"]
+    assert verdict == ("agrees in 1 of 1 formats" if rho < 0 else "disagrees")
+    assert numbers.startswith(f"float32: Spearman {rho:+.2f}")
+
+
+def test_depth_is_judged_per_format():
+    falling, rising = (1e-3, 1e-4, 1e-5), (1e-5, 1e-4, 1e-3)
+    models = list(DEPTHS)[:3]
+    cells = [cell(m, "float32", midpoint=p) for m, p in zip(models, falling)]
+    cells += [cell(m, "bfloat16", midpoint=p) for m, p in zip(models, rising)]
+    assert verdicts(cells)["depth"][0] == "agrees in 1 of 2 formats"
+
+
+# --- what was not measured is said so ------------------------------------------------------------------------------
+
+
+def test_findings_without_their_cells_are_not_measured():
+    found = verdicts([cell("vgg11", "float32", midpoint=1e-5), cell("vgg13", "float32", midpoint=1e-6)])
+    assert {k: v for k, (v, _) in found.items()} == {
+        "exponent": "not measured", "depth": "not measured", "int8": "not measured", "mantissa": "not measured"}

@@ -16,12 +16,12 @@ import tempfile
 import time
 
 import numpy as np
+from onnxflip.evaluate import Evaluator, SweepSettings
+from onnxflip.sweep import MidpointSearch, prepare_output, run_sweep
 
 from onnxflip import make_session
 from onnxflip.data import load_split
-from onnxflip.evaluate import Evaluator, SweepSettings
 from onnxflip.modelio import load_model
-from onnxflip.sweep import MidpointSearch, prepare_output, run_sweep
 
 
 def main() -> None:

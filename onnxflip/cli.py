@@ -23,15 +23,16 @@ from collections.abc import Callable, Sequence
 import click
 
 from onnxflip import __version__
+from onnxflip.campaign.design import SearchSettings
+from onnxflip.campaign.experiment import parse_probabilities
+from onnxflip.campaign.trials import DIRECTIONS
 from onnxflip.errors import OnnxflipError
-from onnxflip.evaluate import DIRECTIONS
 from onnxflip.graph.config import FaultModel, InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
-from onnxflip.sweep import MidpointSearch, parse_probabilities
 from onnxflip.zoo import MODELS, PAPER_NAMES
 
 __all__ = ["OptionGroup", "cli", "main"]
@@ -241,12 +242,8 @@ PROBABILITIES_OPTION = click.option(
     "--p", "p_spec", default="1e-7:1e-1:13", show_default=True, callback=_checked_by(parse_probabilities),
     help="Probabilities: START:STOP:COUNT (log-spaced, START > 0) or a comma list such as 0,1e-6,1e-4.")
 P_RANGE_OPTION = click.option(
-    "--p-range", default="1e-9:1e-2", show_default=True, callback=_checked_by(MidpointSearch.from_range),
+    "--p-range", default="1e-9:1e-2", show_default=True, callback=_checked_by(SearchSettings.from_range),
     help="LOW:HIGH bracket of the midpoint search, 0 < LOW < HIGH <= 1.")
-TOLERANCE_OPTION = click.option(
-    "--tolerance", type=click.FloatRange(0.001, 5), default=0.1, show_default=True,
-    help="Width in decades of p at which the midpoint search stops.")
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="onnxflip", message="%(prog)s %(version)s",
@@ -354,62 +351,113 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @cli.command()
 @MODEL_ARG
 @DATA_OPTION
-@FORMAT_OPTION
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
+              help="Number format the values are stored in [default: the injected model's, else float32].")
 @TARGETS_OPTION
 @BITS_OPTION
 @DIRECTION_OPTION
 @click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
               help="What becomes of values a flip made NaN or infinite.")
-@PROBABILITIES_OPTION
-@click.option("--midpoint", is_flag=True, help="Search for the midpoint (bracket, then bisect in log p) instead of a grid.")
+@click.option("--midpoint", is_flag=True,
+              help="Find the midpoint by the sequential design to --precision, instead of measuring the --p grid.")
 @P_RANGE_OPTION
-@TOLERANCE_OPTION
-@click.option("--trials", type=click.IntRange(1), default=3, show_default=True, help="Independent trials per probability.")
-@click.option("--samples", type=click.IntRange(1), default=None, help="Use the first N test images (classes kept balanced).")
+@click.option("--precision", type=float, default=0.2, show_default=True,
+              help="Stop when the midpoint's 95% interval is at most this many decades of p wide (total width).")
+@click.option("--budget", default="30m", show_default=True,
+              help="Stop the search after this time (300s, 5m, 2h) or number of trials (400), if sooner.")
+@PROBABILITIES_OPTION
+@click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
+              help="Trials per probability of a --p grid (the search chooses its own).")
+@click.option("--samples", type=click.IntRange(1), default=None,
+              help="The first N samples (classes kept balanced) define the measurement [default: all].")
+@click.option("--metric", default="top1", show_default=True,
+              help="top1, topK (top5...), agreement, rel-error, nonfinite, or package.module:function.")
+@click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
+@click.option("--floor", type=float, default=None,
+              help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
+@click.option("--preprocess", default=None,
+              help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
+                   "[default: the model's onnxflip.preprocess metadata].")
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
-              help="Images per ONNX Runtime run.")
+              help="Samples per ONNX Runtime run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
 @PROVIDER_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=None,
               help="Results folder (default results/<model>-<format>).")
-@click.option("--resume", is_flag=True, help="Continue the sweep in --out, keeping the points measured.")
+@click.option("--resume", is_flag=True, help="Continue the campaign in --out, keeping the trials measured.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
-@_apply([*SELECTION_OPTIONS, FOLD_OPTION])
-def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midpoint, p_range, tolerance, trials,
-             samples, batch_size, seed, provider, out, resume, overwrite, ops, every_intermediate, include, exclude,
-             no_fold_batchnorm):
-    """Measure CIFAR-10 accuracy of MODEL as the bit-flip probability rises.
+@SELECTION
+@FOLD_OPTION
+def evaluate(model, data, fmt, targets, bits, direction, nonfinite, midpoint, p_range, precision, budget, p_spec,
+             trials, samples, metric, output_name, floor, preprocess, batch_size, seed, provider, out, resume,
+             overwrite, selection, no_fold_batchnorm):
+    """Measure how MODEL's score falls as the bit-flip probability rises.
 
-    MODEL may be clean (it is injected with these options) or injected.
-    Writes results.json, results.csv and accuracy.png to the results folder,
-    point by point, so an interrupted sweep keeps what it measured.
+    MODEL may be clean (it is injected with these options) or injected (its
+    format is read from it).  With --midpoint, a sequential design finds the
+    probability at which the score has fallen halfway from clean to the
+    floor, to the interval width --precision; else each --p gets --trials
+    trials.  Writes results.json, results.csv and accuracy.png to the results
+    folder as trials finish, so an interrupted campaign keeps what it measured.
     """
-    from onnxflip.data import load_split
-    from onnxflip.evaluate import Evaluator, SweepSettings
+    from onnxflip.campaign.design import Budget, SearchSettings
+    from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
+    from onnxflip.campaign.trials import TrialSettings
     from onnxflip.modelio import load_model
-    from onnxflip.sweep import MidpointSearch, parse_probabilities, prepare_output, run_sweep
 
-    probabilities = None if midpoint else parse_probabilities(p_spec)
-    search = MidpointSearch.from_range(p_range, tolerance=tolerance) if midpoint else None
-    settings = SweepSettings(format=fmt, targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
-                             trials=trials, batch_size=batch_size, seed=seed, samples=samples, provider=provider,
-                             selection=_selection(ops, every_intermediate, include, exclude))
-    loaded = load_model(model)
-    split = load_split(data, "test")
-    if samples is not None:
-        split = split.subset(samples)
+    fmt = resolve_format(load_model(model), fmt)
+    search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
+    experiment = Experiment(
+        trials=TrialSettings(format=fmt, targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
+                             batch_size=batch_size, seed=seed, provider=provider, selection=selection,
+                             fold_batchnorm=not no_fold_batchnorm),
+        search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
+        trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
+        preprocess=preprocess)
     out = out or pathlib.Path("results") / f"{model.stem}-{fmt}"
-    evaluator = Evaluator(loaded, split.as_float_nchw(), split.labels, settings)
-    previous = prepare_output(out, resume=resume, overwrite=overwrite)
-    result = run_sweep(evaluator, out, probabilities=probabilities, search=search, previous=previous, model_path=model)
+    on_batch, on_step, close = _progress()
+    try:
+        result = run(experiment, model_path=model, data=data, out=out, resume=resume, overwrite=overwrite,
+                     on_batch=on_batch, on_step=on_step)
+    finally:
+        close()
+    click.echo(_summary(result, out))
+
+
+def _progress():
+    """A bar on a terminal; one line per step of the search in a log."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="batch", file=sys.stderr, dynamic_ncols=True)
+
+        def on_step(entry: dict) -> None:
+            bar.set_description(f"{entry['trials']} trials")
+
+        return lambda: bar.update(1), on_step, bar.close
+
+    def on_step(entry: dict) -> None:
+        width = f", interval {entry['width']:.2f} decades" if entry.get("width") else ""
+        where = f" at log10 p = {entry['x']:.2f}" if entry.get("x") is not None else ""
+        click.echo(f"onnxflip: {entry['event']}{where}: {entry['trials']} trials, {entry['seconds']:.0f} s{width}",
+                   err=True)
+
+    return None, on_step, lambda: None
+
+
+def _summary(result: dict, out: pathlib.Path) -> str:
     mid = result["midpoint"]
-    click.echo(f"clean accuracy {result['clean_accuracy']:.4f}; {result['evaluations']} evaluations in "
-               f"{result['wall_seconds']:.0f} s; results in {out}")
-    if mid["p"] is not None:
-        span = f" [{mid['low']:.3g}, {mid['high']:.3g}]" if mid["low"] and mid["high"] else ""
-        click.echo(f"midpoint p = {mid['p']:.3g}{span} (accuracy {mid['level']:.3f})")
+    lines = [f"clean {result['metric']} {result['clean_score']:.4f}; {result['evaluations']} trials in "
+             f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}"]
+    if mid["status"] in ("above", "below"):
+        lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
+    elif mid["p"] is not None:
+        span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
+            " (no interval: too few trials where the score falls)"
+        lines.append(f"midpoint p = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
     else:
-        click.echo("midpoint not reached in the measured range")
+        lines.append("midpoint not reached in the measured range")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -417,7 +465,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, p_spec, midp
 @OUTPUT_OPTION("the overlaid plot (PNG)")
 def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
     """Overlay the accuracy curves of several results and tabulate their midpoints."""
-    from onnxflip.compare import compare_results
+    from onnxflip.report.compare import compare_results
 
     click.echo(compare_results(list(results), output))
 
@@ -494,19 +542,20 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
               help="Bit fields, one cell each (exponent and mantissa skip int8).")
 @click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
               help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
-@click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
-              help="Independent trials per probability.")
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
 @P_RANGE_OPTION
-@TOLERANCE_OPTION
+@click.option("--precision", type=float, default=0.2, show_default=True,
+              help="Each cell's midpoint search stops when its 95% interval is this many decades wide.")
+@click.option("--budget", default="10m", show_default=True,
+              help="Each cell's search stops after this time (300s, 5m) or number of trials (400), if sooner.")
 @click.option("--no-extras", is_flag=True, help="Skip the one-direction and nonfinite-policy sections.")
 @DATA_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),
               show_default=True, help="Results folder: one folder per cell under cells/, report.json, report.md.")
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def reproduce(models, models_dir, formats, targets, bits, field_formats, trials, samples, p_range, tolerance, no_extras,
-              data, out, resume, overwrite):
+def reproduce(models, models_dir, formats, targets, bits, field_formats, samples, p_range, precision, budget,
+              no_extras, data, out, resume, overwrite):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
@@ -514,12 +563,12 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, trials,
     figures, and for each of the paper's findings whether the measurement
     agrees.
     """
-    from onnxflip.reproduce import GridSpec, run_grid
-    from onnxflip.sweep import MidpointSearch
+    from onnxflip.campaign.design import Budget
+    from onnxflip.campaign.reproduce import GridSpec, run_grid
 
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
-                    trials=trials, samples=samples, extras=not no_extras,
-                    search=MidpointSearch.from_range(p_range, tolerance=tolerance))
+                    samples=samples, extras=not no_extras,
+                    search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
                       overwrite=overwrite)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from onnxflip.report.reproduction import render_report
 from scipy.stats import spearmanr
-
-from onnxflip.report_md import render_report
 
 DEPTHS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
 EDGE = 1e-6  # decades either side of a threshold
@@ -34,7 +33,7 @@ def cell(model: str, fmt: str, bits: str = "all", midpoint: float | None = None,
 
 def report(cells: list[dict]) -> dict:
     return {"cells": cells, "samples": 1000, "wall_seconds": 60.0,
-            "spec": {"trials": 3, "search": {"low": 1e-9, "high": 1e-2, "tolerance": 0.1}}}
+            "spec": {"search": {"low": 1e-9, "high": 1e-2, "precision": 0.2, "budget": {"seconds": 600, "trials": None}}}}
 
 
 def verdicts(cells: list[dict]) -> dict[str, tuple[str, str]]:

@@ -24,7 +24,7 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
         quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=calibration)
     out = tmp_path / "repro"
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,bfloat16,int8",
-            "--bits", "all,exponent,mantissa", "--trials", "2", "--p-range", "1e-8:0.3", "--tolerance", "0.3",
+            "--bits", "all,exponent,mantissa", "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "60",
             "--data", str(synthetic_data), "--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
@@ -54,7 +54,7 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
 
 
 def test_field_formats_limit_the_exponent_and_mantissa_cells():
-    from onnxflip.reproduce import GridSpec
+    from onnxflip.campaign.reproduce import GridSpec
 
     spec = GridSpec(models=("vgg11", "vgg13"), formats=("float16", "float32", "int8"),
                     bits=("all", "exponent", "mantissa"), field_formats=("float32",), extras=False)

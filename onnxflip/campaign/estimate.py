@@ -200,7 +200,7 @@ class Fit:
 
     def slope(self) -> float:
         """dS/dx at the midpoint (per decade of p; negative)."""
-        m, k, lam = self.theta
+        _m, k, lam = self.theta
         return float(_survival_u(np.array([_offset(lam)]), lam)[1][0]) * k * _LN10
 
     def with_sample_variance(self, score_variance: float, score_range: float) -> Fit:

@@ -61,12 +61,17 @@ def runtime_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
 def session_options(*, threads: int | None = None) -> ort.SessionOptions:
     """``onnxruntime.SessionOptions`` with the FlipBits library registered and warnings off.
 
-    Log severity 3 (errors only): an injected model's control inputs are
+    Intra-op threads do not spin between runs (see below).  Log severity 3 (errors only): an injected
+    model's control inputs are
     initializers that are also graph inputs on purpose (overridable
     defaults), and ONNX Runtime warns about each of them otherwise.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Idle intra-op threads spin for a while after each run; a campaign holds several sessions (the clean
+    # model, one per trial), and the spinning threads of one steal the cores of the next: with spinning a
+    # trial's first run took 5.1x a warm clean pass, without it 1.5x (benchmarks/bench_trial.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.register_custom_ops_library(get_library_path())
     if threads is not None:
         options.intra_op_num_threads = threads

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import check_output_path
-from onnxflip.plots import label_of, plot_results
+from onnxflip.report.plots import label_of, plot_results
 
 __all__ = ["compare_results", "load_results"]
 
@@ -40,6 +40,6 @@ def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.Pa
         p = mid.get("p")
         interval = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid.get("low") and mid.get("high") else "-"
         ratio = f"{p / first:.3g}" if p and first else "-"
-        lines.append(f"{label[:48]:<48} {result.get('clean_accuracy', float('nan')):>6.3f} "
+        lines.append(f"{label[:48]:<48} {result.get('clean_score', float('nan')):>6.3f} "
                      f"{(f'{p:.3g}' if p else '-'):>10} {interval:>22} {ratio:>8}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """``onnxflip reproduce``: the paper's grid of midpoints, and a report that checks its findings.
 
-Each cell of models x formats x targets x bit fields is a midpoint search
-(:mod:`onnxflip.sweep`) in its own folder under ``OUT/cells``; finished cells
-are kept, so an interrupted run continues where it stopped.  ``report.json``
+Each cell of models x formats x targets x bit fields is one experiment
+(:func:`onnxflip.campaign.experiment.run`, a midpoint search to the chosen
+precision) in its own folder under ``OUT/cells``; finished cells are kept,
+so an interrupted run continues where it stopped.  ``report.json``
 holds every cell's numbers and ``report.md`` is written from it alone.
 Extra sections measure what the paper leaves open: flips in one direction
 only, and the nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's
@@ -18,12 +19,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from onnxflip.data import load_split
+from onnxflip.campaign.design import SearchSettings
+from onnxflip.campaign.experiment import Experiment, run
+from onnxflip.campaign.results import prepare_output
+from onnxflip.campaign.trials import TrialSettings
 from onnxflip.errors import OnnxflipError
-from onnxflip.evaluate import Evaluator, SweepSettings
-from onnxflip.modelio import load_model, write_atomically
-from onnxflip.report_md import render_report
-from onnxflip.sweep import MidpointSearch, prepare_output, run_sweep
+from onnxflip.modelio import write_atomically
+from onnxflip.report.reproduction import render_report
 
 __all__ = ["Cell", "GridSpec", "run_grid"]
 
@@ -54,12 +56,11 @@ class GridSpec:
     targets: tuple[str, ...] = ("activations",)
     bits: tuple[str, ...] = ("all",)
     field_formats: tuple[str, ...] | None = None  # formats that get the exponent/mantissa cells (None: every float)
-    trials: int = 3
     samples: int | None = None
     batch_size: int = 500
     seed: int = 0
     extras: bool = True
-    search: MidpointSearch = field(default_factory=MidpointSearch)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
     def cells(self) -> list[Cell]:
         cells = [Cell(m, f, self.targets, b) for m in self.models for f in self.formats for b in self.bits
@@ -80,47 +81,33 @@ def _model_path(models_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
     return path
 
 
-def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, split, out: pathlib.Path) -> dict:
+def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, out: pathlib.Path) -> dict:
     folder = out / "cells" / cell.key
     results = folder / "results.json"
     if results.is_file():
         done = json.loads(results.read_text())
         if "midpoint" in done:
             return done
-    path = _model_path(models_dir, cell)
-    settings = SweepSettings(format=cell.format, targets=cell.targets, bits=cell.bits, direction=cell.direction,
-                             nonfinite=cell.nonfinite, trials=spec.trials, batch_size=spec.batch_size,
-                             seed=spec.seed, samples=spec.samples)
-    evaluator = Evaluator(load_model(path), split.as_float_nchw(), split.labels, settings)
-    previous = prepare_output(folder, resume=results.is_file(), overwrite=not results.is_file())
-    try:
-        return run_sweep(evaluator, folder, search=spec.search, previous=previous, model_path=path, progress=False)
-    except OnnxflipError as exc:
-        if "does not cross" not in str(exc):
-            raise
-        logger.warning("%s: %s", cell.key, exc)
-        data = json.loads(results.read_text())
-        clean = next(r["mean"] for r in data["rows"] if r["p"] == 0)
-        top = max(r["p"] for r in data["rows"])
-        stays_above = next(r["mean"] for r in data["rows"] if r["p"] == top) >= (clean + 0.1) / 2
-        # The midpoint lies beyond the searched range: above its top, or below its bottom.
-        bound = {"bound": ">", "bound_p": top} if stays_above else {
-            "bound": "<", "bound_p": min(r["p"] for r in data["rows"] if r["p"] > 0)}
-        data["midpoint"] = {"p": None, "low": None, "high": None, "level": None, "note": str(exc), **bound}
-        data["clean_accuracy"] = clean
-        write_atomically(results, json.dumps(data, indent=1).encode())
-        return data
+    experiment = Experiment(
+        trials=TrialSettings(format=cell.format, targets=cell.targets, bits=cell.bits, direction=cell.direction,
+                             nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed),
+        search=spec.search, samples=spec.samples)
+    return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
+               resume=results.is_file(), overwrite=not results.is_file())
 
 
 def _summary(cell: Cell, data: dict) -> dict:
     mid = data["midpoint"]
+    side = {"above": ">", "below": "<"}.get(mid["status"])
     return {
         "model": cell.model, "depth": DEPTH.get(cell.model), "format": cell.format, "targets": list(cell.targets),
         "bits": cell.bits, "direction": cell.direction, "nonfinite": cell.nonfinite, "section": cell.section,
-        "clean_accuracy": data["clean_accuracy"], "midpoint": mid["p"], "low": mid["low"], "high": mid["high"],
-        "bound": mid.get("bound"), "bound_p": mid.get("bound_p"),
-        "evaluations": len(data["rows"]), "wall_seconds": data.get("wall_seconds", 0.0), "folder": f"cells/{cell.key}",
-        "rows": [{"p": r["p"], "mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]} for r in data["rows"]],
+        "clean_accuracy": data["clean_score"], "midpoint": mid["p"], "low": mid["low"], "high": mid["high"],
+        "bound": side, "bound_p": mid.get("bound_p"), "status": mid["status"], "stop_reason": data["stop_reason"],
+        "evaluations": data["evaluations"], "wall_seconds": data.get("wall_seconds", 0.0), "folder": f"cells/{cell.key}",
+        "rows": [{"p": r["p"], "mean": r["mean"], "trials": r["trials"]} for r in data["rows"]],
+        "curve": data.get("curve"), "floor": data["floor"], "samples": data["samples"],
+        "samples_per_trial": data["design"]["samples_per_trial"],
     }
 
 
@@ -138,18 +125,15 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
         out.mkdir(parents=True, exist_ok=True)
     else:
         prepare_output(out, resume=False, overwrite=overwrite)
-    split = load_split(data_dir, "test")
-    if spec.samples is not None:
-        split = split.subset(spec.samples)
     began = time.perf_counter()
     summaries = []
     for cell in tqdm(cells, desc="reproduce", unit="cell", disable=None, file=sys.stderr):
-        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, split, out)))
+        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out)))
     report = {
         "command": command,
         "spec": {**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items() if k != "search"},
-                 "search": spec.search.__dict__},
-        "samples": len(split),
+                 "search": spec.search.to_json()},
+        "samples": summaries[0]["samples"] if summaries else None,
         "wall_seconds": sum(c["wall_seconds"] for c in summaries),
         "wall_seconds_this_run": time.perf_counter() - began,
         "cells": summaries,
@@ -166,14 +150,15 @@ def _figures(report: dict, out: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from onnxflip.plots import plot_results
+    from onnxflip.report.plots import plot_results
 
     grid = [c for c in report["cells"] if c["section"] == "grid" and c["bits"] == "all"]
     for model in dict.fromkeys(c["model"] for c in grid):
         cells = [c for c in grid if c["model"] == model]
-        curves = [{"rows": c["rows"], "clean_accuracy": c["clean_accuracy"], "chance": 0.1,
+        curves = [{"rows": c["rows"], "clean_score": c["clean_accuracy"], "floor": c["floor"], "metric": "top1",
+                   "curve": c["curve"],
                    "midpoint": {"p": c["midpoint"], "low": c["low"], "high": c["high"],
-                                "level": (c["clean_accuracy"] + 0.1) / 2}} for c in cells]
+                                "level": c["floor"] + (c["clean_accuracy"] - c["floor"]) / 2}} for c in cells]
         plot_results(curves, out / f"curves_{model}.png", labels=[f"{model} {c['format']}" for c in cells])
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     for i, fmt in enumerate(dict.fromkeys(c["format"] for c in grid)):

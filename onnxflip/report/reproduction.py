@@ -139,12 +139,16 @@ def render_report(report: dict) -> str:
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
     spec = report["spec"]
-    lines += [(f"{report['samples']} test images, {spec['trials']} trials per point, midpoint search in "
-               f"[{spec['search']['low']:g}, {spec['search']['high']:g}] to {spec['search']['tolerance']} decades; "
-               f"wall time {report['wall_seconds'] / 60:.1f} min."), ""]
+    search = spec["search"]
+    budget = search["budget"]
+    limit = f"{budget['seconds']:g} s" if budget.get("seconds") else (f"{budget['trials']} trials" if budget.get("trials")
+                                                                      else "none")
+    lines += [(f"{report['samples']} test images; each cell a sequential midpoint search in "
+               f"[{search['low']:g}, {search['high']:g}] until its 95% interval is {search['precision']:g} decades "
+               f"wide (budget per cell: {limit}); wall time {report['wall_seconds'] / 60:.1f} min."), ""]
 
     lines += ["## Midpoints", ""]
-    lines += _table(["model", "format", "targets", "bits", "clean", "midpoint", "95% interval", "evaluations"],
+    lines += _table(["model", "format", "targets", "bits", "clean", "midpoint", "95% interval", "trials"],
                     [[c["model"], c["format"], "+".join(c["targets"]), c["bits"], f"{c['clean_accuracy']:.4f}",
                       _mid(c), _interval(c), str(c["evaluations"])] for c in grid])
 

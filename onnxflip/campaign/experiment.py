@@ -1,0 +1,289 @@
+"""One experiment: settings in, results out.  ``onnxflip evaluate``, ``reproduce`` and the benchmarks call :func:`run`.
+
+The path: load the model -> open the data source and the metric -> a trial
+runner (:mod:`~onnxflip.campaign.trials`) -> either a grid of probabilities
+with a fixed number of trials each, or the sequential midpoint search
+(:mod:`~onnxflip.campaign.design`) -> the fitted curve and the midpoint
+(:mod:`~onnxflip.campaign.estimate`) -> results.json / results.csv
+(:mod:`~onnxflip.campaign.results`) and accuracy.png (:mod:`onnxflip.report.plots`).
+
+"The midpoint lies beyond the range" is a result (``midpoint.status`` is
+``above`` or ``below``), not an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxflip.campaign.design import SearchSettings, TrialOutcome, search_midpoint
+from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
+from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
+from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed, probabilities_for
+from onnxflip.data.cifar10 import resolve_data_dir
+from onnxflip.data.preprocess import Preprocess
+from onnxflip.data.sources import check_labels, model_outputs, open_source
+from onnxflip.errors import OnnxflipError
+from onnxflip.metrics import metric_from_spec
+from onnxflip.modelio import load_model
+
+__all__ = ["Experiment", "parse_probabilities", "resolve_format", "run"]
+
+logger = logging.getLogger(__name__)
+
+SEED_SCHEME = "trial t: mix(seed, t) for weights and biases; activations of batch b: mix(mix(seed, t), 1 + b)"
+
+
+def parse_probabilities(text: str) -> list[float]:
+    """``1e-7:1e-1:25`` (log-spaced, inclusive) or a comma list ``1e-5,1e-4``."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            lo, hi, n = float(start), float(stop), int(count)
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OnnxflipError(f"cannot read probabilities {text!r}; use START:STOP:COUNT or a comma list") from None
+    if ":" in text:
+        if not (lo > 0 and hi > 0):
+            raise OnnxflipError(f"{text!r} is log-spaced, so START and STOP must be above 0; to include p = 0, "
+                                f"give a comma list such as 0,1e-6,1e-4")
+        if n < 1:
+            raise OnnxflipError(f"{text!r}: COUNT must be at least 1")
+        values = list(np.logspace(math.log10(lo), math.log10(hi), n))
+    if not values:
+        raise OnnxflipError("the probability list is empty")
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise OnnxflipError(f"probability {bad[0]} is outside [0, 1]")
+    return sorted({float(v) for v in values})
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What to measure: the trials' settings and either a midpoint search or a grid of probabilities."""
+
+    trials: TrialSettings = field(default_factory=TrialSettings)
+    search: SearchSettings | None = field(default_factory=SearchSettings)
+    probabilities: tuple[float, ...] | None = None  # a grid instead of the search
+    trials_per_point: int = 3
+    samples: int | None = None  # the first N samples (class-balanced) define the estimand; None: all
+    metric: str = "top1"
+    output: str | None = None
+    floor: float | None = None
+    preprocess: str | None = None
+    cache_bytes: int = 2 << 30
+
+    def __post_init__(self) -> None:
+        if (self.search is None) == (self.probabilities is None):
+            raise OnnxflipError("an experiment is either a midpoint search or a grid of probabilities")
+        if self.trials_per_point < 1:
+            raise OnnxflipError("trials per point must be at least 1")
+
+    def to_json(self) -> dict:
+        return {
+            "mode": "midpoint" if self.search is not None else "grid",
+            "search": self.search.to_json() if self.search is not None else None,
+            "probabilities": list(self.probabilities) if self.probabilities is not None else None,
+            "trials_per_point": self.trials_per_point if self.probabilities is not None else None,
+            "samples": self.samples, "metric": self.metric, "output": self.output, "floor": self.floor,
+            "preprocess": self.preprocess,
+        }
+
+
+def resolve_format(model, requested: str | None) -> str:
+    """The format to evaluate in: the one an injected model records, else the one asked for, else float32."""
+    recorded = injected_format(model)
+    if recorded is not None and requested is not None and requested != recorded:
+        raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")
+    return recorded or requested or "float32"
+
+
+class _Replay:
+    """A runner that returns the trials an earlier run recorded and runs only the others."""
+
+    def __init__(self, runner: LocalRunner, recorded: list[TrialOutcome]) -> None:
+        self.runner = runner
+        self.samples, self.floor = runner.samples, runner.floor
+        self.recorded = {(o.p, o.trial, o.samples): o for o in recorded}
+
+    def run(self, p: float, trials, samples: int) -> list[TrialOutcome]:
+        missing = [t for t in trials if (p, t, samples) not in self.recorded]
+        fresh = {o.trial: o for o in self.runner.run(p, missing, samples)} if missing else {}
+        return [self.recorded.get((p, t, samples)) or fresh[t] for t in trials]
+
+
+def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[TrialOutcome]) -> dict:
+    level = floor + (clean - floor) / 2
+    result = {"status": status, "level": level, "p": None, "low": None, "high": None, "log10": None}
+    if status in ("above", "below"):
+        faulty = [o.p for o in outcomes if o.p > 0]
+        result["bound_p"] = max(faulty) if status == "above" else min(faulty)
+        result["note"] = (f"the score stays above the midpoint level up to p = {result['bound_p']:.3g}"
+                          if status == "above" else
+                          f"the score is below the midpoint level already at p = {result['bound_p']:.3g}")
+        return result
+    if fit is None:
+        result["status"] = "not reached"
+        return result
+    result.update(p=10**fit.m, log10=fit.m)
+    interval = fit.interval
+    if interval is not None:
+        result.update(low=10 ** interval[0], high=10 ** interval[1], width_decades=interval[1] - interval[0])
+    return result
+
+
+def _curve(fit, clean: float, floor: float, outcomes: list[TrialOutcome]) -> dict:
+    """The fitted score curve and its pointwise 95% band, for figures."""
+    xs = [math.log10(o.p) for o in outcomes if o.p > 0]
+    x = np.linspace(min(xs) - 0.25, max(xs) + 0.25, 121)
+    s, low, high = fit.band(x)
+    scale = clean - floor
+    return {"log10_p": x.tolist(), "score": (floor + scale * s).tolist(), "low": (floor + scale * low).tolist(),
+            "high": (floor + scale * high).tolist()}
+
+
+def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[int, float]]:
+    samples = runner.samples
+    (clean,) = runner.run(0.0, [0], samples)
+    on_trials([clean])
+    outcomes = []
+    for p in sorted(set(experiment.probabilities)):
+        if p == 0:
+            continue
+        batch = runner.run(p, list(range(experiment.trials_per_point)), samples)
+        on_trials(batch)
+        outcomes += batch
+    floor = runner.floor
+    points: dict[float, list[float]] = {}
+    for o in outcomes:
+        points.setdefault(math.log10(o.p), []).append(min(max((o.score - floor) / (clean.score - floor), 0.0), 1.0))
+    data = [PointData.from_scores(x, z) for x, z in sorted(points.items())]
+    means = [sum(z) / len(z) for _, z in sorted(points.items())]
+    if not means:
+        return None, "not reached", {samples: clean.score}
+    if means[-1] >= 0.5:
+        return None, "above", {samples: clean.score}
+    if means[0] < 0.5:
+        return None, "below", {samples: clean.score}
+    fit = fit_curve(data)
+    return (with_profile(data, fit) if fit is not None else None), "grid", {samples: clean.score}
+
+
+def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, out: pathlib.Path, resume: bool = False,
+        overwrite: bool = False, on_batch: Callable[[], None] | None = None,
+        on_step: Callable[[dict], None] | None = None) -> dict:
+    """Run the experiment, writing results as trials finish; returns the final results."""
+    model_path = pathlib.Path(model_path)
+    model = load_model(model_path)
+    data_path = data if data is not None and pathlib.Path(data).is_file() else resolve_data_dir(data)
+    preprocess = Preprocess.parse(experiment.preprocess) if experiment.preprocess else None
+    source = open_source(data_path, model=model, preprocess=preprocess, split="test")
+    metric = metric_from_spec(experiment.metric)
+    outputs = list(model_outputs(model))
+    chosen = next((o for o in outputs if o.name == experiment.output), outputs[0]) if outputs else None
+    if metric.needs_labels:
+        if not source.has_labels:
+            raise OnnxflipError(f"metric {metric.name} needs labels, and {data_path} has none; "
+                                "use a label-free metric (agreement, rel-error, nonfinite)")
+        if chosen is not None:
+            check_labels(source, chosen, where=str(data_path))
+    if experiment.samples is not None:
+        if experiment.samples > len(source):
+            raise OnnxflipError(f"asked for {experiment.samples} samples but {data_path} has only {len(source)}")
+        source = source.subset(experiment.samples)
+    source = source.cached(experiment.cache_bytes)
+    runner = LocalRunner(model, source, metric, experiment.trials, output=experiment.output, floor=experiment.floor,
+                         on_batch=on_batch)
+    search = experiment.search
+    if search is not None and search.budget.seconds is not None:
+        # Refuse a time budget that cannot pay for the bracket before anything is written.
+        (probe,) = runner.run(0.0, [0], min(runner.samples, search.pilot_samples))
+        if search.budget.seconds < 5 * probe.seconds:
+            raise OnnxflipError(f"a budget of {search.budget.seconds:g} s cannot even bracket the midpoint "
+                                f"(about {5 * probe.seconds:.1f} s: five passes over {probe.samples} samples)")
+    previous = prepare_output(out, resume=resume, overwrite=overwrite)
+    header = {
+        "model": str(model_path),
+        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "data": str(data_path),
+        "settings": experiment.trials.to_json(),
+        "experiment": experiment.to_json(),
+        "metric": metric.name,
+        "output": runner.output,
+        "floor": runner.floor,
+        "samples": runner.samples,
+        "versions": versions(),
+        "seed_scheme": SEED_SCHEME,
+        "trial_seeds_first": [mix_seed(experiment.trials.seed, t) for t in range(3)],
+    }
+    recorded: list[TrialOutcome] = []
+    spent_before = 0.0
+    if previous is not None:
+        same = all(previous.get(k) == header[k] for k in ("settings", "experiment", "metric", "samples", "model_sha256"))
+        if not same:
+            raise OnnxflipError("the results folder was made with other settings; use --overwrite to start again")
+        recorded = outcomes_from(previous)
+        spent_before = float(previous.get("wall_seconds", 0.0))
+        logger.info("resuming with %d recorded trials", len(recorded))
+    began = time.perf_counter()
+    trials: list[TrialOutcome] = list(recorded)
+    seen = {(o.p, o.trial, o.samples) for o in trials}
+    last_write = [0.0]
+
+    def clock() -> float:
+        return spent_before + time.perf_counter() - began
+
+    def snapshot(extra: dict | None = None) -> dict:
+        ordered = sorted(trials, key=lambda o: (o.p, o.samples, o.trial))
+        direction = experiment.trials.direction
+        data = {**header, "providers": list(runner.providers), "wall_seconds": clock(),
+                "evaluations": len(trials), **(extra or {}),
+                "rows": rows_of(list(ordered), lambda p: probabilities_for(p, direction)),
+                "trials": [o.to_json() for o in ordered]}
+        write_results(out, data)
+        return data
+
+    def on_trials(batch: list[TrialOutcome]) -> None:
+        for o in batch:
+            if (o.p, o.trial, o.samples) not in seen:
+                seen.add((o.p, o.trial, o.samples))
+                trials.append(o)
+        if time.perf_counter() - last_write[0] > 2.0:
+            snapshot()
+            last_write[0] = time.perf_counter()
+
+    active = _Replay(runner, recorded) if recorded else runner
+    if experiment.search is not None:
+        result = search_midpoint(active, experiment.search, clock=clock, on_trials=on_trials, on_step=on_step)
+        fit, status, clean_scores, log, design_samples = result.fit, result.status, result.clean, result.log, \
+            result.samples
+    else:
+        fit, status, clean_scores = _grid(active, experiment, on_trials)
+        log, design_samples = [], runner.samples
+    clean = clean_scores[design_samples]
+    midpoint = _midpoint(fit, status, clean, runner.floor, trials)
+    final = snapshot({
+        "clean_score": clean, "clean_scores": {str(n): s for n, s in clean_scores.items()},
+        "clean_accuracy": clean if metric.name == "top1" else None,
+        "midpoint": midpoint,
+        "stop_reason": {"precision": "the interval reached the precision", "budget": "the budget was spent",
+                        "above": "the midpoint lies above the range", "below": "the midpoint lies below the range",
+                        "grid": "the grid was measured",
+                        "not reached": "no curve could be fitted (fewer than two probabilities above 0)"}[status],
+        "fit": fit.to_json() if fit is not None else None,
+        "curve": _curve(fit, clean, runner.floor, trials) if fit is not None else None,
+        "design": {"samples_per_trial": design_samples, "log": log},
+    })
+    from onnxflip.report.plots import plot_results
+
+    plot_results([final], out / "accuracy.png")
+    return final

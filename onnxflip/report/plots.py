@@ -1,0 +1,59 @@
+"""Figures: score against flip probability: measured points, the fitted curve and its band, the midpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+__all__ = ["label_of", "plot_results"]
+
+
+def label_of(result: dict) -> str:
+    settings = result["settings"]
+    model = os.path.basename(result.get("model") or "model")
+    return f"{model} {settings['format']} {settings['bits']} ({','.join(settings['targets'])})"
+
+
+def plot_results(results: Sequence[dict], path: str | os.PathLike[str], labels: Sequence[str] | None = None) -> None:
+    """One curve per result: the mean score of each probability (dots sized by trials), the fitted curve with its
+    95% band, the clean and floor levels, and the midpoint with its interval; p = 0 alone draws the clean level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, result in enumerate(results):
+        colour = f"C{i}"
+        label = labels[i] if labels else label_of(result)
+        rows = [r for r in result["rows"] if r["p"] > 0]
+        clean = result.get("clean_score", result.get("clean_accuracy"))
+        if rows:
+            sizes = [6 + 2 * min(r["trials"], 40) ** 0.5 for r in rows]
+            ax.scatter([r["p"] for r in rows], [r["mean"] for r in rows], s=sizes, color=colour, alpha=0.7,
+                       label=label, zorder=3)
+        curve = result.get("curve")
+        if curve:
+            ps = [10**x for x in curve["log10_p"]]
+            ax.plot(ps, curve["score"], "-", color=colour, lw=1.5)
+            ax.fill_between(ps, curve["low"], curve["high"], color=colour, alpha=0.15, lw=0)
+        if clean is not None:
+            ax.axhline(clean, color=colour, ls=":", lw=1, label=None if rows else f"{label}: clean {clean:.4f}")
+        mid = result.get("midpoint") or {}
+        if mid.get("p"):
+            ax.plot([mid["p"]], [mid["level"]], "D", color=colour, ms=7, mec="black", zorder=4)
+            if mid.get("low") and mid.get("high"):
+                ax.hlines(mid["level"], mid["low"], mid["high"], color="black", lw=2.5, zorder=4)
+    floor = results[0].get("floor", results[0].get("chance", 0.1))
+    ax.axhline(floor, color="grey", ls="--", lw=1, label="floor (chance)" if results[0].get("metric") == "top1" else "floor")
+    ax.set_xscale("log")
+    if not any(r["p"] > 0 for result in results for r in result["rows"]):
+        ax.set_xlim(1e-9, 1e-1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("bit-flip probability p")
+    ax.set_ylabel(results[0].get("metric", "top1") + " score")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

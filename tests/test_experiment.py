@@ -1,0 +1,185 @@
+"""Experiments on a tiny classifier and synthetic data: exactness, reproducibility, files, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import four_logit_model, run_model, template_classifier
+
+from onnxflip import OnnxflipError
+from onnxflip.campaign.design import Budget, SearchSettings
+from onnxflip.campaign.experiment import Experiment, parse_probabilities, run
+from onnxflip.campaign.trials import LocalRunner, TrialSettings, mix_seed
+from onnxflip.cli import main
+from onnxflip.data import load_split
+from onnxflip.data.sources import open_source
+from onnxflip.metrics import metric_from_spec
+
+
+@pytest.fixture(scope="module")
+def source(synthetic_data):
+    return open_source(synthetic_data, model=template_classifier())
+
+
+def runner(source, **settings) -> LocalRunner:
+    return LocalRunner(template_classifier(), source, metric_from_spec("top1"), TrialSettings(**settings))
+
+
+def test_p0_is_the_clean_accuracy_of_a_plain_onnxruntime_run(source, synthetic_data):
+    split = load_split(synthetic_data, "test")
+    (logits,) = run_model(template_classifier(), {"input": split.as_float_nchw()})
+    clean = float((logits.argmax(1) == split.labels).mean())
+    assert clean > 0.9
+    (outcome,) = runner(source, batch_size=64).run(0.0, [0], len(source))
+    assert outcome.score == clean
+
+
+def test_half_of_all_bits_flipped_is_chance(source):
+    scores = [o.score for o in runner(source, batch_size=100).run(0.5, [0, 1], len(source))]
+    assert abs(np.mean(scores) - 0.1) < 0.06
+
+
+def test_a_trial_depends_only_on_the_seed_the_trial_and_p(source):
+    first = runner(source, batch_size=50, seed=7).run(1e-2, [0, 1], len(source))
+    again = runner(source, batch_size=50, seed=7).run(1e-2, [1, 0], len(source))
+    other = runner(source, batch_size=50, seed=8).run(1e-2, [0, 1], len(source))
+    assert [o.score for o in first] == [o.score for o in reversed(again)]
+    assert [o.score for o in first] != [o.score for o in other]
+    assert [o.seed for o in first] == [mix_seed(7, 0), mix_seed(7, 1)]
+
+
+def test_a_label_free_metric_on_a_four_class_model(synthetic_data, tmp_path):
+    path = tmp_path / "four.onnx"
+    onnx.save(four_logit_model(), path)
+    experiment = Experiment(search=None, probabilities=(0.0, 1e-2), trials_per_point=2, metric="agreement")
+    result = run(experiment, model_path=path, data=synthetic_data, out=tmp_path / "r")
+    assert result["clean_score"] == 1.0 and result["floor"] == pytest.approx(0.25)
+    assert result["rows"][-1]["mean"] < 1.0
+
+
+def test_grid_midpoint_and_compare_from_the_command_line(classifier_path, synthetic_data, tmp_path, capsys):
+    grid = tmp_path / "grid"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--p", "1e-6:1e-1:6",
+                 "--trials", "2", "--out", str(grid)])
+    assert code == 0 and "clean top1" in capsys.readouterr().out
+    assert {p.name for p in grid.iterdir()} == {"results.json", "results.csv", "accuracy.png"}
+    search = tmp_path / "search"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--midpoint", "--p-range",
+                 "1e-7:1e-1", "--precision", "0.6", "--out", str(search)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((search / "results.json").read_text())
+    mid = data["midpoint"]
+    assert data["experiment"]["mode"] == "midpoint" and mid["status"] == "precision"
+    assert mid["low"] < mid["p"] < mid["high"] and mid["width_decades"] <= 0.6
+    assert data["fit"]["trials"] == sum(r["trials"] for r in data["rows"] if r["p"] > 0)
+    assert len(data["trials"]) == data["evaluations"] and data["design"]["samples_per_trial"] == 300
+    capsys.readouterr()
+    plot = tmp_path / "both.png"
+    assert main(["compare", str(grid), str(search), "-o", str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert plot.is_file() and "midpoint" in table and len(table.strip().splitlines()) == 3
+
+
+def test_only_p0_measures_the_clean_score_and_draws_it(classifier_path, synthetic_data, tmp_path, capsys):
+    out = tmp_path / "clean"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--p", "0", "--trials", "1",
+                 "--samples", "100", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert [r["p"] for r in data["rows"]] == [0.0] and data["midpoint"]["status"] == "not reached"
+    assert (out / "accuracy.png").stat().st_size > 10_000
+
+
+def test_an_interrupted_campaign_resumes_to_the_same_numbers(classifier_path, synthetic_data, tmp_path, monkeypatch):
+    experiment = Experiment(search=SearchSettings(low=1e-7, high=1e-1, precision=0.6))
+    fresh = run(experiment, model_path=classifier_path, data=synthetic_data, out=tmp_path / "fresh")
+    calls = {"n": 0}
+    original = LocalRunner.trial
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(LocalRunner, "trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(experiment, model_path=classifier_path, data=synthetic_data, out=out)
+    monkeypatch.setattr(LocalRunner, "trial", original)
+    kept = json.loads((out / "results.json").read_text())
+    assert 0 < len(kept["trials"]) < 25
+    with pytest.raises(OnnxflipError, match="exists"):
+        run(experiment, model_path=classifier_path, data=synthetic_data, out=out)
+    resumed = run(experiment, model_path=classifier_path, data=synthetic_data, out=out, resume=True)
+    strip = lambda trials: [{k: v for k, v in t.items() if k != "seconds"} for t in trials]  # noqa: E731
+    assert strip(resumed["trials"]) == strip(fresh["trials"])
+    assert resumed["midpoint"]["p"] == fresh["midpoint"]["p"]
+
+
+@pytest.mark.parametrize(("text", "values"), [("1e-6:1e-2:5", [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]),
+                                              ("1e-3, 1e-5", [1e-5, 1e-3]), ("0", [0.0])])
+def test_probability_lists(text, values):
+    assert parse_probabilities(text) == pytest.approx(values)
+
+
+@pytest.mark.parametrize("text", ["", ",", "1e-5:1e-3", "a,b", "0.5,2", "1e-9:-1:3"])
+def test_bad_probability_lists(text):
+    with pytest.raises(OnnxflipError):
+        parse_probabilities(text)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--p", ","], "empty"),
+        (["--samples", "100000"], "only 300"),
+        (["--p", "3"], "outside [0, 1]"),
+        (["--midpoint", "--p-range", "0:1e-2"], "needs 0 < LOW < HIGH <= 1"),
+        (["--midpoint", "--p-range", "1e-3"], "use LOW:HIGH"),
+        (["--midpoint", "--precision", "0"], "precision"),
+        (["--midpoint", "--budget", "-5m"], "budget"),
+        (["--midpoint", "--budget", "3"], "cannot even bracket"),
+        (["--midpoint", "--budget", "0.001s"], "cannot even bracket"),
+        (["--metric", "top1:nothing"], "metric"),
+    ],
+)
+def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_path, capsys, extra, message):
+    out = tmp_path / "r"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (1, 2) and len(err) == 1 and message in err[0], err
+    if "--p" not in extra and "--p-range" not in extra:
+        assert code == 1
+    assert not out.exists()
+
+
+def test_an_existing_results_folder_is_never_replaced_silently(classifier_path, synthetic_data, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), "--p", "1e-3"])
+    assert code == 1 and "--resume" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_injected_model_brings_its_format(classifier_path, synthetic_data, tmp_path, capsys):
+    injected = tmp_path / "bf16.onnx"
+    assert main(["inject", str(classifier_path), "-o", str(injected), "--format", "bfloat16", "--p", "0"]) == 0
+    out = tmp_path / "r"
+    assert main(["evaluate", str(injected), "--data", str(synthetic_data), "--p", "1e-3", "--trials", "1",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["settings"]["format"] == "bfloat16"
+    capsys.readouterr()
+    assert main(["evaluate", str(injected), "--data", str(synthetic_data), "--format", "float16", "--p", "1e-3",
+                 "--out", str(tmp_path / "r2")]) == 1
+    assert "injected in format bfloat16" in capsys.readouterr().err
+
+
+def test_budgets_in_the_experiment_are_recorded(classifier_path, synthetic_data, tmp_path):
+    experiment = Experiment(search=SearchSettings(low=1e-7, high=1e-1, precision=0.01, budget=Budget(trials=30)))
+    result = run(experiment, model_path=classifier_path, data=synthetic_data, out=tmp_path / "r")
+    assert result["midpoint"]["status"] == "budget" and result["stop_reason"] == "the budget was spent"
+    assert result["experiment"]["search"]["budget"] == {"seconds": None, "trials": 30}

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from onnxflip.report.reproduction import render_report
 from scipy.stats import spearmanr
+
+from onnxflip.report.reproduction import render_report
 
 DEPTHS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
 EDGE = 1e-6  # decades either side of a threshold

@@ -1,91 +1,66 @@
-"""Evaluation loop speed, and the midpoint search against a 25-point grid.
+"""Trial cost against a warm clean pass, and the evaluation loop on the whole test set.
 
-1. Images/s of one trial of `Evaluator` at p=1e-5, all targets injected,
-   against a plain ONNX Runtime loop over the same batches of the clean model.
-2. Evaluations and wall time of the midpoint search against a 25-point
-   log grid over the same range, and the midpoints both give.
-Usage: python benchmarks/bench_evaluate.py MODEL.onnx --data DIR [--samples N] [--trials T]
+1. ``trial``: one trial (flipped weights and biases bound into the trial's own
+   session, activations flipped in the graph when targeted) on N samples,
+   against a warm ONNX Runtime pass of the clean model over the same batches,
+   alternating, median of R repeats.  The issue's target: at most 1.25 at 500
+   samples, targets weights and biases.
+2. ``loop``: the same on the whole test set at p = 1e-5, all targets (images/s).
+
+Usage: python benchmarks/bench_evaluate.py MODEL.onnx --data DIR [--samples 500] [--targets weights,biases]
+       [--format FMT] [--repeats 9]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import pathlib
-import tempfile
+import statistics
 import time
 
-import numpy as np
-from onnxflip.evaluate import Evaluator, SweepSettings
-from onnxflip.sweep import MidpointSearch, prepare_output, run_sweep
-
-from onnxflip import make_session
-from onnxflip.data import load_split
+from onnxflip.campaign.trials import LocalRunner, TrialSettings
+from onnxflip.data.sources import open_source
+from onnxflip.metrics import metric_from_spec
 from onnxflip.modelio import load_model
+from onnxflip.runtime.session import make_session
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--samples", type=int, default=10000)
-    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--targets", default="weights,biases")
+    parser.add_argument("--format", default="float32")
+    parser.add_argument("--p", type=float, default=3e-6)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--range", default="1e-9:1e-2")
-    parser.add_argument("--tolerance", type=float, default=0.1)
-    parser.add_argument("--loop-only", action="store_true", help="skip the midpoint part")
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
-    split = load_split(args.data, "test").subset(args.samples)
-    images, labels = split.as_float_nchw(), split.labels
-    settings = SweepSettings(trials=args.trials, batch_size=args.batch_size)
-    evaluator = Evaluator(load_model(args.model), images, labels, settings)
+    model = load_model(args.model)
+    source = open_source(args.data, model=model).subset(args.samples).cached(2 << 30)
+    settings = TrialSettings(format=args.format, targets=tuple(args.targets.split(",")), batch_size=args.batch_size)
+    runner = LocalRunner(model, source, metric_from_spec("top1"), settings)
+    clean = make_session(model)
+    batches = list(source.batches(args.batch_size))
 
-    plain = make_session(args.model)
-    name = plain.get_inputs()[0].name
+    def clean_pass() -> None:
+        for batch in batches:
+            clean.run(None, batch.feeds)
 
-    def plain_pass() -> None:
-        for start in range(0, len(labels), args.batch_size):
-            plain.run(None, {name: images[start : start + args.batch_size]})
-
-    plain_pass()
-    evaluator.run_trial(1e-5, 0)
-    plain_s, eval_s = [], []
-    for _ in range(3):
-        t = time.perf_counter()
-        plain_pass()
-        plain_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        evaluator.run_trial(1e-5, 0)
-        eval_s.append(time.perf_counter() - t)
-    n = len(labels)
-    print(f"evaluation loop, {n} images, batch {args.batch_size}, best of 3:")
-    print(f"  plain ONNX Runtime, clean model: {n / min(plain_s):8.0f} images/s")
-    print(f"  onnxflip trial at p=1e-5 (all targets): {n / min(eval_s):8.0f} images/s "
-          f"({min(plain_s) / min(eval_s):.2f}x)")
-
-    if args.loop_only:
-        return
-    search = MidpointSearch.from_range(args.range, tolerance=args.tolerance)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        for mode in ("midpoint", "grid"):
-            out = pathlib.Path(tmp) / mode
-            prepare_output(out, resume=False, overwrite=False)
-            ev = Evaluator(load_model(args.model), images, labels, settings)
-            t = time.perf_counter()
-            if mode == "grid":
-                grid = list(np.logspace(math.log10(search.low), math.log10(search.high), 25))
-                data = run_sweep(ev, out, probabilities=grid, progress=False)
-            else:
-                data = run_sweep(ev, out, search=search, progress=False)
-            results[mode] = (data, time.perf_counter() - t)
-    print(f"midpoint, range {search.low:g}..{search.high:g}, {args.trials} trials per point:")
-    for mode, (data, wall) in results.items():
-        mid = data["midpoint"]
-        span = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid["low"] and mid["high"] else "-"
-        print(f"  {mode:<8} {data['evaluations']:>3} evaluations (incl. p=0), {wall:7.1f} s, "
-              f"midpoint {mid['p']:.3g} {span}" if mid["p"] else f"  {mode}: no midpoint")
+    clean_pass()
+    runner.trial(args.p, 0, args.samples)
+    clean_s, trial_s = [], []
+    for t in range(args.repeats):
+        began = time.perf_counter()
+        clean_pass()
+        clean_s.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        runner.trial(args.p, 1 + t, args.samples)
+        trial_s.append(time.perf_counter() - began)
+    c, r = statistics.median(clean_s), statistics.median(trial_s)
+    print(f"{args.model} {args.format} targets {args.targets}, {args.samples} samples, p={args.p:g}: "
+          f"warm clean pass {c * 1000:.1f} ms, trial {r * 1000:.1f} ms, ratio {r / c:.2f} "
+          f"(median of {args.repeats}, alternating)")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from onnxflip.graph.sites import all_nodes
 from onnxflip.runtime.contract import ATTRIBUTE_DEFAULTS, DOMAIN, INPUT_NAMES, element_type
 from onnxflip.runtime.flip import flip_bits
 
-__all__ = ["MaterializeParametersPass", "materialize_parameters"]
+__all__ = ["MaterializeParametersPass", "materialize_parameters", "parameter_flips"]
 
 
 def _control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> float | int | None:
@@ -200,3 +200,23 @@ class MaterializeParametersPass(ir.passes.InPlacePass):
 def materialize_parameters(model: ir.Model, values: Mapping[str, np.ndarray] | None = None) -> ir.Model:
     """A copy of an injected model whose fixed parameter flips are constants; ``model`` is not changed."""
     return MaterializeParametersPass(values)(model.clone()).model
+
+
+def parameter_flips(model: ir.Model, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The constants :func:`materialize_parameters` binds for the fixed parameter flips, by name.
+
+    For a caller that materialises once and then only swaps these arrays
+    (the trials of a campaign).  None when some fixed parameter's word
+    counts are read (ECC), whose constants this does not compute.
+    """
+    flips = {}
+    for node in all_nodes(model.graph):
+        if node.domain != DOMAIN or node.op_type != "FlipBits" or not _is_fixed_parameter(node):
+            continue
+        rates = _rates(node, values)
+        seed = _control(node, 3, values)
+        if rates is None or seed is None or _counts_read(node):
+            return None
+        if any(rates):
+            flips[f"{node.outputs[0].name}_trial"] = _flipped(node, rates, int(seed), values)[0]
+    return flips

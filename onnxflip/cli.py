@@ -337,11 +337,11 @@ def _data_folder(ctx, param, value):
 
 
 def DATA_OPTION(fn):  # a decorator, named like the option constants
-    """--data and --download, shared by every command that reads CIFAR-10."""
+    """--data and --download, shared by every command that reads data."""
     fn = click.option(
-        "--data", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None, callback=_data_folder,
-        help="CIFAR-10 folder (ImageFolder tree or cifar-10-batches-py); default $ONNXFLIP_DATA, "
-             "then ~/.cache/onnxflip/cifar10.",
+        "--data", type=click.Path(path_type=pathlib.Path), default=None, callback=_data_folder,
+        help="An ImageFolder tree, a CIFAR-10 folder (ImageFolder or cifar-10-batches-py) or an .npz of the "
+             "model's inputs; default $ONNXFLIP_DATA, then ~/.cache/onnxflip/cifar10.",
     )(fn)
     return click.option("--download", is_flag=True, is_eager=True, expose_value=False,
                         callback=lambda ctx, param, value: ctx.ensure_object(dict).update(download=value),

@@ -200,3 +200,25 @@ def test_a_trial_session_computes_what_materialising_the_trial_computes(source, 
         full = make_session(materialize_parameters(r.injected, r._controls(3e-3, 3e-3, seed)))
         np.testing.assert_array_equal(swapped.run(None, batch.feeds)[0], full.run(None, batch.feeds)[0])
     assert r._template is not None
+
+
+def test_evaluate_reads_an_npz_of_token_ids_with_a_label_free_metric(token_model_path, token_npz, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    code = main(["evaluate", str(token_model_path), "--data", str(token_npz), "--metric", "agreement",
+                 "--targets", "weights,biases", "--p", "0,1e-2,0.2", "--trials", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    rows = {r["p"]: r["mean"] for r in data["rows"]}
+    assert rows[0.0] == 1.0 and rows[0.2] < 1.0 and data["metric"] == "agreement"
+
+
+def test_evaluate_a_resnet_on_an_image_folder_with_top5(resnet18_path, tmp_path, capsys):
+    from conftest import write_photo_folder
+
+    photos = write_photo_folder(tmp_path / "photos", classes=3, per_class=2)
+    out = tmp_path / "resnet"
+    code = main(["evaluate", str(resnet18_path), "--data", str(photos), "--preprocess", "imagenet", "--metric",
+                 "top5", "--targets", "weights", "--p", "0,1e-3", "--trials", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert data["floor"] == pytest.approx(5 / 1000) and data["metric"] == "top5"

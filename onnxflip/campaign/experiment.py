@@ -31,6 +31,7 @@ from onnxflip.data.cifar10 import resolve_data_dir
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import check_labels, model_outputs, open_source
 from onnxflip.errors import OnnxflipError
+from onnxflip.graph.formats import is_qdq
 from onnxflip.metrics import metric_from_spec
 from onnxflip.modelio import load_model
 
@@ -100,11 +101,12 @@ class Experiment:
 
 
 def resolve_format(model, requested: str | None) -> str:
-    """The format to evaluate in: the one an injected model records, else the one asked for, else float32."""
+    """The format to evaluate in: the one an injected model records, else the one asked for, else int8 for a
+    quantised (QDQ) model and float32 for any other."""
     recorded = injected_format(model)
     if recorded is not None and requested is not None and requested != recorded:
         raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")
-    return recorded or requested or "float32"
+    return recorded or requested or ("int8" if is_qdq(model) else "float32")
 
 
 class _Replay:

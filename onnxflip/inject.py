@@ -31,6 +31,7 @@ from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.errors import OnnxflipError
 from onnxflip.fold import fold_batchnorm
 from onnxflip.formats import StorageFormat, is_qdq, require_format_fits, storage_format
+from onnxflip.qlinear import keep_integer_kernels
 from onnxflip.runtime.contract import DOMAIN, NONFINITE_POLICIES, RANDOMNESS, element_type
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.sites import TARGETS, Selection, Site, find_sites
@@ -270,9 +271,11 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig = InjectionConfi
         raise OnnxflipError(
             f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format {config.format})"
         )
-    result = InsertFlipBitsPass(config, sites)(prepared)
+    result = InsertFlipBitsPass(config, sites)(prepared).model
     logger.info("inserted FlipBits at %d sites", len(sites))
-    return result.model
+    if config.format == "int8":  # the same flips, on the tensors ONNX Runtime's integer kernels read
+        result = keep_integer_kernels(result)
+    return result
 
 
 def convert_format(model: ir.Model, *, format: str, selection: Selection | None = None) -> ir.Model:

@@ -1,0 +1,135 @@
+"""Injected int8 models keep ONNX Runtime's integer kernels, and their flips mean what they meant.
+
+The chain of evidence, for forced flip patterns (p = 1 on one bit, one or both directions):
+
+1. today's placement (FlipBits on the int8 tensors between Q and DQ), run without fusion, equals the
+   uint8 storage of the activations run without fusion, bit for bit;
+2. that uint8 graph, fused by ONNX Runtime into its integer kernels, equals the injected model
+   (channels-last integer ops with the flips between them), bit for bit.
+
+The unfused and the fused graphs differ from each other (float convolution and requantisation against
+integer accumulation), with or without flips, as the clean model does in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from conftest import run_model
+from onnx_ir.passes.common import ShapeInferencePass
+
+from onnxflip.inject import FaultModel, InjectionConfig, InsertFlipBitsPass, insert_flipbits, plan_sites
+from onnxflip.materialize import materialize_parameters
+from onnxflip.modelio import load_model, save_model
+from onnxflip.qlinear import StoreActivationsAsUint8Pass
+from onnxflip.report.sites_table import describe_sites
+from onnxflip.runtime.session import runtime_bytes, session_options
+
+MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+SHIPPED_INT8 = MODELS / "vgg11_int8.onnx"
+SHIPPED_SITES = pathlib.Path(__file__).resolve().parent / "data" / "shipped_sites.json"
+
+
+@pytest.fixture(params=["shipped", "tiny"])
+def int8_model(request) -> ir.Model:
+    if request.param == "shipped":
+        return load_model(SHIPPED_INT8)
+    return load_model(request.getfixturevalue("qdq_path"))
+
+
+@pytest.fixture
+def feeds(images) -> dict:
+    return {"input": images}
+
+
+def todays_placement(model: ir.Model, config: InjectionConfig) -> ir.Model:
+    """FlipBits on the int8 tensors between QuantizeLinear and DequantizeLinear, nothing else."""
+    prepared, sites = plan_sites(model, config)
+    return InsertFlipBitsPass(config, sites)(prepared).model
+
+
+def optimised_ops(model: ir.Model, tmp_path: pathlib.Path) -> Counter:
+    """Op types of the graph ONNX Runtime runs (full optimisation, CPU)."""
+    options = session_options()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(runtime_bytes(model), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize(("bit", "p01", "p10"), [(0, 1.0, 1.0), (3, 1.0, 0.0), (7, 1.0, 0.0), (7, 0.0, 1.0),
+                                                 (6, 1.0, 1.0)])
+def test_forced_flips_equal_todays_placement(int8_model, feeds, bit, p01, p10):
+    fault = FaultModel(p01=p01, p10=p10, bits=1 << bit)
+    config = InjectionConfig(format="int8", activations=fault, weights=fault, biases=fault)
+    today = todays_placement(int8_model, config)
+    uint8 = StoreActivationsAsUint8Pass()(today.clone()).model
+    np.testing.assert_array_equal(run_model(uint8, feeds, exact=True)[0], run_model(today, feeds, exact=True)[0])
+    injected = insert_flipbits(int8_model, config=config)
+    fused = run_model(materialize_parameters(uint8), feeds)[0]
+    np.testing.assert_array_equal(run_model(materialize_parameters(injected), feeds)[0], fused)
+    assert not np.array_equal(fused, run_model(int8_model, feeds)[0])
+
+
+def test_uint8_storage_draws_the_same_flips_at_a_fixed_seed(int8_model, feeds):
+    """Below the sign bit the uint8 offset binary draws exactly today's flips (same seed, same stream)."""
+    config = InjectionConfig(format="int8", activations=FaultModel.symmetric(0.05, bits=0x7F, seed=11),
+                             weights=None, biases=None)
+    today = todays_placement(int8_model, config)
+    uint8 = StoreActivationsAsUint8Pass()(today.clone()).model
+    reference = run_model(today, feeds, exact=True)[0]
+    np.testing.assert_array_equal(run_model(uint8, feeds, exact=True)[0], reference)
+    assert not np.array_equal(reference, run_model(int8_model, feeds, exact=True)[0])
+
+
+def test_injected_int8_keeps_the_integer_kernels_and_p0_is_the_clean_model(int8_model, feeds, tmp_path):
+    injected = insert_flipbits(int8_model, config=InjectionConfig(format="int8"))
+    ops = optimised_ops(materialize_parameters(injected), tmp_path)
+    clean_ops = optimised_ops(int8_model, tmp_path)
+    assert ops["QLinearConv"] == clean_ops["QLinearConv"] > 0 and ops["QGemm"] == clean_ops["QGemm"]
+    assert ops["Conv"] == ops["Gemm"] == 0
+    assert ops["Transpose"] == clean_ops["Transpose"]
+    np.testing.assert_array_equal(run_model(materialize_parameters(injected), feeds)[0],
+                                  run_model(int8_model, feeds)[0])
+
+
+@pytest.mark.parametrize(("attributes", "converted"), [("", True), (", stuck = 1", False)])
+def test_only_value_free_flips_move_to_uint8_storage(attributes, converted):
+    """A FlipBits node with an attribute beyond the value-free ones (a fault model that could treat 0 and 1
+    differently) keeps its int8 tensor; the others move to uint8 with the sign bit's directions swapped."""
+    text = f"""
+    <ir_version: 10, opset_import: ["" : 21, "onnxflip" : 1]>
+    g (float[4] x) => (float[4] y) <float s = {{0.5}}, int8 z = {{-3}}, float p = {{1.0}}, float r = {{0.0}},
+                                    int64 k = {{0}}> {{
+      q = QuantizeLinear (x, s, z)
+      f = onnxflip.FlipBits <bitmask = 255{attributes}> (q, p, r, k)
+      y = DequantizeLinear (f, s, z)
+    }}
+    """
+    model = ShapeInferencePass()(ir.from_onnx_text(text)).model
+    assert StoreActivationsAsUint8Pass()(model).modified == converted
+    quantize = next(n for n in model.graph if n.op_type == "QuantizeLinear")
+    assert quantize.inputs[2].dtype == (ir.DataType.UINT8 if converted else ir.DataType.INT8)
+    flips = [n for n in model.graph if n.op_type == "FlipBits"]
+    if converted:
+        assert [(n.attributes["bitmask"].value, n.inputs[1].name) for n in flips] == [(0x7F, "p"), (0x80, "r")]
+    else:
+        assert len(flips) == 1
+
+
+@pytest.mark.parametrize("name", sorted(json.loads(SHIPPED_SITES.read_text())))
+def test_inspect_lists_the_shipped_models_sites_as_before(name, tmp_path):
+    """The site list of every shipped model, clean and injected, is the one inspect printed before this
+    placement (recorded in data/shipped_sites.json with the code of the parent commit)."""
+    expected = json.loads(SHIPPED_SITES.read_text())[name]
+    config = InjectionConfig(format="int8" if "int8" in name else "float32")
+    assert describe_sites(MODELS / name, config=config) == expected["clean"]
+    path = tmp_path / name
+    save_model(insert_flipbits(load_model(MODELS / name), config=config), path)
+    assert describe_sites(path, config=config) == expected["injected"]

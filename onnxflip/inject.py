@@ -8,6 +8,9 @@ The rewrite, for each site (see :mod:`onnxflip.sites`)::
     Conv(x, DQ(Wq), DQ(Bq)) -> Conv(x, DQ(FlipBits(Wq, ...)), DQ(FlipBits(Bq, ...)))   (int8)
     DQ(Q(y))               -> DQ(FlipBits(Q(y), ...))                        (int8)
 
+int8 graphs are then written in the form ONNX Runtime runs them in, with the
+same flips (uint8 activations, channels-last integer ops: :mod:`onnxflip.qlinear`).
+
 The probabilities and seed of each target class are graph inputs with
 default values (initializers that are also inputs), named
 ``onnxflip_<target>_p01``, ``onnxflip_<target>_p10`` and

@@ -133,3 +133,13 @@ def test_inspect_lists_the_shipped_models_sites_as_before(name, tmp_path):
     path = tmp_path / name
     save_model(insert_flipbits(load_model(MODELS / name), config=config), path)
     assert describe_sites(path, config=config) == expected["injected"]
+
+
+def test_inject_reports_sites_not_nodes(tmp_path, capsys):
+    """The CLI counts the 35 sites of the shipped int8 VGG-11, not its 50 FlipBits nodes (15 sign bits)."""
+    from onnxflip.cli import main
+
+    out = tmp_path / "injected.onnx"
+    code = main(["inject", str(SHIPPED_INT8), "-o", str(out), "--format", "int8", "--p", "1e-5"])
+    assert code == 0 and "35 FlipBits sites" in capsys.readouterr().out
+    assert sum(n.op_type == "FlipBits" for n in onnx.load(out).graph.node) == 50

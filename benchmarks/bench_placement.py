@@ -5,7 +5,10 @@ biases flipped and made constants for the trial, a session built, then
 every batch run with new activation flips: what `onnxflip evaluate` does per
 trial) against a plain ONNX Runtime loop over the same batches of the clean
 model (its session built once, outside the timing, as in bench_evaluate.py).
-The two alternate, best of --repeats.
+They alternate, best of --repeats.  int8 has two clean references: the
+QDQ model as ONNX Runtime runs it by default (on x86 without VNNI its
+uint8 x int8 kernels saturate, see onnxflip/qlinear.py) and the same model
+in the exact integer form the injected one uses (onnxflip.qlinear, no flips).
 
 Cases: the shipped VGG-11 int8 with activation sites only and with all
 targets, each in the placement `inject` writes now (uint8 storage,
@@ -38,6 +41,7 @@ from onnxflip.evaluate import Evaluator, SweepSettings
 from onnxflip.inject import InsertFlipBitsPass, control_input_name, plan_sites
 from onnxflip.materialize import materialize_parameters
 from onnxflip.modelio import load_model
+from onnxflip.qlinear import keep_integer_kernels
 from onnxflip.runtime.session import runtime_bytes, session_options
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
@@ -49,6 +53,15 @@ def earlier_placement(model: ir.Model, settings: SweepSettings) -> ir.Model:
     config = settings.injection()
     prepared, sites = plan_sites(model, config)
     return InsertFlipBitsPass(config, sites)(prepared).model
+
+
+def clean_references() -> dict[pathlib.Path, dict[str, ort.InferenceSession]]:
+    int8, float32 = MODELS / "vgg11_int8.onnx", MODELS / "vgg11.onnx"
+    return {
+        int8: {"clean (ORT default)": make_session(load_model(int8)),
+               "clean (exact integer)": make_session(keep_integer_kernels(load_model(int8)))},
+        float32: {"clean": make_session(load_model(float32))},
+    }
 
 
 def cases(images: np.ndarray, labels: np.ndarray, batch: int) -> list[tuple[str, pathlib.Path, Evaluator]]:
@@ -68,10 +81,11 @@ def cases(images: np.ndarray, labels: np.ndarray, batch: int) -> list[tuple[str,
     return result
 
 
-def plain_pass(session: ort.InferenceSession, images: np.ndarray, batch: int) -> None:
+def plain_pass(session: ort.InferenceSession, images: np.ndarray, batch: int) -> np.ndarray:
+    """The predicted classes."""
     name = session.get_inputs()[0].name
-    for start in range(0, len(images), batch):
-        session.run(None, {name: images[start : start + batch]})
+    return np.concatenate([session.run(None, {name: images[start : start + batch]})[0].argmax(axis=1)
+                           for start in range(0, len(images), batch)])
 
 
 def trial_model(evaluator: Evaluator) -> ir.Model:
@@ -122,20 +136,24 @@ def main() -> None:
     split = load_split(args.data, "test").subset(args.samples)
     images, labels, n = split.as_float_nchw(), split.labels, args.samples
     print(f"{n} images, batch {args.batch_size}, one trial at p = {P:g}, best of {args.repeats}")
-    clean = {path: make_session(load_model(path)) for path in (MODELS / "vgg11_int8.onnx", MODELS / "vgg11.onnx")}
+    references = clean_references()
     for label, path, evaluator in cases(images, labels, args.batch_size):
-        plain_pass(clean[path], images, args.batch_size)
-        evaluator.run_trial(P, 0)
-        plain_s, trial_s = [], []
+        accuracy = {name: float((plain_pass(session, images, args.batch_size) == labels).mean())
+                    for name, session in references[path].items()}
+        trial_accuracy = evaluator.run_trial(P, 0)["accuracy"]
+        plain_s: dict[str, list[float]] = collections.defaultdict(list)
+        trial_s = []
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            plain_pass(clean[path], images, args.batch_size)
-            plain_s.append(time.perf_counter() - start)
+            for name, session in references[path].items():
+                start = time.perf_counter()
+                plain_pass(session, images, args.batch_size)
+                plain_s[name].append(time.perf_counter() - start)
             start = time.perf_counter()
             evaluator.run_trial(P, 0)
             trial_s.append(time.perf_counter() - start)
-        print(f"{label:<45} clean {n / min(plain_s):8.0f} images/s, injected {n / min(trial_s):8.0f} images/s, "
-              f"{min(plain_s) / min(trial_s):.2f}x")
+        ratios = ", ".join(f"{name} {n / min(times):.0f} images/s, accuracy {accuracy[name]:.4f} "
+                           f"({min(times) / min(trial_s):.2f}x)" for name, times in plain_s.items())
+        print(f"{label}: injected {n / min(trial_s):.0f} images/s, accuracy {trial_accuracy:.4f}; {ratios}")
         model = trial_model(evaluator)
         activations = {control_input_name("activations", "p01"): np.array(P, np.float32),
                        control_input_name("activations", "p10"): np.array(P, np.float32)}

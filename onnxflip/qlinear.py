@@ -1,22 +1,26 @@
-"""Injected int8 QDQ graphs that keep ONNX Runtime's integer kernels.
+"""Injected int8 QDQ graphs that keep ONNX Runtime's integer kernels, computing exactly.
 
 FlipBits between QuantizeLinear and DequantizeLinear hides a Q -> DQ pair
-from ONNX Runtime; on x86 CPUs without VNNI its optimiser then fuses
-``DQ -> Conv -> Q`` into QLinearConv only for uint8 activations, and with a
-custom operator between two convolutions it cannot keep them in its NHWC
-layout.  Two passes restore the integer kernels, each exact:
+from ONNX Runtime: it then fuses no ``DQ -> Conv -> Q`` into QLinearConv
+(int8 activations are not allowed there on x86 CPUs without VNNI) and runs
+every convolution in float.  Two passes restore the integer kernels:
 
-1. :class:`StoreActivationsAsUint8Pass` stores each int8 activation as
-   uint8 (offset binary, the representation ONNX Runtime's own
-   QDQS8ToU8Transformer picks)::
+1. :class:`StoreInt8AsUint8Pass` stores each int8 activation and weight as
+   uint8 offset binary::
 
        DQ(FlipBits(Q(x, s, z)), s, z)  ->  DQ(FlipBits'(Q(x, s, z + 128)), s, z + 128)
+       DQ(FlipBits(W), s, z)           ->  DQ(FlipBits'(W ^ 0x80), s, z + 128)
 
    ``Q_u8(x) = Q_s8(x) + 128``, whose bits are those of the int8 value with
    the sign bit inverted, and ``DQ`` gives the same float.  Bits 0-6 flip as
    they did; the sign bit's 0 -> 1 is the uint8 top bit's 1 -> 0, so
    FlipBits' is one node for bits 0-6 and one for bit 7 with p01 and p10
-   swapped (its own stream).
+   swapped (its own stream).  uint8 activations are what ONNX Runtime itself
+   converts to on x86; uint8 weights make its kernels exact there: with int8
+   weights and no VNNI, MLAS sums pairs of uint8 x int8 products in int16
+   with saturation (the "U8S8 saturation" of ONNX Runtime's quantization
+   documentation), which costs the shipped VGG-11 16 points of accuracy;
+   uint8 x uint8 accumulates in int32.
 
 2. :class:`NhwcIntegerConvPass` writes the convolutions and max pools of
    uint8 activations in the operator form ONNX Runtime itself runs them in,
@@ -45,7 +49,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxflip.bits import mask_to_attribute
 from onnxflip.runtime.contract import DOMAIN, INPUT_NAMES
 
-__all__ = ["NhwcIntegerConvPass", "StoreActivationsAsUint8Pass", "keep_integer_kernels"]
+__all__ = ["NhwcIntegerConvPass", "StoreInt8AsUint8Pass", "keep_integer_kernels"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +84,8 @@ def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     return node if node is not None and node.op_type == op_type and node.domain == "" else None
 
 
-class StoreActivationsAsUint8Pass(ir.passes.InPlacePass):
-    """Store the int8 activations of a QDQ graph as uint8 offset binary (see the module docstring)."""
+class StoreInt8AsUint8Pass(ir.passes.InPlacePass):
+    """Store the int8 activations and weights of a QDQ graph as uint8 offset binary (see the module docstring)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -89,32 +93,49 @@ class StoreActivationsAsUint8Pass(ir.passes.InPlacePass):
         streams = [n.attributes["stream"].value for n in graph if _is_flipbits(n) and "stream" in n.attributes]
         self._next_stream = 1 + max(streams, default=-1)
         converted = 0
+        for weight in list(graph.initializers.values()):
+            converted += self._try_weight(graph, weight)
         for node in list(graph):
-            if node.op_type == "QuantizeLinear" and node.domain == "" and self._try_convert(graph, node):
-                converted += 1
-        logger.info("stored %d int8 activations as uint8", converted)
+            if node.op_type == "QuantizeLinear" and node.domain == "":
+                converted += self._try_activation(graph, node)
+        logger.info("stored %d int8 tensors as uint8", converted)
         return ir.passes.PassResult(model, modified=bool(converted))
 
-    def _try_convert(self, graph: ir.Graph, quantize: ir.Node) -> bool:
-        chain = self._chain(quantize)
-        if chain is None:
+    def _try_weight(self, graph: ir.Graph, weight: ir.Value) -> bool:
+        array = _constant(weight)
+        chain = self._chain(weight) if array is not None and weight.dtype == ir.DataType.INT8 else None
+        if chain is None or weight.is_graph_input():
             return False
-        flips, dequantizes = chain
-        quantize.replace_input_with(2, self._uint8_zero_point(graph, quantize.inputs[2]))
+        name = f"{weight.name}_uint8"
+        stored = ir.Value(name=name, shape=weight.shape, type=ir.TensorType(ir.DataType.UINT8),
+                          const_value=ir.tensor(array.view(np.uint8) ^ np.uint8(_SIGN), name=name))
+        graph.register_initializer(stored)
+        weight.replace_all_uses_with(stored)
+        graph.initializers.pop(weight.name)
+        self._convert(graph, *chain)
+        return True
+
+    def _try_activation(self, graph: ir.Graph, quantize: ir.Node) -> bool:
+        chain = self._chain(quantize.outputs[0])
+        zero_point = quantize.inputs[2] if len(quantize.inputs) > 2 else None
+        if chain is None or _constant(zero_point) is None:
+            return False
+        quantize.replace_input_with(2, self._uint8_zero_point(graph, zero_point))
         quantize.outputs[0].type = ir.TensorType(ir.DataType.UINT8)  # a new type: clones share type objects
+        self._convert(graph, *chain)
+        return True
+
+    def _convert(self, graph: ir.Graph, flips: list[ir.Node], dequantizes: list[ir.Node]) -> None:
         for flip in flips:
             flip.outputs[0].type = ir.TensorType(ir.DataType.UINT8)
             self._swap_sign_bit(graph, flip)
         for dq in dequantizes:
             dq.replace_input_with(2, self._uint8_zero_point(graph, dq.inputs[2]))
-        return True
 
     @staticmethod
-    def _chain(quantize: ir.Node) -> tuple[list[ir.Node], list[ir.Node]] | None:
-        """The FlipBits nodes and the DequantizeLinear readers of an int8 Q output, if those are all its readers."""
-        value = quantize.outputs[0]
-        zero_point = _constant(quantize.inputs[2] if len(quantize.inputs) > 2 else None)
-        if value.dtype != ir.DataType.INT8 or zero_point is None:
+    def _chain(value: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | None:
+        """The FlipBits nodes and the DequantizeLinear readers of an int8 value, if those are all its readers."""
+        if value.dtype != ir.DataType.INT8:
             return None
         flips, dequantizes, pending = [], [], [value]
         while pending:
@@ -248,7 +269,7 @@ class NhwcIntegerConvPass(ir.passes.InPlacePass):
     def _qlinear_conv(self, conv: ir.Node, source, quantize: ir.Node):
         _, x_scale, x_zero_point = source
         weight_dq = _producer(conv.inputs[1], "DequantizeLinear")
-        if weight_dq is None or len(weight_dq.inputs) < 3 or weight_dq.inputs[0].dtype != ir.DataType.INT8:
+        if weight_dq is None or len(weight_dq.inputs) < 3 or weight_dq.inputs[0].dtype != ir.DataType.UINT8:
             return None
         w_scale, w_zero_point = _constant(weight_dq.inputs[1]), _constant(weight_dq.inputs[2])
         if w_scale is None or w_zero_point is None or len(weight_dq.inputs[0].shape or ()) != 4:
@@ -343,4 +364,4 @@ def _permuted(shape: ir.Shape | None, perm: tuple[int, ...]) -> ir.Shape | None:
 
 def keep_integer_kernels(model: ir.Model) -> ir.Model:
     """An injected int8 QDQ model rewritten so that ONNX Runtime keeps its integer kernels (in place)."""
-    return ir.passes.Sequential(StoreActivationsAsUint8Pass(), NhwcIntegerConvPass())(model).model
+    return ir.passes.Sequential(StoreInt8AsUint8Pass(), NhwcIntegerConvPass())(model).model

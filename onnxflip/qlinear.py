@@ -57,8 +57,8 @@ MS_DOMAIN = "com.microsoft"
 _TO_NHWC = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
 _SIGN = 0x80
-# FlipBits attributes whose meaning does not depend on a bit's value; a node with any other (a fault model
-# that treats 0 and 1 differently) keeps its int8 activation, since the sign bit would change its meaning.
+# FlipBits attributes whose meaning does not depend on a bit's value; a tensor read by a node with any other
+# (a fault model that treats 0 and 1 differently) stays int8, since the inverted sign bit would change its meaning.
 _VALUE_FREE_ATTRIBUTES = frozenset({"stream", "bitmask", "randomness", "nonfinite"})
 
 

@@ -174,3 +174,26 @@ def test_inject_reports_sites_not_nodes(tmp_path, capsys):
     code = main(["inject", str(SHIPPED_INT8), "-o", str(out), "--format", "int8", "--p", "1e-5"])
     assert code == 0 and "35 FlipBits sites" in capsys.readouterr().out
     assert sum(n.op_type == "FlipBits" for n in onnx.load(out).graph.node) == 60
+
+
+DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "cifar10"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/cifar10")
+@pytest.mark.parametrize(("targets", "p"), [(("activations",), 1.6e-3), (("activations", "weights", "biases"), 1e-4)])
+def test_accuracy_under_flips_matches_todays_placement(targets, p):
+    """Shipped VGG-11 int8, 2,000 test images, 3 trials: the new placement draws other flips (NHWC order, the sign
+    bit's own stream), so the two mean accuracies differ by trial noise only (about 0.01 per trial here; the
+    tolerance, 0.04, is about 5 standard deviations of the difference of two 3-trial means)."""
+    from onnxflip.data import load_split
+    from onnxflip.evaluate import Evaluator, SweepSettings
+
+    split = load_split(DATA, "test").subset(2000)
+    images, labels = split.as_float_nchw(), split.labels
+    model = load_model(SHIPPED_INT8)
+    settings = SweepSettings(format="int8", targets=targets, trials=3)
+    today = Evaluator(todays_placement(model, settings.injection()), images, labels, settings)
+    now = Evaluator(model, images, labels, settings)
+    assert now.evaluate_point(0.0)["mean"] == today.evaluate_point(0.0)["mean"]
+    assert abs(now.evaluate_point(p)["mean"] - today.evaluate_point(p)["mean"]) < 0.04

@@ -263,7 +263,7 @@ class NhwcIntegerConvPass(ir.passes.InPlacePass):
         graph.extend(nodes)
         self._nhwc[quantize.outputs[0]] = out
         self._written.append(quantize.outputs[0])
-        self._replaced.update((source[0], node, quantize))
+        self._replaced.update((node, quantize))  # its DequantizeLinear may have other readers
         return 1
 
     def _qlinear_conv(self, conv: ir.Node, source, quantize: ir.Node):

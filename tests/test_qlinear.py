@@ -197,3 +197,50 @@ def test_accuracy_under_flips_matches_todays_placement(targets, p):
     now = Evaluator(model, images, labels, settings)
     assert now.evaluate_point(0.0)["mean"] == today.evaluate_point(0.0)["mean"]
     assert abs(now.evaluate_point(p)["mean"] - today.evaluate_point(p)["mean"]) < 0.04
+
+
+def _residual_net():
+    """Conv, residual Add, depthwise Conv, global pooling: QDQ units the rewrite converts and ones it leaves."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+        def forward(self, x):
+            y = self.stem(x)
+            return self.head(nn.functional.relu(y + self.body(y)))
+
+    return Net()
+
+
+@pytest.mark.parametrize(("bit", "p01", "p10"), [(7, 1.0, 0.0), (2, 1.0, 1.0)])
+def test_a_residual_network_keeps_its_meaning(tmp_path, bit, p01, p10):
+    from conftest import needs_zoo_extra
+
+    needs_zoo_extra()
+    import torch
+
+    from onnxflip.quantize import quantize_model
+    from onnxflip.runtime.session import runtime_proto
+
+    torch.manual_seed(0)
+    program = torch.onnx.export(_residual_net().eval(), (torch.rand(2, 3, 16, 16),), input_names=["input"],
+                                output_names=["y"], dynamo=True, verbose=False)
+    onnx.save(runtime_proto(program.model_proto), tmp_path / "net.onnx")
+    calibration = np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32)
+    quantize_model(tmp_path / "net.onnx", tmp_path / "int8.onnx", calibration=calibration, batch_size=2)
+    model = load_model(tmp_path / "int8.onnx")
+    feeds = {"input": np.random.default_rng(1).random((2, 3, 16, 16), dtype=np.float32)}
+    fault = FaultModel(p01=p01, p10=p10, bits=1 << bit)
+    config = InjectionConfig(format="int8", activations=fault, weights=fault, biases=fault)
+    today = todays_placement(model, config)
+    uint8 = StoreInt8AsUint8Pass()(today.clone()).model
+    np.testing.assert_array_equal(run_model(uint8, feeds, exact=True)[0], run_model(today, feeds, exact=True)[0])
+    injected = insert_flipbits(model, config=config)
+    assert sum(n.op_type == "QLinearConv" for n in injected.graph) == 3
+    np.testing.assert_array_equal(run_model(materialize_parameters(injected), feeds)[0],
+                                  run_model(materialize_parameters(uint8), feeds)[0])

@@ -57,10 +57,13 @@ MS_DOMAIN = "com.microsoft"
 _TO_NHWC = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
 _SIGN = 0x80
-# FlipBits attributes whose meaning does not depend on a bit's value; a tensor read by a node with any other
-# (a fault model that treats 0 and 1 differently) stays int8, since the inverted sign bit would change its meaning.
-_VALUE_FREE_ATTRIBUTES = frozenset({"stream", "bitmask", "randomness", "nonfinite"})
-
+# FlipBits attributes whose meaning does not depend on a bit's value, and those that do not when they hold the
+# given value (no ECC word: its check bits are computed from the stored bits).  A tensor read by a node with any
+# other stays int8, since the inverted sign bit would change that node's meaning.
+_VALUE_FREE_ATTRIBUTES = frozenset({"stream", "bitmask", "randomness", "nonfinite", "on_detected"})
+_VALUE_FREE_SETTINGS = {"ecc": "none"}  # on_detected then has no word to act on
+# Inputs that hold a probability for 0 and for 1 (flip from 0 / from 1, stuck at 0 / at 1): the sign bit swaps them.
+_PER_BIT_VALUE_PAIRS = (("p01", "p10"), ("s0", "s1"))
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
@@ -70,6 +73,14 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
 
 def _is_flipbits(node: ir.Node) -> bool:
     return node.domain == DOMAIN and node.op_type == "FlipBits"
+
+
+def _is_value_free_flip(node: ir.Node) -> bool:
+    """A FlipBits node whose flips treat a bit the same whatever its value, apart from the probability pairs."""
+    if not _is_flipbits(node) or len(node.outputs) != 1 or not 3 <= len(node.inputs) <= len(INPUT_NAMES):
+        return False
+    return all(name in _VALUE_FREE_ATTRIBUTES or _VALUE_FREE_SETTINGS.get(name) == attr.value
+               for name, attr in node.attributes.items())
 
 
 def _only_use(value: ir.Value) -> ir.Node | None:
@@ -143,8 +154,7 @@ class StoreInt8AsUint8Pass(ir.passes.InPlacePass):
             if current.is_graph_output() or not current.uses():
                 return None
             for user, index in current.uses():
-                if index == 0 and _is_flipbits(user) and set(user.attributes) <= _VALUE_FREE_ATTRIBUTES and (
-                        len(user.inputs) == len(INPUT_NAMES)):
+                if index == 0 and _is_value_free_flip(user):
                     flips.append(user)
                     pending.append(user.outputs[0])
                 elif index == 0 and user.op_type == "DequantizeLinear" and user.domain == "" and (
@@ -165,13 +175,13 @@ class StoreInt8AsUint8Pass(ir.passes.InPlacePass):
         return self._twins[zero_point.name]
 
     def _swap_sign_bit(self, graph: ir.Graph, flip: ir.Node) -> None:
-        """Bit 7 of uint8 offset binary is the inverted int8 sign bit: it flips with p01 and p10 swapped."""
+        """Bit 7 of uint8 offset binary is the inverted int8 sign bit: its probabilities for 0 and 1 swap."""
         attr = flip.attributes.get("bitmask")
         mask = 0xFF if attr is None else attr.value & 0xFF
-        low, inputs = mask & ~_SIGN, list(flip.inputs)
-        swapped = [inputs[0], inputs[2], inputs[1], *inputs[3:]]
+        low = mask & ~_SIGN
         if not mask & _SIGN:
             return
+        swapped = _swapped_pairs(list(flip.inputs))
         if not low:
             for index, value in enumerate(swapped):
                 flip.replace_input_with(index, value)
@@ -188,6 +198,17 @@ class StoreInt8AsUint8Pass(ir.passes.InPlacePass):
         graph.insert_after(flip, sign)
         for user, index in uses:
             user.replace_input_with(index, sign.outputs[0])
+
+
+def _swapped_pairs(inputs: list[ir.Value | None]) -> list[ir.Value | None]:
+    """The inputs with each (for 0, for 1) probability pair the node has exchanged."""
+    result = list(inputs)
+    for zero, one in _PER_BIT_VALUE_PAIRS:
+        if zero in INPUT_NAMES and one in INPUT_NAMES:
+            i, j = INPUT_NAMES.index(zero), INPUT_NAMES.index(one)
+            if max(i, j) < len(inputs):
+                result[i], result[j] = inputs[j], inputs[i]
+    return result
 
 
 class NhwcIntegerConvPass(ir.passes.InPlacePass):

@@ -130,10 +130,12 @@ def test_integer_convolution_is_exact_where_uint8_x_int8_pairs_saturate(tmp_path
     np.testing.assert_array_equal(out, np.full((1, 1, 1, 1), 300.0 * round(2 * 255 * 127 / 300.0), np.float32))
 
 
-@pytest.mark.parametrize(("attributes", "converted"), [("", True), (", stuck = 1", False)])
+@pytest.mark.parametrize(("attributes", "converted"), [("", True), (', ecc = "none"', True), (", stuck = 1", False),
+                                                       (', ecc = "secded"', False)])
 def test_only_value_free_flips_move_to_uint8_storage(attributes, converted):
     """A FlipBits node with an attribute beyond the value-free ones (a fault model that could treat 0 and 1
-    differently) keeps its int8 tensor; the others move to uint8 with the sign bit's directions swapped."""
+    differently, an ECC word computed from the stored bits) keeps its int8 tensor; the others move to uint8 with
+    the sign bit's directions swapped."""
     text = f"""
     <ir_version: 10, opset_import: ["" : 21, "onnxflip" : 1]>
     g (float[4] x) => (float[4] y) <float s = {{0.5}}, int8 z = {{-3}}, float p = {{1.0}}, float r = {{0.0}},

@@ -15,7 +15,9 @@ every convolution in float.  Two passes restore the integer kernels:
    the sign bit inverted, and ``DQ`` gives the same float.  Bits 0-6 flip as
    they did; the sign bit's 0 -> 1 is the uint8 top bit's 1 -> 0, so
    FlipBits' is one node for bits 0-6 and one for bit 7 with p01 and p10
-   swapped (its own stream).  uint8 activations are what ONNX Runtime itself
+   (and the stuck-at pair s0, s1 where the operator has it) swapped, on its
+   own stream.  A FlipBits node whose meaning depends on the stored bits in
+   another way (an ECC word) keeps its tensor int8.  uint8 activations are what ONNX Runtime itself
    converts to on x86; uint8 weights make its kernels exact there: with int8
    weights and no VNNI, MLAS sums pairs of uint8 x int8 products in int16
    with saturation (the "U8S8 saturation" of ONNX Runtime's quantization

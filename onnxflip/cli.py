@@ -275,13 +275,14 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
+    from onnxflip.graph.config import METADATA_KEY
     from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
     injected = insert_flipbits(load_model(model), config=config)
     save_model(injected, output)
-    sites = sum(node.op_type == "FlipBits" for node in injected.graph)
+    sites = len(json.loads(injected.metadata_props[METADATA_KEY])["sites"])  # int8 sign bits add nodes, not sites
     click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")
     ctx = click.get_current_context()
     if all(ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT for name in ("p", "p01", "p10")):

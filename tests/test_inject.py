@@ -17,6 +17,7 @@ from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_nam
 from onnxflip.graph.inject import convert_format, insert_flipbits
 from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
 from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.modelio import load_model
 from onnxflip.runtime.session import runtime_proto
@@ -265,16 +266,23 @@ def test_int8_qdq_sites_and_p0_is_bit_identical(qdq_path, images):
     injected = insert_flipbits(model, config=InjectionConfig(format="int8"))
     check(injected)
     flips = {n.name.split("/")[1]: n.inputs[0].dtype for n in injected.graph if n.op_type == "FlipBits"}
-    assert flips == {"weights": ir.DataType.INT8, "biases": ir.DataType.INT32, "activations": ir.DataType.INT8}
-    assert flip_targets(injected) == Counter({"weights": 10, "biases": 10, "activations": 15})
+    # int8 weights and activations are stored as uint8 offset binary (graph.passes.qlinear), each with a second
+    # node for the sign bit
+    assert flips == {"weights": ir.DataType.UINT8, "biases": ir.DataType.INT32, "activations": ir.DataType.UINT8}
+    sign_bits = Counter(n.name.split("/")[1] for n in injected.graph if n.name.endswith("/sign_bit"))
+    assert sign_bits == Counter({"weights": 10, "activations": 15})
+    assert flip_targets(injected) - sign_bits == Counter({"weights": 10, "biases": 10, "activations": 15})
     feeds = {"input": images}
-    np.testing.assert_array_equal(run_model(injected, feeds, exact=True)[0], run_model(model, feeds, exact=True)[0])
-    # A trial at p = 0, as the evaluator builds it: every target's probabilities given.  At full optimisation
-    # the clean graph's QuantizeLinear -> DequantizeLinear pairs fuse into QLinearConv; a FlipBits between them
-    # would keep them apart (dequantise, float Conv, requantise rounds differently), so materialising removes it.
+    # what ONNX Runtime computes for the clean model with its int8 tensors stored as uint8 (exact integer kernels)
+    clean = run_model(StoreInt8AsUint8Pass()(model.clone()).model, feeds)[0]
+    np.testing.assert_array_equal(run_model(injected, feeds)[0], clean)
+    np.testing.assert_array_equal(run_model(materialize_parameters(injected), feeds)[0], clean)
+    # A trial at p = 0, as the evaluator builds it: every target's probabilities given.  Materialising removes
+    # every FlipBits (weights, biases and activations, sign-bit nodes included): what is left computes `clean`.
     trial = {control_input_name(t, w): np.array(0.0, np.float32) for t in TARGETS for w in ("p01", "p10", "s0", "s1")}
-    np.testing.assert_array_equal(run_model(materialize_parameters(injected, trial), feeds)[0],
-                                  run_model(model, feeds)[0])
+    at_zero = materialize_parameters(injected, trial)
+    assert not any(n.op_type == "FlipBits" for n in at_zero.graph)
+    np.testing.assert_array_equal(run_model(at_zero, feeds)[0], clean)
     with pytest.raises(OnnxflipError, match="quantised"):
         insert_flipbits(model, config=InjectionConfig(format="float32"))
 

@@ -4,7 +4,8 @@
 * :mod:`~onnxflip.graph.formats`: the storage formats.
 * :mod:`~onnxflip.graph.config`: what an injection is (format, fault model per target, selection).
 * :mod:`~onnxflip.graph.inputs`: defined inputs and the batch dimension.
-* :mod:`~onnxflip.graph.passes`: fold_batchnorm, store_in_format, insert_flipbits, materialize.
+* :mod:`~onnxflip.graph.passes`: fold_batchnorm, store_in_format, insert_flipbits, qlinear (int8),
+  materialize.
 * :mod:`~onnxflip.graph.inject`: ``insert_flipbits`` and ``convert_format``, each a sequence of passes.
 """
 

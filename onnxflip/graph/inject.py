@@ -2,8 +2,11 @@
 
     model -> FoldBatchNormPass -> ShapeInferencePass -> (find sites)
           -> StoreInFormatPass -> InsertFlipBitsPass -> injected model
+          (int8: -> StoreInt8AsUint8Pass -> NhwcIntegerConvPass, the same
+          flips on the tensors ONNX Runtime's integer kernels read, see
+          :mod:`onnxflip.graph.passes.qlinear`)
 
-``convert_format`` runs the same sequence without the last pass: the clean
+``convert_format`` runs the same sequence up to StoreInFormatPass: the clean
 model in a format, what an injected model computes at p = 0.  Both work on a
 copy; the caller's model is not changed.  A model that already carries the
 ``onnxflip.injection`` metadata is refused (inject the original again).
@@ -21,7 +24,13 @@ from onnxflip.faults import ecc_word
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
 from onnxflip.graph.formats import StorageFormat, is_qdq, native_float_type, require_format_fits, storage_format
 from onnxflip.graph.inputs import check_graph
-from onnxflip.graph.passes import FoldBatchNormPass, InsertFlipBitsPass, StoreInFormatPass
+from onnxflip.graph.passes import (
+    FoldBatchNormPass,
+    InsertFlipBitsPass,
+    NhwcIntegerConvPass,
+    StoreInFormatPass,
+    StoreInt8AsUint8Pass,
+)
 from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
 
@@ -94,7 +103,10 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -
         raise OnnxflipError(
             f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format {config.format})"
         )
-    result = _run([StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites)], prepared)
+    passes = [StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites)]
+    if config.format == "int8":  # the same flips, on the tensors ONNX Runtime's integer kernels read
+        passes += [StoreInt8AsUint8Pass(), NhwcIntegerConvPass()]
+    result = _run(passes, prepared)
     logger.info("inserted FlipBits at %d sites", len(sites))
     return result
 

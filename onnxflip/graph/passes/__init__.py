@@ -5,6 +5,14 @@ from __future__ import annotations
 from onnxflip.graph.passes.fold_batchnorm import FoldBatchNormPass
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.passes.materialize import MaterializeParametersPass
+from onnxflip.graph.passes.qlinear import NhwcIntegerConvPass, StoreInt8AsUint8Pass
 from onnxflip.graph.passes.store_in_format import StoreInFormatPass
 
-__all__ = ["FoldBatchNormPass", "InsertFlipBitsPass", "MaterializeParametersPass", "StoreInFormatPass"]
+__all__ = [
+    "FoldBatchNormPass",
+    "InsertFlipBitsPass",
+    "MaterializeParametersPass",
+    "NhwcIntegerConvPass",
+    "StoreInFormatPass",
+    "StoreInt8AsUint8Pass",
+]

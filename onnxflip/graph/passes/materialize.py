@@ -19,12 +19,13 @@ QLinearConv).  Costs one flip of every parameter per trial instead of per run.
 A FlipBits whose flip and stuck-at probabilities are all 0 is the identity
 and is removed when they are fixed for the trial (given in ``values``, or constants; a
 default that a run may still override by feeding the input is not fixed):
-in an int8 QDQ graph, a FlipBits between QuantizeLinear and
-DequantizeLinear keeps ONNX Runtime from converting the pair to uint8 and
-fusing it into QLinearConv, so the graph would compute in float (dequantise,
-float Conv, requantise), which rounds differently from the integer kernel
-the clean model runs.  Removing the identity flips makes p = 0 compute
-exactly what the clean model computes.  A node whose word counts (ECC) are
+a trial at p = 0 then runs the graph without FlipBits.  In an int8 QDQ
+graph this matters where a tensor stayed int8
+(:mod:`~onnxflip.graph.passes.qlinear` leaves ECC words and ops it does
+not know so): a FlipBits between QuantizeLinear and DequantizeLinear keeps
+ONNX Runtime from fusing them into QLinearConv, so the graph would compute
+in float (dequantise, float Conv, requantise), which rounds differently from
+the integer kernel.  A node whose word counts (ECC) are
 read is not the identity even then: a fixed parameter's is materialised (its
 counts a constant), any other stays.  A parameter that is a graph input
 (overridable) is never frozen.

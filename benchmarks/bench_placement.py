@@ -1,6 +1,6 @@
 """Injected inference against clean inference, side by side in one run: where the flips are placed.
 
-For each case, images/s of one `Evaluator` trial at p = 1e-5 (weights and
+For each case, images/s of one `LocalRunner` trial at p = 1e-5 (weights and
 biases flipped and made constants for the trial, a session built, then
 every batch run with new activation flips: what `onnxflip evaluate` does per
 trial) against a plain ONNX Runtime loop over the same batches of the clean
@@ -36,13 +36,15 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxflip import make_session
+from onnxflip.campaign.trials import LocalRunner, TrialSettings
 from onnxflip.data import load_split
-from onnxflip.evaluate import Evaluator, SweepSettings
+from onnxflip.data.sources import ArraySource
 from onnxflip.graph.config import control_input_name
 from onnxflip.graph.inject import plan_sites
 from onnxflip.graph.passes import InsertFlipBitsPass, StoreInFormatPass
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.graph.passes.qlinear import keep_integer_kernels
+from onnxflip.metrics import metric_from_spec
 from onnxflip.modelio import load_model
 from onnxflip.runtime.session import runtime_bytes, session_options
 
@@ -50,7 +52,7 @@ MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
 P = 1e-5
 
 
-def earlier_placement(model: ir.Model, settings: SweepSettings) -> ir.Model:
+def earlier_placement(model: ir.Model, settings: TrialSettings) -> ir.Model:
     """FlipBits on the int8 tensors between Q and DQ only, as `inject` wrote int8 models before the qlinear passes."""
     config = settings.injection()
     prepared, fmt, sites = plan_sites(model, config)
@@ -66,19 +68,21 @@ def clean_references() -> dict[pathlib.Path, dict[str, ort.InferenceSession]]:
     }
 
 
-def cases(images: np.ndarray, labels: np.ndarray, batch: int) -> list[tuple[str, pathlib.Path, Evaluator]]:
+def cases(images: np.ndarray, labels: np.ndarray, batch: int) -> list[tuple[str, pathlib.Path, LocalRunner]]:
     result = []
+    source = ArraySource({"input": images}, labels)
+    top1 = metric_from_spec("top1")
     for fmt, name in (("int8", "vgg11_int8"), ("float32", "vgg11")):
         path = MODELS / f"{name}.onnx"
         model = load_model(path)
         target_sets = [("activations",), ("activations", "weights", "biases")] if fmt == "int8" else [
             ("activations", "weights", "biases")]
         for targets in target_sets:
-            settings = SweepSettings(format=fmt, targets=targets, batch_size=batch, trials=1)
+            settings = TrialSettings(format=fmt, targets=targets, batch_size=batch)
             label = f"{name}, {'all targets' if len(targets) == 3 else 'activations'}"
-            result.append((label, path, Evaluator(model, images, labels, settings)))
+            result.append((label, path, LocalRunner(model, source, top1, settings)))
             if fmt == "int8":
-                earlier = Evaluator(earlier_placement(model, settings), images, labels, settings)
+                earlier = LocalRunner(earlier_placement(model, settings), source, top1, settings)
                 result.append((f"{label}, earlier placement", path, earlier))
     return result
 
@@ -90,7 +94,7 @@ def plain_pass(session: ort.InferenceSession, images: np.ndarray, batch: int) ->
                            for start in range(0, len(images), batch)])
 
 
-def trial_model(evaluator: Evaluator) -> ir.Model:
+def trial_model(evaluator: LocalRunner) -> ir.Model:
     """The model one trial at P runs (parameter flips as constants)."""
     controls = {}
     for target in ("weights", "biases"):
@@ -142,7 +146,7 @@ def main() -> None:
     for label, path, evaluator in cases(images, labels, args.batch_size):
         accuracy = {name: float((plain_pass(session, images, args.batch_size) == labels).mean())
                     for name, session in references[path].items()}
-        trial_accuracy = evaluator.run_trial(P, 0)["accuracy"]
+        trial_accuracy = evaluator.trial(P, 0, n).score
         plain_s: dict[str, list[float]] = collections.defaultdict(list)
         trial_s = []
         for _ in range(args.repeats):
@@ -151,7 +155,7 @@ def main() -> None:
                 plain_pass(session, images, args.batch_size)
                 plain_s[name].append(time.perf_counter() - start)
             start = time.perf_counter()
-            evaluator.run_trial(P, 0)
+            evaluator.trial(P, 0, n)
             trial_s.append(time.perf_counter() - start)
         ratios = ", ".join(f"{name} {n / min(times):.0f} images/s, accuracy {accuracy[name]:.4f} "
                            f"({min(times) / min(trial_s):.2f}x)" for name, times in plain_s.items())

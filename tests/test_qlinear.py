@@ -238,17 +238,21 @@ def test_accuracy_under_flips_matches_todays_placement(targets, p):
     """Shipped VGG-11 int8, 2,000 test images, 3 trials: the new placement draws other flips (NHWC order, the sign
     bit's own stream), so the two mean accuracies differ by trial noise only (about 0.01 per trial here; the
     tolerance, 0.04, is about 5 standard deviations of the difference of two 3-trial means)."""
-    from onnxflip.data import load_split
-    from onnxflip.evaluate import Evaluator, SweepSettings
+    from onnxflip.campaign.trials import LocalRunner, TrialSettings
+    from onnxflip.data.sources import open_source
+    from onnxflip.metrics import metric_from_spec
 
-    split = load_split(DATA, "test").subset(2000)
-    images, labels = split.as_float_nchw(), split.labels
     model = load_model(SHIPPED_INT8)
-    settings = SweepSettings(format="int8", targets=targets, trials=3)
-    today = Evaluator(todays_placement(model, settings.injection()), images, labels, settings)
-    now = Evaluator(model, images, labels, settings)
-    assert now.evaluate_point(0.0)["mean"] == today.evaluate_point(0.0)["mean"]
-    assert abs(now.evaluate_point(p)["mean"] - today.evaluate_point(p)["mean"]) < 0.04
+    source = open_source(DATA, model=model).subset(2000).cached(1 << 30)
+    settings = TrialSettings(format="int8", targets=targets)
+    today = LocalRunner(todays_placement(model, settings.injection()), source, metric_from_spec("top1"), settings)
+    now = LocalRunner(model, source, metric_from_spec("top1"), settings)
+
+    def mean(runner, p):
+        return float(np.mean([o.score for o in runner.run(p, [0, 1, 2], 2000)]))
+
+    assert mean(now, 0.0) == mean(today, 0.0)
+    assert abs(mean(now, p) - mean(today, p)) < 0.04
 
 
 def _residual_net():

@@ -46,6 +46,14 @@ choice of samples adds sigma_I^2 (1/n - 1/N) to the score at the midpoint
 to log10 p through the slope of the fitted curve and added to each side of
 the interval in quadrature.
 
+Heterogeneity: when the points scatter about the fitted curve more than
+their trials scatter about each point (the F statistic of the curve against
+one free mean per point, F > 1), the variances and the dispersion are
+multiplied by F, Finney's heterogeneity factor (*Probit Analysis*, 3rd ed.,
+1971, section 4.4): with many precise trials (activation flips on every
+sample) a curve family's small misfit would otherwise give intervals far
+narrower than the differences between runs with other seeds.
+
 Safeguards: the steepness is bounded (``MAX_SHAPE``), and a fit that reaches
 the bound (separation) or rests on fewer than ``MIN_TRIALS`` trials where the
 fitted curve lies between 0.1 and 0.9 gives no interval, so a search never
@@ -140,6 +148,7 @@ class Fit:
     image_variance: float = 0.0  # added variance of m (log10 p squared) from scoring a subset of the samples
     confidence: float = 0.95
     profile: tuple[float, float] | None = None  # the profile-likelihood interval of m, before the sample term
+    heterogeneity: float = 1.0  # max(1, lack-of-fit F): the factor the variances carry (Finney's)
 
     @property
     def m(self) -> float:
@@ -251,6 +260,7 @@ class Fit:
             "dispersion": self.dispersion,
             "deviance": self.deviance,
             "lack_of_fit_p": self.lack_of_fit_p,
+            "heterogeneity": self.heterogeneity,
             "image_variance": self.image_variance,
         }
 
@@ -340,19 +350,19 @@ def _deviance(points: Sequence[PointData], theta: np.ndarray) -> float:
     return float(2 * np.sum(sz * np.log(zbar / s) + (n - sz) * np.log((1 - zbar) / (1 - s))))
 
 
-def _lack_of_fit(points: Sequence[PointData], theta: np.ndarray) -> float | None:
-    """p-value of an F test: does one free mean per point fit better than the curve?"""
+def _lack_of_fit(points: Sequence[PointData], theta: np.ndarray) -> tuple[float | None, float]:
+    """An F test of the curve against one free mean per point: (p-value, heterogeneity factor max(1, F))."""
     x, n, sz, sz2 = _unpack(points)
     total, groups = int(n.sum()), len(points)
     if groups <= 3 or total <= groups:
-        return None
+        return None, 1.0
     s = np.clip(_jacobian(x, theta)[0], _EPS, 1 - _EPS)
     pure = float(np.sum(np.maximum(sz2 - sz * sz / n, 0.0)))
     around_curve = float(np.sum(np.maximum(sz2 - 2 * s * sz + n * s * s, 0.0)))
     if pure <= 0:
-        return None
+        return None, 1.0
     f = ((around_curve - pure) / (groups - 3)) / (pure / (total - groups))
-    return float(scipy_stats.f.sf(max(f, 0.0), groups - 3, total - groups))
+    return float(scipy_stats.f.sf(max(f, 0.0), groups - 3, total - groups)), max(1.0, f)
 
 
 def fit_curve(points: Sequence[PointData], *, start: tuple[float, float, float] | None = None,
@@ -363,10 +373,13 @@ def fit_curve(points: Sequence[PointData], *, start: tuple[float, float, float] 
         return None
     theta, _ = _maximise(points, start or (_crossing_guess(points), 1.0, 0.5), warm=start is not None)
     cov, dispersion = _sandwich(points, theta)
+    lack_of_fit, heterogeneity = _lack_of_fit(points, theta)
+    if cov is not None:
+        cov = cov * heterogeneity
     fitted = _jacobian(np.array([p.x for p in points]), theta)[0]
     central = int(sum(p.trials for p, s in zip(points, fitted) if CENTRAL[0] <= s <= CENTRAL[1]))
-    return Fit(_natural(theta), cov, sum(p.trials for p in points), central, _deviance(points, theta), dispersion,
-               _lack_of_fit(points, theta), confidence=confidence)
+    return Fit(_natural(theta), cov, sum(p.trials for p in points), central, _deviance(points, theta),
+               dispersion * heterogeneity, lack_of_fit, confidence=confidence, heterogeneity=heterogeneity)
 
 
 def _crossing_guess(points: Sequence[PointData]) -> float:

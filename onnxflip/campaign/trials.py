@@ -132,7 +132,8 @@ class LocalRunner:
         self.output_shape = list(shape) if shape is not None else None
         self.floor = float(metric.floor(self.output_shape)) if floor is None else float(floor)
         self._clean: dict[int, np.ndarray] = {}  # outputs of the fault-free model per sample count
-        self._template = None  # the materialised model of a trial at p > 0, whose flipped constants each trial swaps
+        # The materialised model of a trial at p > 0 whose flipped constants each trial swaps (False: not possible).
+        self._template = None
         self.providers: tuple[str, ...] = ()
 
     # --- sessions
@@ -168,13 +169,21 @@ class LocalRunner:
         cost (no graph copy, no pass).  None where that does not apply (ECC
         counts of parameters): the caller materialises in full.
         """
+        if self._template is False:
+            return None
         flips = parameter_flips(self.injected, controls)
         if flips is None:
+            self._template = False
             return None
         if self._template is None:
             tiny = {k: (np.array(1e-30, np.float32) if k.endswith(("_p01", "_p10")) else v) for k, v in controls.items()}
             proto = runtime_proto(materialize_parameters(self.injected, tiny))
-            self._template = (proto, {init.name: init for init in proto.graph.initializer})
+            initializers = {init.name: init for init in proto.graph.initializer}
+            if set(flips) != {name for name in initializers if name.endswith("_trial")}:
+                # Flips that feed flips (the sign bit of int8 weights stored as uint8): materialise in full.
+                self._template = False
+                return None
+            self._template = (proto, initializers)
         proto, initializers = self._template
         for name, array in flips.items():
             initializers[name].raw_data = np.ascontiguousarray(array).tobytes()

@@ -205,15 +205,11 @@ def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_ran
                   s0, s1, ecc, on_detected) -> dict[str, FaultModel | None]:
     """The FaultModel of each target class (None for a class not in --targets)."""
     prob01, prob10 = resolve_probabilities(p, p01, p10)
-
-    def fault(target: str) -> FaultModel | None:
-        if target not in targets:
-            return None
-        randomness = activation_randomness if target == "activations" else parameter_randomness
-        return FaultModel(p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness,
-                          s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
-
-    return {target: fault(target) for target in TARGETS}
+    config = InjectionConfig.build(targets=targets, p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite,
+                                   activation_randomness=activation_randomness,
+                                   parameter_randomness=parameter_randomness, s0=s0, s1=s1, ecc=ecc,
+                                   on_detected=on_detected)
+    return {target: config.fault_model(target) for target in TARGETS}
 
 
 def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from onnxflip.campaign.design import TrialOutcome
 from onnxflip.data.sources import DataSource
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.sites import TARGETS, Selection
@@ -89,11 +89,11 @@ class TrialSettings:
         return data
 
     def injection(self) -> InjectionConfig:
-        def fault(target: str) -> FaultModel | None:
-            return FaultModel(bits=self.bits, nonfinite=self.nonfinite) if target in self.targets else None
-
-        return InjectionConfig(format=self.format, activations=fault("activations"), weights=fault("weights"),
-                               biases=fault("biases"), selection=self.selection, fold_batchnorm=self.fold_batchnorm)
+        """Activations flip with fixed randomness too: each batch is fed its own seed, so every number is
+        reproducible from the run seed."""
+        return InjectionConfig.build(format=self.format, targets=self.targets, bits=self.bits,
+                                     nonfinite=self.nonfinite, activation_randomness="fixed",
+                                     selection=self.selection, fold_batchnorm=self.fold_batchnorm)
 
 
 def injected_format(model: ir.Model) -> str | None:

@@ -41,7 +41,7 @@ import numpy as np
 from onnxflip.campaign.estimate import PointData, _jacobian, fit_curve, survival, with_profile
 from onnxflip.errors import OnnxflipError
 
-__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "search_midpoint", "summarise_grid"]
+__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "search_midpoint"]
 
 _LN10 = math.log(10.0)
 GRID_STEP = 0.05  # decades: design points are snapped to this grid, so a point is revisited rather than crowded
@@ -411,13 +411,3 @@ def search_midpoint(runner: TrialRunner, settings: SearchSettings, *, clock: Cal
     if fit is not None and fit.profile is None:
         fit = c.fit(profile=True)
     return SearchResult(status, fit, c.outcomes, c.clean, c.samples, log)
-
-
-def summarise_grid(outcomes: Sequence[TrialOutcome], clean: dict[int, float], floor: float,
-                   confidence: float = 0.95):
-    """The curve fitted to a fixed grid of trials (None when it cannot be fitted)."""
-    by_x: dict[float, list[float]] = defaultdict(list)
-    for o in outcomes:
-        if o.p > 0:
-            by_x[math.log10(o.p)].append(min(max((o.score - floor) / (clean[o.samples] - floor), 0.0), 1.0))
-    return fit_curve([PointData.from_scores(x, z) for x, z in sorted(by_x.items())], confidence=confidence)

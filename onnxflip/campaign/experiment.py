@@ -249,7 +249,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
         direction = experiment.trials.direction
         data = {**header, "providers": list(runner.providers), "wall_seconds": clock(),
                 "evaluations": len(trials), **(extra or {}),
-                "rows": rows_of(list(ordered), lambda p: probabilities_for(p, direction)),
+                "rows": rows_of(ordered, lambda p: probabilities_for(p, direction)),
                 "trials": [o.to_json() for o in ordered]}
         write_results(out, data)
         return data

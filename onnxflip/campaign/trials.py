@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -239,6 +238,3 @@ class LocalRunner:
 
     def run(self, p: float, trials: Sequence[int], samples: int) -> list[TrialOutcome]:
         return [self.trial(p, t, samples) for t in trials]
-
-    def batches_per_trial(self, samples: int) -> int:
-        return math.ceil(samples / self.settings.batch_size)

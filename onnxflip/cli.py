@@ -25,6 +25,7 @@ import click
 from onnxflip import __version__
 from onnxflip.campaign.design import SearchSettings
 from onnxflip.campaign.experiment import parse_probabilities
+from onnxflip.campaign.reproduce import TARGET_SETS, parse_target_sets
 from onnxflip.campaign.trials import DIRECTIONS
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.config import FaultModel, InjectionConfig
@@ -473,7 +474,9 @@ def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
 @DATA_OPTION
 @click.option("--samples", type=click.IntRange(1), default=1000, show_default=True,
               help="Calibration samples (classes kept balanced), taken from the training split.")
-def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | None, samples: int) -> None:
+@click.option("--bias", type=click.Choice(["int32", "float"]), default="int32", show_default=True,
+              help="Store biases as int32 (ONNX Runtime's quantiser) or keep them float32.")
+def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | None, samples: int, bias: str) -> None:
     """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on the data's training split)."""
     from onnxflip.data import open_source, resolve_data_dir
     from onnxflip.modelio import check_output_path, load_model
@@ -481,8 +484,8 @@ def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | Non
 
     check_output_path(output, inputs=(model,))
     calibration = open_source(resolve_data_dir(data), model=load_model(model), split="train")
-    quantize_model(model, output, calibration=calibration, samples=samples)
-    click.echo(f"wrote {output}: int8 QDQ, calibrated on {min(samples, len(calibration))} samples")
+    quantize_model(model, output, calibration=calibration, samples=samples, bias=bias)
+    click.echo(f"wrote {output}: int8 QDQ, {bias} biases, calibrated on {min(samples, len(calibration))} samples")
 
 
 @cli.group()
@@ -545,6 +548,12 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
               help="Each cell's midpoint search stops when its 95% interval is this many decades wide.")
 @click.option("--budget", default="10m", show_default=True,
               help="Each cell's search stops after this time (300s, 5m) or number of trials (400), if sooner.")
+@click.option("--target-sets", default=";".join("+".join(t) for t in TARGET_SETS), show_default=True,
+              callback=_checked_by(parse_target_sets),
+              help="Combinations of noisy values whose int8/float32 ratio is measured (needs float32 and int8 in "
+                   "--formats), ';'-separated, each '+'-joined; 'none' for no such cells.")
+@click.option("--no-float-bias", is_flag=True,
+              help="Skip the int8 cells with float32 biases (MODELS-DIR/<name>_int8_floatbias.onnx).")
 @click.option("--no-extras", is_flag=True, help="Skip the one-direction and nonfinite-policy sections.")
 @DATA_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),
@@ -552,7 +561,7 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def reproduce(models, models_dir, formats, targets, bits, field_formats, samples, p_range, precision, budget,
-              no_extras, data, out, resume, overwrite):
+              target_sets, no_float_bias, no_extras, data, out, resume, overwrite):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
@@ -564,7 +573,7 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
     from onnxflip.campaign.reproduce import GridSpec, run_grid
 
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
-                    samples=samples, extras=not no_extras,
+                    samples=samples, extras=not no_extras, target_sets=parse_target_sets(target_sets), float_bias=not no_float_bias,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,

@@ -2,8 +2,11 @@
 
 Choices (recorded in the model's ``onnxflip.quantization`` metadata): QDQ
 format, signed int8 activations and weights, per-channel weights, MinMax
-calibration, int32 biases.  Preprocessing before the first Conv/Gemm/MatMul
-stays float.  Calibration inputs come from a ``DataSource`` (ImageFolder,
+calibration, and biases either int32 (``bias="int32"``, as ONNX Runtime's
+quantiser writes them: ``DequantizeLinear`` of an int32 tensor with scale
+input scale x weight scale) or kept float32 (``bias="float"``, as frameworks
+that quantise only activations and weights do).  Preprocessing before the
+first Conv/Gemm/MatMul stays float.  Calibration inputs come from a ``DataSource`` (ImageFolder,
 .npz, CIFAR-10: see ``onnxflip.data``) or an array for a one-input model;
 any number of inputs and outputs, any number of classes.
 
@@ -30,9 +33,10 @@ from onnxflip.graph.inputs import batch_dimension
 from onnxflip.modelio import has_external_data, load_model, save_model
 from onnxflip.runtime.session import runtime_proto
 
-__all__ = ["QUANT_METADATA_KEY", "quantize_model"]
+__all__ = ["BIAS_TYPES", "QUANT_METADATA_KEY", "quantize_model"]
 
 QUANT_METADATA_KEY = "onnxflip.quantization"
+BIAS_TYPES = ("int32", "float")
 
 
 class _Batches(CalibrationDataReader):
@@ -81,6 +85,7 @@ def quantize_model(
     calibration: np.ndarray | DataSource,
     samples: int | None = None,
     batch_size: int = 100,
+    bias: str = "int32",
 ) -> None:
     """Quantise a float32 model to int8 QDQ, calibrated on ``calibration`` (its first ``samples``, class-balanced,
     when given), and write it.  Nothing is written when the model or the data is refused.
@@ -88,6 +93,8 @@ def quantize_model(
     ``batch_size`` is overridden by the model's own batch size when it is
     fixed (the calibration samples are then cut to a multiple of it).
     """
+    if bias not in BIAS_TYPES:
+        raise OnnxflipError(f"bias type {bias!r} is not one of {', '.join(BIAS_TYPES)}")
     loaded = load_model(model_path)
     fixed = batch_dimension(loaded)
     external = has_external_data(loaded)
@@ -123,13 +130,14 @@ def quantize_model(
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=excluded,
             use_external_data_format=external,
+            extra_options={"QuantizeBias": bias == "int32"},
         )
         quantized = load_model(out)
         quantized.metadata_props[QUANT_METADATA_KEY] = json.dumps({
             "format": "QDQ",
             "activations": "int8",
             "weights": "int8, per channel",
-            "biases": "int32",
+            "biases": "int32" if bias == "int32" else "float32",
             "calibration": "MinMax",
             "calibration_samples": len(data),
             "kept_float": excluded,

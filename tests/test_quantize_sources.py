@@ -60,3 +60,35 @@ def test_refused_calibration_data_writes_nothing(tmp_path, token_model_path, squ
             quantize_model(model, out, calibration=calibration)
         assert "\n" not in str(excinfo.value)
         assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["ids.npz"]
+
+
+def test_float_biases_stay_float32_and_are_the_bias_sites(synthetic_data, tmp_path):
+    from conftest import save_model, template_classifier
+
+    from onnxflip.data import load_split
+    from onnxflip.graph.config import InjectionConfig
+    from onnxflip.graph.inject import plan_sites
+
+    save_model(template_classifier(), tmp_path / "float.onnx")
+    calibration = load_split(synthetic_data, "train").as_float_nchw()
+    quantize_model(tmp_path / "float.onnx", tmp_path / "int32.onnx", calibration=calibration)
+    quantize_model(tmp_path / "float.onnx", tmp_path / "float_bias.onnx", calibration=calibration, bias="float")
+    plans = {}
+    for name in ("int32", "float_bias"):
+        model = load_model(tmp_path / f"{name}.onnx")
+        info = json.loads(model.metadata_props[QUANT_METADATA_KEY])
+        _, _, sites = plan_sites(model, InjectionConfig.build(format="int8", targets=("weights", "biases")))
+        plans[name] = (info["biases"], sorted((s.target, str(s.value.dtype)) for s in sites))
+    gemms = 2  # the classifier's two Gemm layers, each with weights and a bias
+    assert plans["int32"] == ("int32", sorted([("biases", "INT32")] * gemms + [("weights", "INT8")] * gemms))
+    assert plans["float_bias"] == ("float32", sorted([("biases", "FLOAT")] * gemms + [("weights", "INT8")] * gemms))
+    # The int8 weights and scales are the same either way; only the biases' storage differs.
+    int32, float_bias = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("int32", "float_bias"))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in int32.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    for i in float_bias.graph.initializer:
+        if i.name in weights:
+            np.testing.assert_array_equal(onnx.numpy_helper.to_array(i), weights.pop(i.name))
+    assert not weights
+    with pytest.raises(OnnxflipError, match="bias type"):
+        quantize_model(tmp_path / "float.onnx", tmp_path / "bad.onnx", calibration=calibration, bias="int16")
+    assert not (tmp_path / "bad.onnx").exists()

@@ -11,6 +11,7 @@ midpoints, and a depth correlation of exactly 0.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from scipy.stats import spearmanr
@@ -22,10 +23,12 @@ EDGE = 1e-6  # decades either side of a threshold
 
 
 def cell(model: str, fmt: str, bits: str = "all", midpoint: float | None = None, *, bound: str | None = None,
-         bound_p: float | None = None) -> dict:
+         bound_p: float | None = None, targets: tuple[str, ...] = ("activations",), section: str = "grid",
+         bias: str = "int32") -> dict:
     """One grid cell as report.json holds it."""
     return {
-        "section": "grid", "model": model, "depth": DEPTHS[model], "format": fmt, "targets": ["activations"],
+        "section": section, "bias": bias, "model": model, "depth": DEPTHS[model], "format": fmt,
+        "targets": list(targets),
         "bits": bits, "direction": "both", "nonfinite": "keep", "clean_accuracy": 0.9, "midpoint": midpoint,
         "low": midpoint / 2 if midpoint else None, "high": midpoint * 2 if midpoint else None, "bound": bound,
         "bound_p": bound_p, "evaluations": 9, "wall_seconds": 1.0, "folder": f"cells/{model}-{fmt}-{bits}", "rows": [],
@@ -57,7 +60,9 @@ def expected_int8_verdict(mean_log_ratio: float) -> str:
     """The paper says 'about three orders of magnitude': agreement is a mean ratio within 10^(3 +- 0.5)."""
     if 2.5 <= mean_log_ratio <= 3.5:
         return "agrees"
-    return "partly: int8 is more tolerant" if mean_log_ratio > 0 else "disagrees"
+    if mean_log_ratio > 3.5:
+        return "int8 gains more than three orders"
+    return "partly: int8 is more tolerant, by fewer orders" if mean_log_ratio > 0 else "disagrees"
 
 
 @pytest.mark.parametrize("log_ratios", [
@@ -161,3 +166,52 @@ def test_findings_without_their_cells_are_not_measured():
     found = verdicts([cell("vgg11", "float32", midpoint=1e-5), cell("vgg13", "float32", midpoint=1e-6)])
     assert {k: v for k, (v, _) in found.items()} == {
         "exponent": "not measured", "depth": "not measured", "int8": "not measured", "mantissa": "not measured"}
+
+
+# --- the int8 claim per combination of noisy values ----------------------------------------------------------------
+
+
+def claim_table(text: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """{(noisy values, int8 biases): (mean ratio, verdict)} from the per-combination verdict table of report.md."""
+    section = text.split("## The int8 claim per combination of noisy values", 1)[1].split("\n## ", 1)[0]
+    header = "| noisy values | int8 biases | mean ratio | three orders of magnitude? |"
+    rows = section.split(header, 1)[1].strip().splitlines()[1:]
+    return {tuple(r.strip("| ").split(" | ")[:2]): tuple(r.strip("| ").split(" | ")[2:]) for r in rows}
+
+
+@pytest.mark.parametrize("log_ratios", [
+    {"activations": 2.5 - EDGE, "weights": 3.5 + EDGE, "biases": 2.5 + EDGE, "activations+weights": 3.5 - EDGE,
+     "activations+weights+biases": -EDGE},
+    {"activations": EDGE, "weights": 4.0, "biases": 1.0, "activations+weights": 3.0, "activations+weights+biases": 2.0},
+])
+def test_int8_claim_per_target_combination_follows_the_numbers(log_ratios):
+    # Two models; each combination's mean log ratio is the chosen one (the models sit 0.3 decades either side),
+    # and the int8 models with float32 biases get one decade more where biases are noisy.
+    float32 = 1e-6
+    cells = []
+    for name, r in log_ratios.items():
+        targets = tuple(name.split("+"))
+        section = "grid" if targets == ("activations",) else "targets"
+        for m, shift in (("vgg11", 0.3), ("vgg13", -0.3)):
+            cells += [cell(m, "float32", midpoint=float32, targets=targets, section=section),
+                      cell(m, "int8", midpoint=float32 * 10 ** (r + shift), targets=targets, section=section)]
+            if "biases" in targets:
+                cells.append(cell(m, "int8", midpoint=float32 * 10 ** (r + shift + 1), targets=targets,
+                                  section=section, bias="float"))
+    text = render_report(report(cells))
+    table = claim_table(text)
+    expected = {}
+    for name, r in log_ratios.items():
+        expected[(name, "int32")] = (f"10^{r:.2f}", expected_int8_verdict(r))
+        if "biases" in name:
+            expected[(name, "float32")] = (f"10^{r + 1:.2f}", expected_int8_verdict(r + 1))
+    assert table == expected
+    # The summary at the top names every combination under the verdict its numbers give.
+    summary = text.split("**Summary.**", 1)[1].split("\n", 1)[0]
+    for (name, bias), (_, verdict) in expected.items():
+        label = name + (" (float32 biases)" if bias == "float32" else "")
+        phrase = {"agrees": "hold when", "int8 gains more than three orders": "are exceeded",
+                  "partly: int8 is more tolerant, by fewer orders": "do not hold",
+                  "disagrees": "are reversed"}[verdict]
+        clause = next(c for c in summary.split("; ") if phrase in c)
+        assert label in re.findall(r"([a-z+]+(?: \(float32 biases\))?) \(10\^", clause), (label, clause)

@@ -25,7 +25,7 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
     out = tmp_path / "repro"
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,bfloat16,int8",
             "--bits", "all,exponent,mantissa", "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "60",
-            "--data", str(synthetic_data), "--out", str(out)]
+            "--target-sets", "none", "--data", str(synthetic_data), "--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     text = (out / "report.md").read_text()
@@ -51,6 +51,55 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
     again = json.loads((out / "report.json").read_text())
     assert {c["folder"]: c["evaluations"] for c in again["cells"]} == before
     assert again["cells"] == report["cells"]
+
+
+def test_every_target_combination_gets_its_float32_and_int8_cells(synthetic_data, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    calibration = load_split(synthetic_data, "train").as_float_nchw()
+    save_model(template_classifier(), models / "vgg11.onnx")
+    quantize_model(models / "vgg11.onnx", models / "vgg11_int8.onnx", calibration=calibration)
+    args = ["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32,int8",
+            "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras",
+            "--data", str(synthetic_data), "--out", str(tmp_path / "repro")]
+    # The float32-bias variant needs its model: one line naming the command that makes it.
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "vgg11_int8_floatbias.onnx is missing" in err and "--bias float" in err and "\n" not in err
+    quantize_model(models / "vgg11.onnx", models / "vgg11_int8_floatbias.onnx", calibration=calibration,
+                   bias="float")
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "repro" / "report.json").read_text())
+    got = {("+".join(c["targets"]), c["format"], c["bias"]) for c in report["cells"]}
+    sets = ["activations", "weights", "biases", "activations+weights", "activations+weights+biases"]
+    want = {(t, f, "int32") for t in sets for f in ("float32", "int8")}
+    want |= {(t, "int8", "float") for t in sets if "biases" in t}
+    assert got == want and len(report["cells"]) == len(want)
+    # Each cell ran its own search with the noisy values it names, on the model its bias type names.
+    for c in report["cells"]:
+        settings = json.loads((tmp_path / "repro" / c["folder"] / "results.json").read_text())
+        assert settings["settings"]["targets"] == c["targets"]
+        assert settings["model"].endswith({"float32": "vgg11.onnx", "int32": "vgg11_int8.onnx",
+                                           "float": "vgg11_int8_floatbias.onnx"}[
+            "float32" if c["format"] == "float32" else c["bias"]])
+    text = (tmp_path / "repro" / "report.md").read_text()
+    assert "## The int8 claim per combination of noisy values" in text and "**Summary.**" in text
+    for t in sets:
+        assert f"| {t} | int32 | vgg11 |" in text
+        assert (f"| {t} | float32 | vgg11 |" in text) == ("biases" in t)
+
+
+def test_target_sets_parse_and_refuse(tmp_path, capsys):
+    from onnxflip.campaign.reproduce import parse_target_sets
+
+    assert parse_target_sets("weights+activations;biases;none".replace(";none", "")) == (
+        ("activations", "weights"), ("biases",))
+    assert parse_target_sets("none") == ()
+    for bad in ("activations;gradients", "weights+weights", "weights;;biases"):
+        assert main(["reproduce", "--target-sets", bad, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("onnxflip: error:") and "\n" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_field_formats_limit_the_exponent_and_mantissa_cells():

@@ -5,9 +5,12 @@ Each cell of models x formats x targets x bit fields is one experiment
 precision) in its own folder under ``OUT/cells``; finished cells are kept,
 so an interrupted run continues where it stopped.  ``report.json``
 holds every cell's numbers and ``report.md`` is written from it alone.
-Extra sections measure what the paper leaves open: flips in one direction
-only, and the nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's
-code applied).
+Extra sections measure what the paper leaves open: the int8/float32 ratio
+for each combination of noisy stored values (activations, weights, biases
+and their unions), with the int8 biases stored as int32 (ONNX Runtime's
+quantiser) and as float32 (``<model>_int8_floatbias.onnx``, from
+``onnxflip quantize --bias float``); flips in one direction only; and the
+nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's code applied).
 """
 
 from __future__ import annotations
@@ -24,14 +27,36 @@ from onnxflip.campaign.experiment import Experiment, run
 from onnxflip.campaign.results import prepare_output
 from onnxflip.campaign.trials import TrialSettings
 from onnxflip.errors import OnnxflipError
+from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import write_atomically
 from onnxflip.report.reproduction import render_report
 
-__all__ = ["Cell", "GridSpec", "run_grid"]
+__all__ = ["TARGET_SETS", "Cell", "GridSpec", "parse_target_sets", "run_grid"]
 
 logger = logging.getLogger(__name__)
 
 DEPTH = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+# The combinations of noisy stored values whose int8/float32 ratio the "targets" section measures.
+TARGET_SETS = (("activations",), ("weights",), ("biases",), ("activations", "weights"),
+               ("activations", "weights", "biases"))
+
+
+
+def parse_target_sets(text: str) -> tuple[tuple[str, ...], ...]:
+    """'activations;weights;activations+weights' -> (("activations",), ("weights",), ("activations", "weights"));
+    'none' -> ()."""
+    if text.strip() == "none":
+        return ()
+    sets = []
+    for part in text.split(";"):
+        names = tuple(t.strip() for t in part.split("+"))
+        unknown = [t for t in names if t not in TARGETS]
+        if unknown or not part.strip():
+            raise OnnxflipError(f"target set {part.strip()!r}: each name must be one of {', '.join(TARGETS)}")
+        if len(set(names)) != len(names):
+            raise OnnxflipError(f"target set {part.strip()!r} names a target twice")
+        sets.append(tuple(t for t in TARGETS if t in names))
+    return tuple(dict.fromkeys(sets))
 
 
 @dataclass(frozen=True)
@@ -43,10 +68,12 @@ class Cell:
     direction: str = "both"
     nonfinite: str = "keep"
     section: str = "grid"
+    bias: str = "int32"  # how an int8 model stores its biases: int32 or float (quantize --bias float)
 
     @property
     def key(self) -> str:
-        return "-".join([self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite])
+        parts = [self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite]
+        return "-".join(parts + (["floatbias"] if self.bias == "float" else []))
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,8 @@ class GridSpec:
     batch_size: int = 500
     seed: int = 0
     extras: bool = True
+    target_sets: tuple[tuple[str, ...], ...] = TARGET_SETS  # int8 vs float32 per combination (needs both formats)
+    float_bias: bool = True  # the target sets with biases also on the int8 models with float32 biases
     search: SearchSettings = field(default_factory=SearchSettings)
 
     def cells(self) -> list[Cell]:
@@ -71,13 +100,22 @@ class GridSpec:
             cells += [Cell(first, fmt, self.targets, "all", direction=d, section="asymmetric") for d in ("01", "10")]
             if fmt != "int8":
                 cells.append(Cell(first, fmt, self.targets, "all", nonfinite="nan_to_num", section="nonfinite"))
+        if "float32" in self.formats and "int8" in self.formats:
+            for targets in self.target_sets:
+                for m in self.models:
+                    if tuple(targets) != tuple(self.targets):  # that pair is in the grid already
+                        cells += [Cell(m, f, tuple(targets), "all", section="targets") for f in ("float32", "int8")]
+                    if self.float_bias and "biases" in targets:
+                        cells.append(Cell(m, "int8", tuple(targets), "all", section="targets", bias="float"))
         return cells
 
 
 def _model_path(models_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
-    path = models_dir / (f"{cell.model}_int8.onnx" if cell.format == "int8" else f"{cell.model}.onnx")
+    name = cell.model if cell.format != "int8" else f"{cell.model}_int8" + ("_floatbias" if cell.bias == "float" else "")
+    path = models_dir / f"{name}.onnx"
     if not path.is_file():
-        raise OnnxflipError(f"model {path} is missing (int8 models come from `onnxflip quantize`)")
+        how = " --bias float" if cell.bias == "float" else ""
+        raise OnnxflipError(f"model {path} is missing (int8 models come from `onnxflip quantize{how}`)")
     return path
 
 
@@ -102,6 +140,7 @@ def _summary(cell: Cell, data: dict) -> dict:
     return {
         "model": cell.model, "depth": DEPTH.get(cell.model), "format": cell.format, "targets": list(cell.targets),
         "bits": cell.bits, "direction": cell.direction, "nonfinite": cell.nonfinite, "section": cell.section,
+        "bias": cell.bias,
         "clean_accuracy": data["clean_score"], "midpoint": mid["p"], "low": mid["low"], "high": mid["high"],
         "bound": side, "bound_p": mid.get("bound_p"), "status": mid["status"], "stop_reason": data["stop_reason"],
         "evaluations": data["evaluations"], "wall_seconds": data.get("wall_seconds", 0.0), "folder": f"cells/{cell.key}",
@@ -131,7 +170,7 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
         summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out)))
     report = {
         "command": command,
-        "spec": {**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items() if k != "search"},
+        "spec": {**{k: _jsonable(v) for k, v in spec.__dict__.items() if k != "search"},
                  "search": spec.search.to_json()},
         "samples": summaries[0]["samples"] if summaries else None,
         "wall_seconds": sum(c["wall_seconds"] for c in summaries),
@@ -142,6 +181,10 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
     _figures(report, out)
     write_atomically(out / "report.md", render_report(report).encode())
     return report
+
+
+def _jsonable(value):
+    return [_jsonable(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _figures(report: dict, out: pathlib.Path) -> None:

@@ -11,7 +11,8 @@ Three target classes:
 * ``weights``: weight initializers of Conv, ConvTranspose, Gemm and MatMul (in
   a QDQ graph, the int8 initializers their DequantizeLinear reads).
 * ``biases``: bias initializers of Conv, ConvTranspose and Gemm, and of an
-  Add that follows a MatMul (in a QDQ graph, the int32 quantised biases).
+  Add that follows a MatMul (in a QDQ graph, the int32 quantised biases, or
+  the float32 ones a model quantised with float biases keeps).
 
 Sites are found in the main graph and in the bodies of ``If``, ``Loop`` and
 ``Scan`` nodes alike (onnx_ir walks subgraphs); an ``If`` or ``Loop`` whose
@@ -175,14 +176,16 @@ def _parameter_sites(graph: ir.Graph, qdq: bool) -> Iterable[Site]:
 
 
 def _stored_parameter(value: ir.Value | None, qdq: bool) -> ir.Value | None:
-    """The initializer that holds a compute op's parameter, looking through DequantizeLinear in QDQ graphs."""
+    """The initializer that holds a compute op's parameter, looking through DequantizeLinear in QDQ graphs
+    (a QDQ graph may also keep a parameter float, such as a float32 bias: then that initializer is stored)."""
     if value is None:
         return None
     if qdq:
         producer = value.producer()
-        if producer is None or producer.op_type != "DequantizeLinear":
+        if producer is not None and producer.op_type != "DequantizeLinear":
             return None
-        value = producer.inputs[0]
+        if producer is not None:
+            value = producer.inputs[0]
     return value if _is_initializer(value) else None
 
 

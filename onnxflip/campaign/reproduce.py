@@ -7,7 +7,8 @@ so an interrupted run continues where it stopped.  ``report.json``
 holds every cell's numbers and ``report.md`` is written from it alone.
 Extra sections measure what the paper leaves open: flips in one direction
 only, and the nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's
-code applied).
+code applied).  Memory faults (stuck-at rates, ECC) given to the grid apply
+to every cell: they are part of each cell's settings and of its folder name.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ class Cell:
     direction: str = "both"
     nonfinite: str = "keep"
     section: str = "grid"
+    memory: tuple[tuple[str, object], ...] = ()  # (name, value) of the memory faults that are not the defaults
 
     @property
     def key(self) -> str:
-        return "-".join([self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite])
+        parts = [self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite]
+        return "-".join(parts + [f"{name}_{value}" for name, value in self.memory])
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,34 @@ class GridSpec:
     seed: int = 0
     extras: bool = True
     search: SearchSettings = field(default_factory=SearchSettings)
+    # Memory faults of every cell (see onnxflip.faults): stuck-at rates and ECC words
+    s0: float = 0.0
+    s1: float = 0.0
+    ecc: str = "none"
+    on_detected: str = "keep"
+
+    def __post_init__(self) -> None:
+        TrialSettings(s0=self.s0, s1=self.s1, ecc=self.ecc, on_detected=self.on_detected)  # checks them
+
+    def memory(self) -> tuple[tuple[str, object], ...]:
+        """The memory faults that differ from the defaults (fault-free cells keep their earlier names)."""
+        defaults = {"s0": 0.0, "s1": 0.0, "ecc": "none", "on_detected": "keep"}
+        return tuple((name, getattr(self, name)) for name, default in defaults.items()
+                     if getattr(self, name) != default and not (name == "on_detected" and self.ecc == "none"))
 
     def cells(self) -> list[Cell]:
-        cells = [Cell(m, f, self.targets, b) for m in self.models for f in self.formats for b in self.bits
+        memory = self.memory()
+        cells = [Cell(m, f, self.targets, b, memory=memory) for m in self.models for f in self.formats
+                 for b in self.bits
                  if b == "all" or (f != "int8" and (self.field_formats is None or f in self.field_formats))]
         if self.extras:
             first = self.models[0]
             fmt = "float32" if "float32" in self.formats else self.formats[0]
-            cells += [Cell(first, fmt, self.targets, "all", direction=d, section="asymmetric") for d in ("01", "10")]
+            cells += [Cell(first, fmt, self.targets, "all", direction=d, section="asymmetric", memory=memory)
+                      for d in ("01", "10")]
             if fmt != "int8":
-                cells.append(Cell(first, fmt, self.targets, "all", nonfinite="nan_to_num", section="nonfinite"))
+                cells.append(Cell(first, fmt, self.targets, "all", nonfinite="nan_to_num", section="nonfinite",
+                                  memory=memory))
         return cells
 
 
@@ -90,7 +111,8 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
             return done
     experiment = Experiment(
         trials=TrialSettings(format=cell.format, targets=cell.targets, bits=cell.bits, direction=cell.direction,
-                             nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed),
+                             nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed, s0=spec.s0,
+                             s1=spec.s1, ecc=spec.ecc, on_detected=spec.on_detected),
         search=spec.search, samples=spec.samples)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
                resume=results.is_file(), overwrite=not results.is_file())
@@ -102,6 +124,7 @@ def _summary(cell: Cell, data: dict) -> dict:
     return {
         "model": cell.model, "depth": DEPTH.get(cell.model), "format": cell.format, "targets": list(cell.targets),
         "bits": cell.bits, "direction": cell.direction, "nonfinite": cell.nonfinite, "section": cell.section,
+        "memory": dict(cell.memory),
         "clean_accuracy": data["clean_score"], "midpoint": mid["p"], "low": mid["low"], "high": mid["high"],
         "bound": side, "bound_p": mid.get("bound_p"), "status": mid["status"], "stop_reason": data["stop_reason"],
         "evaluations": data["evaluations"], "wall_seconds": data.get("wall_seconds", 0.0), "folder": f"cells/{cell.key}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import onnx
+import onnxruntime as ort
 import pytest
 from conftest import save_model, template_classifier
 
@@ -12,6 +14,8 @@ from onnxflip.campaign.trials import LocalRunner, TrialSettings
 from onnxflip.cli import main
 from onnxflip.data.sources import open_source
 from onnxflip.metrics import metric_from_spec
+from onnxflip.modelio import load_model
+from onnxflip.runtime.session import runtime_bytes, session_options
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +158,28 @@ def test_reproduce_runs_every_cell_under_the_memory_faults(synthetic_data, tmp_p
     settings = json.loads((out / cell["folder"] / "results.json").read_text())["settings"]
     assert (settings["s1"], settings["ecc"], settings["on_detected"]) == (1e-4, "secded64", "zero")
     assert "Memory faults in every cell: s1 0.0001, ecc secded64, on_detected zero." in (out / "report.md").read_text()
+
+
+def test_int8_trials_under_ecc_run_the_exact_integer_kernels(qdq_path, synthetic_data, tmp_path):
+    """ECC words keep int8 weights int8 in the injected graph; once a trial has flipped them into constants they are
+    stored as uint8 like the others, so p = 0 computes bit for bit what the trial without ECC computes."""
+    model = load_model(qdq_path)
+    data = open_source(synthetic_data, model=model)
+    batch = next(data.batches(300))
+
+    def logits(ecc: str, p: float):
+        runner = LocalRunner(model, data, metric_from_spec("top1"),
+                             TrialSettings(format="int8", targets=("weights",), ecc=ecc))
+        session, _ = runner._session(p, p, 7)
+        return session.run([runner.output], batch.feeds)[0], runner
+
+    plain, _ = logits("none", 0.0)
+    protected, runner = logits("secded", 0.0)
+    assert plain.std() > 0
+    assert protected.tobytes() == plain.tobytes()
+    options = session_options()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(runtime_bytes(runner._materialize(runner._controls(1e-2, 1e-2, 7))), options,
+                         providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "QLinearConv" in ops and "Conv" not in ops

@@ -42,6 +42,7 @@ from onnxflip.faults import WordCounts, check_ecc, check_stuck, words_per_run
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
+from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.metrics import Metric
 from onnxflip.runtime.session import PROVIDERS, make_session, runtime_bytes, runtime_proto, session_providers
@@ -207,11 +208,20 @@ class LocalRunner:
         controls = self._controls(p01, p10, trial_seed, s0, s1)
         model = self._swap_flips(controls) if p01 > 0 or p10 > 0 or s0 > 0 or s1 > 0 else None
         if model is None:
-            model = runtime_bytes(materialize_parameters(self.injected, controls))
+            model = runtime_bytes(self._materialize(controls))
         session = make_session(model, provider=self.settings.provider)
         self.providers = session_providers(session)
         names = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
         return session, names
+
+    def _materialize(self, controls: dict[str, np.ndarray]) -> ir.Model:
+        """The trial's model in full.  int8 weights whose FlipBits kept them int8 (ECC words are computed from
+        the int8 bits) are constants once flipped: stored as uint8 then, like the others, so that ONNX Runtime
+        runs its exact integer kernels (see :mod:`onnxflip.graph.passes.qlinear`)."""
+        model = materialize_parameters(self.injected, controls)
+        if self.settings.format == "int8" and self.settings.ecc != "none":
+            StoreInt8AsUint8Pass()(model)
+        return model
 
     def _swap_flips(self, controls: dict[str, np.ndarray]) -> bytes | None:
         """The materialised model's bytes with this trial's flipped parameters swapped in.

@@ -10,6 +10,8 @@ import onnxruntime as ort
 import pytest
 from conftest import save_model, template_classifier
 
+import onnxflip.campaign.trials as trials
+from onnxflip import OnnxflipError
 from onnxflip.campaign.trials import LocalRunner, TrialSettings
 from onnxflip.cli import main
 from onnxflip.data.sources import open_source
@@ -183,3 +185,20 @@ def test_int8_trials_under_ecc_run_the_exact_integer_kernels(qdq_path, synthetic
                          providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
     assert "QLinearConv" in ops and "Conv" not in ops
+
+
+
+def test_ecc_sites_without_a_static_size_leave_their_fractions_out(source, monkeypatch, caplog):
+    """A site whose words cannot be counted (no static size) gives no fraction, with one warning, not a guess."""
+    counted = trials.words_per_run
+
+    def words_per_run(sites, target, *, batch=1):
+        if target == "activations":
+            raise OnnxflipError("site hidden has no static size; count its words from its tensor")
+        return counted(sites, target, batch=batch)
+
+    monkeypatch.setattr(trials, "words_per_run", words_per_run)
+    outcomes = _runner(source, batch_size=100, ecc="secded").run(1e-3, [0, 1], len(source))
+    assert all(set(o.words) == {"weights", "biases"} for o in outcomes)
+    warnings = [r for r in caplog.records if "no word fractions for activations" in r.getMessage()]
+    assert len(warnings) == 1

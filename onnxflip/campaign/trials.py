@@ -177,6 +177,7 @@ class LocalRunner:
         output_names = {v.name for v in self.injected.graph.outputs}
         self.counted = [t for t in self.targets if counts_output_name(t) in output_names]  # targets with ECC words
         self._sites = json.loads(self.injected.metadata_props[METADATA_KEY])["sites"]
+        self._uncounted: set[str] = set()  # ECC targets whose words cannot be counted (warned once)
         outputs = [v for v in self.injected.graph.outputs if not v.name.startswith("onnxflip_")]
         names = [v.name for v in outputs]
         if output is not None and output not in names:
@@ -292,19 +293,24 @@ class LocalRunner:
         same at every batch); activations are written and read anew by every
         batch, so their counts and words add up over the batches.
         """
-        if not self.counted:
-            return None
         words = {}
         for target in self.counted:
-            if target == "activations":
-                total = sum((WordCounts.from_output(c[target], words=words_per_run(self._sites, target, batch=n))
-                             for c, n in zip(counts, batch_sizes) if target in c), WordCounts())
-            elif counts and target in counts[0]:
-                total = WordCounts.from_output(counts[0][target], words=words_per_run(self._sites, target))
-            else:  # the target's FlipBits were dropped (all rates 0): nothing was read wrong
-                total = WordCounts(words=words_per_run(self._sites, target))
+            try:
+                if target == "activations":
+                    read = [words_per_run(self._sites, target, batch=n) for n in batch_sizes]
+                else:
+                    read = [words_per_run(self._sites, target)]
+            except OnnxflipError as exc:  # a site without a static size: its words cannot be counted
+                if target not in self._uncounted:
+                    self._uncounted.add(target)
+                    logger.warning("no word fractions for %s: %s", target, exc)
+                continue
+            total = WordCounts(words=sum(read))
+            for c in counts if target == "activations" else counts[:1]:
+                if target in c:  # absent where the target's FlipBits were dropped (all rates 0): nothing read wrong
+                    total += WordCounts.from_output(c[target], words=0)
             words[target] = asdict(total)
-        return words
+        return words or None
 
     def trial(self, p: float, trial: int, samples: int) -> TrialOutcome:
         """Score one trial on the first ``samples`` samples (p = 0: the clean model)."""

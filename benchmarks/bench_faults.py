@@ -40,6 +40,7 @@ def timed_node(x: np.ndarray, out: np.ndarray, *, ecc: str, controls: dict[str, 
     binding.bind_cpu_input("seed", np.array(1, dtype=np.int64))
     for name in ("p01", "p10", "s0", "s1"):
         binding.bind_cpu_input(name, np.array(controls.get(name, 0.0), dtype=np.float32))
+    binding.bind_cpu_input("stuck_seed", np.zeros(0, dtype=np.int64))  # empty: the stuck cells follow the seed
     binding.bind_output("Y", "cpu", 0, np.float32, out.shape, out.ctypes.data)
     return best_of(lambda: session.run_with_iobinding(binding), repeats)
 

@@ -64,6 +64,7 @@ def main() -> None:
     binding.bind_cpu_input("seed", np.array(1, dtype=np.int64))
     for stuck in ("s0", "s1"):  # no stuck cells here: benchmarks/bench_faults.py measures them
         binding.bind_cpu_input(stuck, np.array(0.0, dtype=np.float32))
+    binding.bind_cpu_input("stuck_seed", np.zeros(0, dtype=np.int64))  # empty: absent
     binding.bind_output("Y", "cpu", 0, np.float32, out.shape, out.ctypes.data)
     for p in (0.0, 1e-6, 1e-4, 1e-2):
         binding.bind_cpu_input("p01", np.array(p, dtype=np.float32))

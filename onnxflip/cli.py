@@ -13,6 +13,7 @@ option that does not fit the model); 130 when interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -26,8 +27,9 @@ from onnxflip import __version__
 from onnxflip.campaign.design import SearchSettings
 from onnxflip.campaign.experiment import parse_probabilities
 from onnxflip.campaign.reproduce import TARGET_SETS, parse_target_sets
-from onnxflip.campaign.trials import DIRECTIONS
+from onnxflip.campaign.trials import DIRECTIONS, SWEEPS
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import check_ecc, check_stuck
 from onnxflip.graph.config import FaultModel, InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
@@ -213,6 +215,13 @@ def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_ran
     return {target: config.fault_model(target) for target in TARGETS}
 
 
+def _memory_faults(*, s0, s1, ecc, on_detected) -> dict:
+    """The stuck-at rates and ECC of evaluate and reproduce, as TrialSettings takes them."""
+    check_stuck(s0, s1)
+    check_ecc(ecc, on_detected)
+    return {"s0": s0, "s1": s1, "ecc": ecc, "on_detected": on_detected}
+
+
 def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:
     """For inspect: the target classes and their bits; no probabilities."""
     return {target: FaultModel(bits=bits) if target in targets else None for target in TARGETS}
@@ -228,6 +237,7 @@ FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS], _fault_models)
 SITE_FAULTS = OptionGroup("faults", [TARGETS_OPTION, BITS_OPTION], _site_fault_models)
 INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION], _injection_config)
 SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
+MEMORY_FAULTS = OptionGroup("memory", MEMORY_FAULT_OPTIONS, _memory_faults)
 
 DIRECTION_OPTION = click.option(
     "--direction", type=click.Choice(DIRECTIONS), default=DIRECTIONS[0], show_default=True,
@@ -237,10 +247,17 @@ PROVIDER_OPTION = click.option(
     help="ONNX Runtime execution provider that runs the model.")
 PROBABILITIES_OPTION = click.option(
     "--p", "p_spec", default="1e-7:1e-1:13", show_default=True, callback=_checked_by(parse_probabilities),
-    help="Probabilities: START:STOP:COUNT (log-spaced, START > 0) or a comma list such as 0,1e-6,1e-4.")
+    help="Probabilities (stuck-at rates with --sweep stuck-at): START:STOP:COUNT (log-spaced, START > 0) or a "
+         "comma list such as 0,1e-6,1e-4.")
 P_RANGE_OPTION = click.option(
     "--p-range", default="1e-9:1e-2", show_default=True, callback=_checked_by(SearchSettings.from_range),
-    help="LOW:HIGH bracket of the midpoint search, 0 < LOW < HIGH <= 1.")
+    help="LOW:HIGH bracket of the midpoint search (of the stuck-at rate with --sweep stuck-at), 0 < LOW < HIGH <= 1.")
+SWEEP_OPTION = click.option(
+    "--sweep", type=click.Choice(SWEEPS), default=SWEEPS[0], show_default=True,
+    help="What --p and --p-range set: the flip probability, or the stuck-at rate r (s0 = s1 = r / 2).")
+FLIP_P_OPTION = click.option(
+    "--flip-p", type=PROBABILITY, default=0.0, show_default=True,
+    help="With --sweep stuck-at: a flip probability (in --direction) added to every faulty point.")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="onnxflip", message="%(prog)s %(version)s",
@@ -356,6 +373,9 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @DIRECTION_OPTION
 @click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
               help="What becomes of values a flip made NaN or infinite.")
+@SWEEP_OPTION
+@FLIP_P_OPTION
+@MEMORY_FAULTS
 @click.option("--midpoint", is_flag=True,
               help="Find the midpoint by the sequential design to --precision, instead of measuring the --p grid.")
 @P_RANGE_OPTION
@@ -386,9 +406,9 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @SELECTION
 @FOLD_OPTION
-def evaluate(model, data, fmt, targets, bits, direction, nonfinite, midpoint, p_range, precision, budget, p_spec,
-             trials, samples, metric, output_name, floor, preprocess, batch_size, seed, provider, out, resume,
-             overwrite, selection, no_fold_batchnorm):
+def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, midpoint, p_range,
+             precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, batch_size, seed,
+             provider, out, resume, overwrite, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
     MODEL may be clean (it is injected with these options) or injected (its
@@ -397,18 +417,28 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, midpoint, p_
     floor, to the interval width --precision; else each --p gets --trials
     trials.  Writes results.json, results.csv and accuracy.png to the results
     folder as trials finish, so an interrupted campaign keeps what it measured.
+
+    Memory faults: --stuck-at0/--stuck-at1 add stuck cells to every faulty
+    point (each trial a new memory); --sweep stuck-at sweeps the stuck-at
+    rate instead of p.  p = 0 is always the fault-free model.  With --ecc,
+    each point also reports the fractions of words read corrected, detected
+    (not corrected) and silently wrong.
     """
     from onnxflip.campaign.design import Budget, SearchSettings
     from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
     from onnxflip.campaign.trials import TrialSettings
     from onnxflip.modelio import load_model
 
+    try:  # options that contradict each other (a fixed stuck-at rate in a stuck-at sweep): a usage error
+        settings = TrialSettings(targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
+                                 batch_size=batch_size, seed=seed, provider=provider, selection=selection,
+                                 fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p, **memory)
+    except OnnxflipError as exc:
+        raise click.UsageError(str(exc)) from None
     fmt = resolve_format(load_model(model), fmt)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(
-        trials=TrialSettings(format=fmt, targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
-                             batch_size=batch_size, seed=seed, provider=provider, selection=selection,
-                             fold_batchnorm=not no_fold_batchnorm),
+        trials=dataclasses.replace(settings, format=fmt),
         search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
         trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
         preprocess=preprocess)
@@ -443,16 +473,29 @@ def _progress():
     return None, on_step, lambda: None
 
 
+def _word_table(rows: list[dict], swept: str) -> list[str]:
+    """With ECC: per point, the fractions of words read corrected, detected and silently wrong."""
+    rows = [r for r in rows if "corrected" in r and r["p"] > 0]
+    if not rows:
+        return []
+    lines = [f"{swept:>9}  {'mean':>6}  {'corrected':>9}  {'detected':>9}  {'silent':>9}"]
+    lines += [f"{r['p']:9.3g}  {r['mean']:6.4f}  {r['corrected']:9.3g}  {r['detected']:9.3g}  {r['silent']:9.3g}"
+              for r in rows]
+    return lines
+
+
 def _summary(result: dict, out: pathlib.Path) -> str:
     mid = result["midpoint"]
+    swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
     lines = [f"clean {result['metric']} {result['clean_score']:.4f}; {result['evaluations']} trials in "
-             f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}"]
+             f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
+             *_word_table(result["rows"], "rate" if swept != "p" else "p")]
     if mid["status"] in ("above", "below"):
         lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
     elif mid["p"] is not None:
         span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
             " (no interval: too few trials where the score falls)"
-        lines.append(f"midpoint p = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
+        lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
     else:
         lines.append("midpoint not reached in the measured range")
     return "\n".join(lines)
@@ -555,25 +598,28 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
 @click.option("--no-float-bias", is_flag=True,
               help="Skip the int8 cells with float32 biases (MODELS-DIR/<name>_int8_floatbias.onnx).")
 @click.option("--no-extras", is_flag=True, help="Skip the one-direction and nonfinite-policy sections.")
+@MEMORY_FAULTS
 @DATA_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),
               show_default=True, help="Results folder: one folder per cell under cells/, report.json, report.md.")
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def reproduce(models, models_dir, formats, targets, bits, field_formats, samples, p_range, precision, budget,
-              target_sets, no_float_bias, no_extras, data, out, resume, overwrite):
+              target_sets, no_float_bias, no_extras, memory, data, out, resume, overwrite):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
     midpoints, int8/float32 ratios, exponent vs mantissa, midpoint vs depth,
     figures, and for each of the paper's findings whether the measurement
-    agrees.
+    agrees.  Stuck-at cells and ECC (--stuck-at0, --stuck-at1, --ecc,
+    --on-detected) apply to every cell and are part of its folder name.
     """
     from onnxflip.campaign.design import Budget
     from onnxflip.campaign.reproduce import GridSpec, run_grid
 
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
-                    samples=samples, extras=not no_extras, target_sets=parse_target_sets(target_sets), float_bias=not no_float_bias,
+                    samples=samples, extras=not no_extras, target_sets=parse_target_sets(target_sets),
+                    float_bias=not no_float_bias, **memory,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,

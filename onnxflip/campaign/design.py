@@ -65,9 +65,11 @@ class TrialOutcome:
     nonfinite: float = 0.0
     seconds: float = 0.0
     seed: int = 0
+    # With ECC, per target: the words read corrected, detected and silently wrong, and the words read
+    words: dict[str, dict[str, int]] | None = None
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "words" or v is not None}
 
 
 class TrialRunner(Protocol):

@@ -26,7 +26,7 @@ import numpy as np
 from onnxflip.campaign.design import SearchSettings, TrialOutcome, search_midpoint
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
-from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed, probabilities_for
+from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
 from onnxflip.data.cifar10 import resolve_data_dir
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import check_labels, model_outputs, open_source
@@ -39,7 +39,8 @@ __all__ = ["Experiment", "parse_probabilities", "resolve_format", "run"]
 
 logger = logging.getLogger(__name__)
 
-SEED_SCHEME = "trial t: mix(seed, t) for weights and biases; activations of batch b: mix(mix(seed, t), 1 + b)"
+SEED_SCHEME = ("trial t: mix(seed, t) for weights and biases; activations of batch b: mix(mix(seed, t), 1 + b); "
+               "stuck cells of trial t: mix(seed, t) for every target")
 
 
 def parse_probabilities(text: str) -> list[float]:
@@ -246,10 +247,9 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
 
     def snapshot(extra: dict | None = None) -> dict:
         ordered = sorted(trials, key=lambda o: (o.p, o.samples, o.trial))
-        direction = experiment.trials.direction
         data = {**header, "providers": list(runner.providers), "wall_seconds": clock(),
                 "evaluations": len(trials), **(extra or {}),
-                "rows": rows_of(ordered, lambda p: probabilities_for(p, direction)),
+                "rows": rows_of(ordered, experiment.trials.rates),
                 "trials": [o.to_json() for o in ordered]}
         write_results(out, data)
         return data

@@ -11,6 +11,8 @@ and their unions), with the int8 biases stored as int32 (ONNX Runtime's
 quantiser) and as float32 (``<model>_int8_floatbias.onnx``, from
 ``onnxflip quantize --bias float``); flips in one direction only; and the
 nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's code applied).
+Memory faults (stuck-at rates, ECC) given to the grid apply to every cell:
+they are part of each cell's settings and of its folder name.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ class Cell:
     nonfinite: str = "keep"
     section: str = "grid"
     bias: str = "int32"  # how an int8 model stores its biases: int32 or float (quantize --bias float)
+    memory: tuple[tuple[str, object], ...] = ()  # (name, value) of the memory faults that are not the defaults
 
     @property
     def key(self) -> str:
         parts = [self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite]
-        return "-".join(parts + (["floatbias"] if self.bias == "float" else []))
+        parts += ["floatbias"] if self.bias == "float" else []
+        return "-".join(parts + [f"{name}_{value}" for name, value in self.memory])
 
 
 @dataclass(frozen=True)
@@ -90,23 +94,43 @@ class GridSpec:
     target_sets: tuple[tuple[str, ...], ...] = TARGET_SETS  # int8 vs float32 per combination (needs both formats)
     float_bias: bool = True  # the target sets with biases also on the int8 models with float32 biases
     search: SearchSettings = field(default_factory=SearchSettings)
+    # Memory faults of every cell (see onnxflip.faults): stuck-at rates and ECC words
+    s0: float = 0.0
+    s1: float = 0.0
+    ecc: str = "none"
+    on_detected: str = "keep"
+
+    def __post_init__(self) -> None:
+        TrialSettings(s0=self.s0, s1=self.s1, ecc=self.ecc, on_detected=self.on_detected)  # checks them
+
+    def memory(self) -> tuple[tuple[str, object], ...]:
+        """The memory faults that differ from the defaults (fault-free cells keep their earlier names)."""
+        defaults = {"s0": 0.0, "s1": 0.0, "ecc": "none", "on_detected": "keep"}
+        return tuple((name, getattr(self, name)) for name, default in defaults.items()
+                     if getattr(self, name) != default and not (name == "on_detected" and self.ecc == "none"))
 
     def cells(self) -> list[Cell]:
-        cells = [Cell(m, f, self.targets, b) for m in self.models for f in self.formats for b in self.bits
+        memory = self.memory()
+        cells = [Cell(m, f, self.targets, b, memory=memory) for m in self.models for f in self.formats
+                 for b in self.bits
                  if b == "all" or (f != "int8" and (self.field_formats is None or f in self.field_formats))]
         if self.extras:
             first = self.models[0]
             fmt = "float32" if "float32" in self.formats else self.formats[0]
-            cells += [Cell(first, fmt, self.targets, "all", direction=d, section="asymmetric") for d in ("01", "10")]
+            cells += [Cell(first, fmt, self.targets, "all", direction=d, section="asymmetric", memory=memory)
+                      for d in ("01", "10")]
             if fmt != "int8":
-                cells.append(Cell(first, fmt, self.targets, "all", nonfinite="nan_to_num", section="nonfinite"))
+                cells.append(Cell(first, fmt, self.targets, "all", nonfinite="nan_to_num", section="nonfinite",
+                                  memory=memory))
         if "float32" in self.formats and "int8" in self.formats:
             for targets in self.target_sets:
                 for m in self.models:
                     if tuple(targets) != tuple(self.targets):  # that pair is in the grid already
-                        cells += [Cell(m, f, tuple(targets), "all", section="targets") for f in ("float32", "int8")]
+                        cells += [Cell(m, f, tuple(targets), "all", section="targets", memory=memory)
+                                  for f in ("float32", "int8")]
                     if self.float_bias and "biases" in targets:
-                        cells.append(Cell(m, "int8", tuple(targets), "all", section="targets", bias="float"))
+                        cells.append(Cell(m, "int8", tuple(targets), "all", section="targets", bias="float",
+                                          memory=memory))
         return cells
 
 
@@ -128,7 +152,8 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
             return done
     experiment = Experiment(
         trials=TrialSettings(format=cell.format, targets=cell.targets, bits=cell.bits, direction=cell.direction,
-                             nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed),
+                             nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed, s0=spec.s0,
+                             s1=spec.s1, ecc=spec.ecc, on_detected=spec.on_detected),
         search=spec.search, samples=spec.samples)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
                resume=results.is_file(), overwrite=not results.is_file())
@@ -141,6 +166,7 @@ def _summary(cell: Cell, data: dict) -> dict:
         "model": cell.model, "depth": DEPTH.get(cell.model), "format": cell.format, "targets": list(cell.targets),
         "bits": cell.bits, "direction": cell.direction, "nonfinite": cell.nonfinite, "section": cell.section,
         "bias": cell.bias,
+        "memory": dict(cell.memory),
         "clean_accuracy": data["clean_score"], "midpoint": mid["p"], "low": mid["low"], "high": mid["high"],
         "bound": side, "bound_p": mid.get("bound_p"), "status": mid["status"], "stop_reason": data["stop_reason"],
         "evaluations": data["evaluations"], "wall_seconds": data.get("wall_seconds", 0.0), "folder": f"cells/{cell.key}",

@@ -4,7 +4,9 @@
 numbers: the settings, versions, seed scheme, every trial (probability, trial
 index, samples, score, seconds), the clean scores, the design's log, the
 fitted curve and the midpoint with its interval and why the campaign stopped.
-``results.csv`` has one row per probability.  ``--resume`` reads the trials
+``results.csv`` has one row per probability (the swept value p and the
+rates it sets), and with ECC the fractions of the words read corrected,
+detected (not corrected) and silently wrong, over every ECC target's words.  ``--resume`` reads the trials
 back, so an interrupted campaign continues with the same numbers.
 """
 
@@ -27,7 +29,8 @@ from onnxflip.modelio import write_atomically
 
 __all__ = ["prepare_output", "rows_of", "versions", "write_results"]
 
-CSV_COLUMNS = ("p", "p01", "p10", "trials", "samples", "mean", "sd", "min", "max", "nonfinite")
+CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "sd", "min", "max", "nonfinite")
+WORD_COLUMNS = ("corrected", "detected", "silent")  # with ECC: fractions of the words read
 
 
 def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool) -> dict | None:
@@ -63,8 +66,26 @@ def versions() -> dict:
             "numpy": np.__version__, "python": sys.version.split()[0]}
 
 
-def rows_of(outcomes: Sequence[TrialOutcome], direction_of) -> list[dict]:
-    """One row per probability: trials, samples, mean score, spread between trials, extremes, non-finite share."""
+def _word_fractions(group: Sequence[TrialOutcome]) -> dict:
+    """The fractions of words read corrected, detected and silently wrong over a point's trials (all ECC
+    targets together), and per target the summed counts; nothing without ECC."""
+    if not any(o.words for o in group):
+        return {}
+    by_target: dict[str, dict[str, int]] = {}
+    for o in group:
+        for target, counts in (o.words or {}).items():
+            total = by_target.setdefault(target, dict.fromkeys(counts, 0))
+            for name, value in counts.items():
+                total[name] += value
+    words = sum(c["words"] for c in by_target.values())
+    fractions = {name: sum(c[name] for c in by_target.values()) / words if words else float("nan")
+                 for name in WORD_COLUMNS}
+    return {**fractions, "words": by_target}
+
+
+def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
+    """One row per probability: its rates, trials, samples, mean score, spread between trials, extremes,
+    non-finite share, and with ECC the word fractions.  ``rates_of(p)`` is (p01, p10, s0, s1)."""
     by_p: dict[float, list[TrialOutcome]] = defaultdict(list)
     for o in outcomes:
         by_p[o.p].append(o)
@@ -72,13 +93,14 @@ def rows_of(outcomes: Sequence[TrialOutcome], direction_of) -> list[dict]:
     for p in sorted(by_p):
         group = by_p[p]
         scores = np.array([o.score for o in group])
-        p01, p10 = direction_of(p)
+        p01, p10, s0, s1 = rates_of(p)
         rows.append({
-            "p": p, "p01": p01, "p10": p10, "trials": len(group),
+            "p": p, "p01": p01, "p10": p10, "s0": s0, "s1": s1, "trials": len(group),
             "samples": sorted({o.samples for o in group}),
             "mean": float(scores.mean()), "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
             "min": float(scores.min()), "max": float(scores.max()),
             "nonfinite": float(np.mean([o.nonfinite for o in group])),
+            **_word_fractions(group),
         })
     return rows
 
@@ -88,9 +110,10 @@ def write_results(out: pathlib.Path, data: dict) -> None:
     write_atomically(out / "results.json", json.dumps(data, indent=1).encode())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    columns = CSV_COLUMNS + (WORD_COLUMNS if any("corrected" in row for row in data["rows"]) else ())
+    writer.writerow(columns)
     for row in data["rows"]:
-        writer.writerow(["/".join(map(str, row[c])) if c == "samples" else row[c] for c in CSV_COLUMNS])
+        writer.writerow(["/".join(map(str, row[c])) if c == "samples" else row.get(c, "") for c in columns])
     write_atomically(out / "results.csv", buffer.getvalue().encode())
 
 

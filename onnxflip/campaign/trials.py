@@ -8,6 +8,17 @@ activations anew in every batch.  Seeds: trial t of a run with seed S uses
 activations of batch b, whatever the probability or the number of samples:
 the numbers of a trial depend only on (model, settings, S, t, p, samples).
 
+Memory faults (:mod:`onnxflip.faults`): the swept value x is the flip
+probability (``sweep="flip"``; stuck-at rates ``s0``/``s1`` fixed) or the
+share of stuck cells (``sweep="stuck-at"``: s0 = s1 = x / 2; a fixed flip
+probability ``flip_p``), see :meth:`TrialSettings.rates`.  x = 0 is the
+fault-free model, the reference of the curve.  Trial t's stuck cells follow
+``mix(S, t)`` for every target (activations are fed it as their stuck seed,
+so every batch of a trial reads the same memory and each trial is a new
+one).  With ECC (an attribute of the injection), a trial records the words
+read corrected, detected and silently wrong per target: parameters once (one
+memory), activations summed over the batches.
+
 Cost: a session per trial (milliseconds: the parameters are flipped in NumPy
 and bound as the trial's constants) and one pass over the samples, which are
 decoded once and held in memory when they fit (``--cache``).
@@ -27,18 +38,21 @@ import onnx_ir as ir
 from onnxflip.campaign.design import TrialOutcome
 from onnxflip.data.sources import DataSource
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name
+from onnxflip.faults import WordCounts, check_ecc, check_stuck, words_per_run
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
+from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.metrics import Metric
 from onnxflip.runtime.session import PROVIDERS, make_session, runtime_bytes, runtime_proto, session_providers
 
-__all__ = ["DIRECTIONS", "LocalRunner", "TrialSettings", "mix_seed", "probabilities_for"]
+__all__ = ["DIRECTIONS", "SWEEPS", "LocalRunner", "TrialSettings", "mix_seed", "probabilities_for"]
 
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("both", "01", "10")
+SWEEPS = ("flip", "stuck-at")  # the swept value: the flip probability, or the share of stuck cells (s0 = s1 = x / 2)
 _MASK64 = (1 << 64) - 1
 
 
@@ -69,8 +83,24 @@ class TrialSettings:
     provider: str = "cpu"
     selection: Selection = field(default_factory=Selection)
     fold_batchnorm: bool = True
+    sweep: str = "flip"
+    s0: float = 0.0  # stuck-at rates of every trial of a flip sweep
+    s1: float = 0.0
+    flip_p: float = 0.0  # flip probability (in ``direction``) of every trial of a stuck-at sweep
+    ecc: str = "none"
+    on_detected: str = "keep"
 
     def __post_init__(self) -> None:
+        if self.sweep not in SWEEPS:
+            raise OnnxflipError(f"sweep must be one of {', '.join(SWEEPS)}, not {self.sweep!r}")
+        check_stuck(self.s0, self.s1)
+        check_ecc(self.ecc, self.on_detected)
+        if self.sweep == "stuck-at" and (self.s0 or self.s1):
+            raise OnnxflipError("a stuck-at sweep sets s0 = s1 = rate / 2 itself; give no fixed stuck-at rates")
+        if self.sweep == "flip" and self.flip_p:
+            raise OnnxflipError("a flip sweep sets the flip probability itself; a fixed one is for a stuck-at sweep")
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise OnnxflipError(f"flip_p = {self.flip_p} is not a probability in [0, 1]")
         if self.direction not in DIRECTIONS:
             raise OnnxflipError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if self.batch_size < 1:
@@ -87,12 +117,21 @@ class TrialSettings:
         data["selection"]["activation_ops"] = list(self.selection.activation_ops)
         return data
 
+    def rates(self, x: float) -> tuple[float, float, float, float]:
+        """(p01, p10, s0, s1) of a trial at swept value x; x = 0 is the fault-free model."""
+        if x == 0:
+            return 0.0, 0.0, 0.0, 0.0
+        if self.sweep == "stuck-at":
+            return (*probabilities_for(self.flip_p, self.direction), x / 2, x / 2)
+        return (*probabilities_for(x, self.direction), self.s0, self.s1)
+
     def injection(self) -> InjectionConfig:
         """Activations flip with fixed randomness too: each batch is fed its own seed, so every number is
-        reproducible from the run seed."""
+        reproducible from the run seed.  The rates are the trials' control inputs; ECC is the nodes'."""
         return InjectionConfig.build(format=self.format, targets=self.targets, bits=self.bits,
                                      nonfinite=self.nonfinite, activation_randomness="fixed",
-                                     selection=self.selection, fold_batchnorm=self.fold_batchnorm)
+                                     selection=self.selection, fold_batchnorm=self.fold_batchnorm,
+                                     ecc=self.ecc, on_detected=self.on_detected)
 
 
 def injected_format(model: ir.Model) -> str | None:
@@ -100,6 +139,18 @@ def injected_format(model: ir.Model) -> str | None:
     if METADATA_KEY not in model.metadata_props:
         return None
     return json.loads(model.metadata_props[METADATA_KEY])["config"]["format"]
+
+
+def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
+    """An injected model's ECC words are fixed in its nodes: they must be the ones the settings ask for."""
+    config = json.loads(model.metadata_props[METADATA_KEY])["config"]
+    for target in TARGETS:
+        fault = config.get(target)
+        if fault and (fault.get("ecc", "none"), fault.get("on_detected", "keep")) != (settings.ecc,
+                                                                                        settings.on_detected):
+            raise OnnxflipError(f"the model's {target} are injected with ecc {fault.get('ecc', 'none')}, on-detected "
+                                f"{fault.get('on_detected', 'keep')}, not ecc {settings.ecc}, on-detected "
+                                f"{settings.on_detected}; give the same options or a clean model")
 
 
 class LocalRunner:
@@ -118,10 +169,15 @@ class LocalRunner:
             recorded = injected_format(model)
             if recorded != settings.format:
                 raise OnnxflipError(f"the model is injected in format {recorded}, not {settings.format}")
+            _check_injected_ecc(model, settings)
         else:
             self.injected = insert_flipbits(model, config=settings.injection())
         self.targets = [t for t in TARGETS
                         if any(v.name == control_input_name(t, "p01") for v in self.injected.graph.inputs)]
+        output_names = {v.name for v in self.injected.graph.outputs}
+        self.counted = [t for t in self.targets if counts_output_name(t) in output_names]  # targets with ECC words
+        self._sites = json.loads(self.injected.metadata_props[METADATA_KEY])["sites"]
+        self._uncounted: set[str] = set()  # ECC targets whose words cannot be counted (warned once)
         outputs = [v for v in self.injected.graph.outputs if not v.name.startswith("onnxflip_")]
         names = [v.name for v in outputs]
         if output is not None and output not in names:
@@ -136,28 +192,37 @@ class LocalRunner:
         self.providers: tuple[str, ...] = ()
 
     # --- sessions
-    def _controls(self, p01: float, p10: float, trial_seed: int) -> dict[str, np.ndarray]:
-        """The values a trial fixes: parameter flips with the trial's seed, the probabilities of all targets."""
+    def _controls(self, p01: float, p10: float, trial_seed: int, s0: float = 0.0,
+                  s1: float = 0.0) -> dict[str, np.ndarray]:
+        """The values a trial fixes: parameter flips and stuck cells with the trial's seed, the rates of all
+        targets."""
         values = {}
         for target in self.targets:
-            values[control_input_name(target, "p01")] = np.array(p01, np.float32)
-            values[control_input_name(target, "p10")] = np.array(p10, np.float32)
-            values[control_input_name(target, "s0")] = np.array(0.0, np.float32)
-            values[control_input_name(target, "s1")] = np.array(0.0, np.float32)
+            for what, rate in zip(("p01", "p10", "s0", "s1"), (p01, p10, s0, s1)):
+                values[control_input_name(target, what)] = np.array(rate, np.float32)
             if target != "activations":
                 values[control_input_name(target, "seed")] = np.array(trial_seed, np.int64)
         return values
 
-    def _session(self, p01: float, p10: float, trial_seed: int):
+    def _session(self, p01: float, p10: float, trial_seed: int, s0: float = 0.0, s1: float = 0.0):
         """The trial's session: its parameter flips are constants, so ONNX Runtime keeps its weight optimisations."""
-        controls = self._controls(p01, p10, trial_seed)
-        model = self._swap_flips(controls) if p01 > 0 or p10 > 0 else None
+        controls = self._controls(p01, p10, trial_seed, s0, s1)
+        model = self._swap_flips(controls) if p01 > 0 or p10 > 0 or s0 > 0 or s1 > 0 else None
         if model is None:
-            model = runtime_bytes(materialize_parameters(self.injected, controls))
+            model = runtime_bytes(self._materialize(controls))
         session = make_session(model, provider=self.settings.provider)
         self.providers = session_providers(session)
         names = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
         return session, names
+
+    def _materialize(self, controls: dict[str, np.ndarray]) -> ir.Model:
+        """The trial's model in full.  int8 weights whose FlipBits kept them int8 (ECC words are computed from
+        the int8 bits) are constants once flipped: stored as uint8 then, like the others, so that ONNX Runtime
+        runs its exact integer kernels (see :mod:`onnxflip.graph.passes.qlinear`)."""
+        model = materialize_parameters(self.injected, controls)
+        if self.settings.format == "int8" and self.settings.ecc != "none":
+            StoreInt8AsUint8Pass()(model)
+        return model
 
     def _swap_flips(self, controls: dict[str, np.ndarray]) -> bytes | None:
         """The materialised model's bytes with this trial's flipped parameters swapped in.
@@ -194,7 +259,7 @@ class LocalRunner:
             return None
         if samples not in self._clean:
             session, names = self._session(0.0, 0.0, 0)
-            parts = [self._outputs(session, names, batch.feeds, None) for batch in self._batches(samples)]
+            parts = [self._outputs(session, names, batch.feeds, None)[0] for batch in self._batches(samples)]
             self._clean[samples] = np.concatenate(parts)
         return self._clean[samples]
 
@@ -203,27 +268,64 @@ class LocalRunner:
         return source.batches(self.settings.batch_size)
 
     def _outputs(self, session, names: set[str], feeds: dict[str, np.ndarray], activation_seed: int | None,
-                 p01: float = 0.0, p10: float = 0.0) -> np.ndarray:
+                 rates: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+                 trial_seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The metric's output and the word counts of each target with ECC (that the session still computes)."""
         feeds = dict(feeds)
         if activation_seed is not None and "activations" in self.targets:
-            for what, value in (("p01", np.array(p01, np.float32)), ("p10", np.array(p10, np.float32)),
-                                ("seed", np.array(activation_seed, np.int64))):
+            controls = [(w, np.array(r, np.float32)) for w, r in zip(("p01", "p10", "s0", "s1"), rates)]
+            controls.append(("seed", np.array(activation_seed, np.int64)))
+            if rates[2] or rates[3]:  # one memory per trial: every batch reads the trial's stuck cells
+                controls.append(("stuck_seed", np.array([trial_seed], np.int64)))
+            for what, value in controls:
                 name = control_input_name("activations", what)
                 if name in names:
                     feeds[name] = value
-        (out,) = session.run([self.output], feeds)
-        return out
+        available = {o.name for o in session.get_outputs()}
+        counted = [t for t in self.counted if counts_output_name(t) in available]
+        out, *counts = session.run([self.output, *(counts_output_name(t) for t in counted)], feeds)
+        return out, dict(zip(counted, counts))
+
+    def _words(self, counts: list[dict[str, np.ndarray]], batch_sizes: list[int]) -> dict[str, dict] | None:
+        """Per target with ECC: the words read corrected, detected and silently wrong, and the words read.
+
+        Parameters are one memory read once per trial (their counts are the
+        same at every batch); activations are written and read anew by every
+        batch, so their counts and words add up over the batches.
+        """
+        words = {}
+        for target in self.counted:
+            try:
+                if target == "activations":
+                    read = [words_per_run(self._sites, target, batch=n) for n in batch_sizes]
+                else:
+                    read = [words_per_run(self._sites, target)]
+            except OnnxflipError as exc:  # a site without a static size: its words cannot be counted
+                if target not in self._uncounted:
+                    self._uncounted.add(target)
+                    logger.warning("no word fractions for %s: %s", target, exc)
+                continue
+            total = WordCounts(words=sum(read))
+            for c in counts if target == "activations" else counts[:1]:
+                if target in c:  # absent where the target's FlipBits were dropped (all rates 0): nothing read wrong
+                    total += WordCounts.from_output(c[target], words=0)
+            words[target] = asdict(total)
+        return words or None
 
     def trial(self, p: float, trial: int, samples: int) -> TrialOutcome:
         """Score one trial on the first ``samples`` samples (p = 0: the clean model)."""
         began = time.perf_counter()
-        p01, p10 = probabilities_for(p, self.settings.direction)
+        rates = self.settings.rates(p)
         trial_seed = mix_seed(self.settings.seed, trial)
         clean = self._clean_outputs(samples)
-        session, names = self._session(p01, p10, trial_seed)
-        scores, nonfinite, start = [], 0, 0
+        p01, p10, s0, s1 = rates
+        session, names = self._session(p01, p10, trial_seed, s0, s1)
+        scores, nonfinite, start, counts, sizes = [], 0, 0, [], []
         for b, batch in enumerate(self._batches(samples)):
-            out = self._outputs(session, names, batch.feeds, mix_seed(trial_seed, 1 + b), p01, p10)
+            out, batch_counts = self._outputs(session, names, batch.feeds, mix_seed(trial_seed, 1 + b), rates,
+                                              trial_seed)
+            counts.append(batch_counts)
+            sizes.append(len(batch))
             reference = clean[start : start + len(batch)] if clean is not None else None
             batch_scores = np.asarray(self.metric.scores(out, reference, batch.labels), dtype=np.float64)
             scores.append(batch_scores)
@@ -234,7 +336,8 @@ class LocalRunner:
         values = np.concatenate(scores)
         return TrialOutcome(p=p, trial=trial, samples=samples, score=float(values.mean()),
                             sample_variance=float(values.var(ddof=1)) if len(values) > 1 else 0.0,
-                            nonfinite=nonfinite / max(start, 1), seconds=time.perf_counter() - began, seed=trial_seed)
+                            nonfinite=nonfinite / max(start, 1), seconds=time.perf_counter() - began, seed=trial_seed,
+                            words=self._words(counts, sizes))
 
     def run(self, p: float, trials: Sequence[int], samples: int) -> list[TrialOutcome]:
         return [self.trial(p, t, samples) for t in trials]

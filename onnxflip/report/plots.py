@@ -11,7 +11,10 @@ __all__ = ["label_of", "plot_results"]
 def label_of(result: dict) -> str:
     settings = result["settings"]
     model = os.path.basename(result.get("model") or "model")
-    return f"{model} {settings['format']} {settings['bits']} ({','.join(settings['targets'])})"
+    memory = [f"ecc {settings['ecc']}"] if settings.get("ecc", "none") != "none" else []
+    memory += ["stuck-at sweep"] if settings.get("sweep") == "stuck-at" else []
+    extra = f", {', '.join(memory)}" if memory else ""
+    return f"{model} {settings['format']} {settings['bits']} ({','.join(settings['targets'])}{extra})"
 
 
 def plot_results(results: Sequence[dict], path: str | os.PathLike[str], labels: Sequence[str] | None = None) -> None:
@@ -50,7 +53,8 @@ def plot_results(results: Sequence[dict], path: str | os.PathLike[str], labels: 
     if not any(r["p"] > 0 for result in results for r in result["rows"]):
         ax.set_xlim(1e-9, 1e-1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("bit-flip probability p")
+    stuck = all(result.get("settings", {}).get("sweep") == "stuck-at" for result in results)
+    ax.set_xlabel("stuck-at rate r (s0 = s1 = r / 2)" if stuck else "bit-flip probability p")
     ax.set_ylabel(results[0].get("metric", "top1") + " score")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")

@@ -232,6 +232,9 @@ def render_report(report: dict) -> str:
     lines += [(f"{report['samples']} test images; each cell a sequential midpoint search in "
                f"[{search['low']:g}, {search['high']:g}] until its 95% interval is {search['precision']:g} decades "
                f"wide (budget per cell: {limit}); wall time {report['wall_seconds'] / 60:.1f} min."), ""]
+    memory = cells[0].get("memory") if cells else None
+    if memory:
+        lines += ["Memory faults in every cell: " + ", ".join(f"{k} {v}" for k, v in memory.items()) + ".", ""]
 
     lines += ["## Midpoints", ""]
     lines += _table(["model", "format", "targets", "bits", "clean", "midpoint", "95% interval", "trials"],

@@ -77,13 +77,17 @@ class OptionGroup:
     ``parts`` are options made with :func:`_option` or other groups (whose
     objects ``build`` then receives under their names).  ``build`` takes
     every part by its parameter name and returns the object; an
-    :class:`OnnxflipError` it raises is a usage error of these options.
+    :class:`OnnxflipError` it raises is a usage error of these options
+    (exit 2), or with ``usage_errors=False`` an input error (exit 1): the
+    fault model's own refusal of its parameters.
     """
 
-    def __init__(self, name: str, parts: Sequence[Callable], build: Callable[..., object]) -> None:
+    def __init__(self, name: str, parts: Sequence[Callable], build: Callable[..., object], *,
+                 usage_errors: bool = True) -> None:
         self.param_name = name  # as for an option: the name the command receives
         self.parts = tuple(parts)
         self.build = build
+        self.usage_errors = usage_errors
 
     def __call__(self, command: Callable) -> Callable:
         names = [part.param_name for part in self.parts]
@@ -94,6 +98,8 @@ class OptionGroup:
             try:
                 kwargs[self.param_name] = self.build(**values)
             except OnnxflipError as exc:
+                if not self.usage_errors:
+                    raise
                 raise click.UsageError(str(exc)) from None
             return command(*args, **kwargs)
 
@@ -169,16 +175,29 @@ PROBABILITY_OPTIONS = [
     _option("--p01", type=PROBABILITY, help="Probability that a 0 bit becomes 1."),
     _option("--p10", type=PROBABILITY, help="Probability that a 1 bit becomes 0."),
 ]
+class _FaultChoice(click.Choice):
+    """A choice of the fault model: a value it does not know is an input error (exit 1), as ``s0 + s1 > 1`` is."""
+
+    def __init__(self, option: str, choices: Sequence[str]) -> None:
+        super().__init__(choices)
+        self.option = option
+
+    def convert(self, value, param, ctx):
+        if value not in self.choices:
+            raise OnnxflipError(f"{self.option} {value!r} is not one of {', '.join(self.choices)}")
+        return value
+
+
 # Stuck-at cells and ECC, for every command that builds fault models (inject; evaluate may reuse them).
 MEMORY_FAULT_OPTIONS = [
     _option("--stuck-at0", "s0", type=PROBABILITY, default=0.0, show_default=True,
             help="Probability that a cell is stuck at 0 (the same cells at every run; a new --seed, a new memory)."),
     _option("--stuck-at1", "s1", type=PROBABILITY, default=0.0, show_default=True,
             help="Probability that a cell is stuck at 1 (--stuck-at0 + --stuck-at1 <= 1)."),
-    _option("--ecc", type=click.Choice(ECC_MODES), default="none", show_default=True,
+    _option("--ecc", type=_FaultChoice("--ecc", ECC_MODES), default="none", show_default=True,
             help="secded: each value stored with a Hamming SECDED code; secded64: values packed into "
                  "(72,64) words, like DRAM."),
-    _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
+    _option("--on-detected", type=_FaultChoice("--on-detected", ON_DETECTED), default="keep", show_default=True,
             help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
 ]
 FAULT_OPTIONS = [
@@ -191,7 +210,6 @@ FAULT_OPTIONS = [
             help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
     _option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
             help="fixed: weights and biases keep their flips across runs (written once); per_run: new each run."),
-    *MEMORY_FAULT_OPTIONS,
 ]
 
 
@@ -205,13 +223,12 @@ def _selection(ops, every_intermediate, include, exclude) -> Selection:
 
 
 def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness, parameter_randomness,
-                  s0, s1, ecc, on_detected) -> dict[str, FaultModel | None]:
+                  memory) -> dict[str, FaultModel | None]:
     """The FaultModel of each target class (None for a class not in --targets)."""
     prob01, prob10 = resolve_probabilities(p, p01, p10)
     config = InjectionConfig.build(targets=targets, p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite,
                                    activation_randomness=activation_randomness,
-                                   parameter_randomness=parameter_randomness, s0=s0, s1=s1, ecc=ecc,
-                                   on_detected=on_detected)
+                                   parameter_randomness=parameter_randomness, **memory)
     return {target: config.fault_model(target) for target in TARGETS}
 
 
@@ -233,11 +250,11 @@ def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> Injection
 
 # Option groups: each command takes the object, never the options.
 SELECTION = OptionGroup("selection", SELECTION_OPTIONS, _selection)
-FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS], _fault_models)
+MEMORY_FAULTS = OptionGroup("memory", MEMORY_FAULT_OPTIONS, _memory_faults, usage_errors=False)
+FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS, MEMORY_FAULTS], _fault_models)
 SITE_FAULTS = OptionGroup("faults", [TARGETS_OPTION, BITS_OPTION], _site_fault_models)
 INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION], _injection_config)
 SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
-MEMORY_FAULTS = OptionGroup("memory", MEMORY_FAULT_OPTIONS, _memory_faults)
 
 DIRECTION_OPTION = click.option(
     "--direction", type=click.Choice(DIRECTIONS), default=DIRECTIONS[0], show_default=True,

@@ -363,10 +363,11 @@ def test_ecc_on_a_width_it_cannot_protect_is_an_input_error(monkeypatch, tmp_pat
     (["--ecc", "parity"], "--ecc"),
     (["--on-detected", "trap"], "--on-detected"),
 ])
-def test_bad_fault_options_are_one_line_usage_errors(tmp_path, capsys, options, message):
+def test_bad_fault_options_are_one_line_input_errors(tmp_path, capsys, options, message):
     path = tmp_path / "model.onnx"
     save_model(template_classifier(), path)
-    assert main(["inject", str(path), "-o", str(tmp_path / "out.onnx"), *options]) == 2
+    assert main(["inject", str(path), "-o", str(tmp_path / "out.onnx"), *options]) == 1
+    assert not (tmp_path / "out.onnx").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnxflip: error:") and message in err[0]
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from onnxflip.campaign.design import SearchSettings
+from onnxflip.campaign.executors import Executor
 from onnxflip.campaign.experiment import Experiment, run
 from onnxflip.campaign.results import prepare_output
 from onnxflip.campaign.trials import TrialSettings
@@ -81,7 +82,8 @@ def _model_path(models_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
     return path
 
 
-def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, out: pathlib.Path) -> dict:
+def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, out: pathlib.Path,
+              executor: Executor | None) -> dict:
     folder = out / "cells" / cell.key
     results = folder / "results.json"
     if results.is_file():
@@ -93,7 +95,7 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
                              nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed),
         search=spec.search, samples=spec.samples)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
-               resume=results.is_file(), overwrite=not results.is_file())
+               resume=results.is_file(), overwrite=not results.is_file(), executor=executor)
 
 
 def _summary(cell: Cell, data: dict) -> dict:
@@ -112,8 +114,11 @@ def _summary(cell: Cell, data: dict) -> dict:
 
 
 def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib.Path, command: str = "",
-             resume: bool = False, overwrite: bool = False) -> dict:
-    """Run every cell (keeping finished ones), then write report.json, report.md and the figures."""
+             resume: bool = False, overwrite: bool = False, executor: Executor | None = None) -> dict:
+    """Run every cell (keeping finished ones), then write report.json, report.md and the figures.
+
+    ``executor`` runs each cell's trials (default: in this process); cells run one after another.
+    """
     from tqdm import tqdm
 
     cells = spec.cells()
@@ -128,7 +133,7 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
     began = time.perf_counter()
     summaries = []
     for cell in tqdm(cells, desc="reproduce", unit="cell", disable=None, file=sys.stderr):
-        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out)))
+        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out, executor)))
     report = {
         "command": command,
         "spec": {**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items() if k != "search"},

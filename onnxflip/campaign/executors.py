@@ -192,7 +192,13 @@ class RayExecutor:
                          logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise OnnxflipError(f"cannot start or join Ray{f' at {address}' if address else ''}: {first}") from None
+                hint = ""
+                if address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+                    # Ray sends its token to an address given explicitly only when told to.
+                    hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)")
+                raise OnnxflipError(f"cannot start or join Ray{f' at {address}' if address else ''}: {first}{hint}") \
+                    from None
             self.started = True
         try:
             self._start_actors(provider, workers)

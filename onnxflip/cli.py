@@ -247,7 +247,8 @@ EXECUTOR_OPTIONS = [
                  help="Where trials run: local (this process) or ray (Ray tasks; pip install 'onnxflip[ray]'). "
                       "The numbers are the same either way."),
     click.option("--ray-address", metavar="HOST:PORT", default=None,
-                 help="The head of a running Ray cluster (ray start --head) [default: start Ray on this machine]."),
+                 help="The head of a running Ray cluster (ray start --head), or auto for the one on this machine "
+                      "[default: start a new Ray on this machine]."),
 ]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

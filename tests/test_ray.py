@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'onnxf
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One Ray instance for the module; the executors find it started and leave it running."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

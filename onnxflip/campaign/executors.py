@@ -164,8 +164,8 @@ class RayExecutor:
     """Trials as tasks on Ray actors; see the module docstring.
 
     ``address``: HOST:PORT of a running cluster's head (``ray start --head``),
-    or None to start a Ray instance on this machine (``num_cpus`` CPUs, default
-    all).  When Ray is already initialised in this process, that instance is
+    ``auto`` for the cluster ``ray start`` began on this machine, or None to
+    start a new Ray instance on this machine (``num_cpus`` CPUs, default all).  When Ray is already initialised in this process, that instance is
     used as it is.  ``workers``: the actors (default one per CPU, or per GPU
     for ``cuda``).  ``on_progress`` is called with the :class:`TaskCounts`
     whenever they change.
@@ -188,8 +188,9 @@ class RayExecutor:
             _check_reachable(address)
         if not ray.is_initialized():
             try:
-                ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                         logging_level=logging.WARNING)
+                # "local": a new instance, even where `ray start` left a cluster running on this machine.
+                ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
+                         include_dashboard=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 hint = ""

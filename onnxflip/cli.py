@@ -433,13 +433,27 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, midpoint, p_
     click.echo(_summary(result, out))
 
 
-def _open_executor(name: str, address: str | None, provider: str, progress: _Progress | None):
+def _open_executor(name: str, address: str | None, provider: str, progress: _Progress | _TaskLines):
     from onnxflip.campaign.executors import open_executor
 
     if address is not None and name != "ray":
         raise click.UsageError("--ray-address needs --executor ray")
-    return open_executor(name, address=address, provider=provider,
-                         on_progress=progress.on_tasks if progress is not None else None)
+    return open_executor(name, address=address, provider=provider, on_progress=progress.on_tasks)
+
+
+class _TaskLines:
+    """Ray's task counts as a line on stderr at most every 30 s, and at once when a task has failed."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every, self.last, self.failed = every, 0.0, 0
+
+    def on_tasks(self, counts) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self.last >= self.every or counts.failed != self.failed:
+            self.last, self.failed = now, counts.failed
+            click.echo(f"onnxflip: tasks {counts.describe()}", err=True)
 
 
 class _Progress:
@@ -602,7 +616,7 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
                     samples=samples, extras=not no_extras,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
-    with _open_executor(executor, ray_address, "cpu", None) as runs_trials:
+    with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:
         report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
                           overwrite=overwrite, executor=runs_trials)
     click.echo(f"{len(report['cells'])} cells in {report['wall_seconds'] / 60:.1f} min; report in {out / 'report.md'}")

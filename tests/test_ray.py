@@ -72,11 +72,14 @@ def test_a_two_model_two_format_grid_on_ray_equals_the_local_one(synthetic_data,
         quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=calibration)
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,int8",
             "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras", "--data", str(synthetic_data)]
-    reports = {}
+    reports, errs = {}, {}
     for executor in ("local", "ray"):
         out = tmp_path / executor
-        assert main([*args, "--out", str(out), "--executor", executor]) == 0, capsys.readouterr().err
+        code = main([*args, "--out", str(out), "--executor", executor])
+        errs[executor] = capsys.readouterr().err
+        assert code == 0, errs[executor]
         reports[executor] = json.loads((out / "report.json").read_text())
+    assert "onnxflip: tasks " in errs["ray"] and "onnxflip: tasks " not in errs["local"]
     assert len(reports["ray"]["cells"]) == 4
     assert numbers(reports["ray"]) == numbers(reports["local"])
     for cell in reports["local"]["cells"]:

@@ -25,6 +25,7 @@ import click
 
 from onnxflip import __version__
 from onnxflip.campaign.design import SearchSettings
+from onnxflip.campaign.executors import EXECUTORS
 from onnxflip.campaign.experiment import parse_probabilities
 from onnxflip.campaign.reproduce import TARGET_SETS, parse_target_sets
 from onnxflip.campaign.trials import DIRECTIONS, SWEEPS
@@ -276,6 +277,15 @@ FLIP_P_OPTION = click.option(
     "--flip-p", type=PROBABILITY, default=0.0, show_default=True,
     help="With --sweep stuck-at: a flip probability (in --direction) added to every faulty point.")
 
+EXECUTOR_OPTIONS = [
+    click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+                 help="Where trials run: local (this process) or ray (Ray tasks; pip install 'onnxflip[ray]'). "
+                      "The numbers are the same either way."),
+    click.option("--ray-address", metavar="HOST:PORT", default=None,
+                 help="The head of a running Ray cluster (ray start --head), or auto for the one on this machine "
+                      "[default: start a new Ray on this machine]."),
+]
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="onnxflip", message="%(prog)s %(version)s",
                       help="Show the version and exit.")
@@ -421,11 +431,12 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
               help="Results folder (default results/<model>-<format>).")
 @click.option("--resume", is_flag=True, help="Continue the campaign in --out, keeping the trials measured.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
+@_apply(EXECUTOR_OPTIONS)
 @SELECTION
 @FOLD_OPTION
 def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, midpoint, p_range,
              precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, batch_size, seed,
-             provider, out, resume, overwrite, selection, no_fold_batchnorm):
+             provider, out, resume, overwrite, executor, ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
     MODEL may be clean (it is injected with these options) or injected (its
@@ -460,34 +471,71 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
         trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
         preprocess=preprocess)
     out = out or pathlib.Path("results") / f"{model.stem}-{fmt}"
-    on_batch, on_step, close = _progress()
+    progress = _Progress(executor)
     try:
-        result = run(experiment, model_path=model, data=data, out=out, resume=resume, overwrite=overwrite,
-                     on_batch=on_batch, on_step=on_step)
+        with _open_executor(executor, ray_address, provider, progress) as runs_trials:
+            result = run(experiment, model_path=model, data=data, out=out, resume=resume, overwrite=overwrite,
+                         on_batch=progress.on_batch, on_step=progress.on_step, executor=runs_trials)
     finally:
-        close()
+        progress.close()
     click.echo(_summary(result, out))
 
 
-def _progress():
-    """A bar on a terminal; one line per step of the search in a log."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
+def _open_executor(name: str, address: str | None, provider: str, progress: _Progress | _TaskLines):
+    from onnxflip.campaign.executors import open_executor
 
-        bar = tqdm(unit="batch", file=sys.stderr, dynamic_ncols=True)
+    if address is not None and name != "ray":
+        raise click.UsageError("--ray-address needs --executor ray")
+    return open_executor(name, address=address, provider=provider, on_progress=progress.on_tasks)
 
-        def on_step(entry: dict) -> None:
-            bar.set_description(f"{entry['trials']} trials")
 
-        return lambda: bar.update(1), on_step, bar.close
+class _TaskLines:
+    """Ray's task counts as a line on stderr at most every 30 s, and at once when a task has failed."""
 
-    def on_step(entry: dict) -> None:
+    def __init__(self, every: float = 30.0) -> None:
+        self.every, self.last, self.failed = every, 0.0, 0
+
+    def on_tasks(self, counts) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self.last >= self.every or counts.failed != self.failed:
+            self.last, self.failed = now, counts.failed
+            click.echo(f"onnxflip: tasks {counts.describe()}", err=True)
+
+
+class _Progress:
+    """A bar on a terminal (batches run here, or trials done by Ray's workers); in a log, one line per step of
+    the search, with Ray's task counts."""
+
+    def __init__(self, executor: str) -> None:
+        self.tasks = ""
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="batch" if executor == "local" else "trial", file=sys.stderr, dynamic_ncols=True)
+        self.on_batch = self.bar.update if self.bar is not None and executor == "local" else None
+
+    def on_step(self, entry: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{entry['trials']} trials")
+            return
         width = f", interval {entry['width']:.2f} decades" if entry.get("width") else ""
         where = f" at log10 p = {entry['x']:.2f}" if entry.get("x") is not None else ""
-        click.echo(f"onnxflip: {entry['event']}{where}: {entry['trials']} trials, {entry['seconds']:.0f} s{width}",
-                   err=True)
+        tasks = f"; tasks {self.tasks}" if self.tasks else ""
+        click.echo(f"onnxflip: {entry['event']}{where}: {entry['trials']} trials, {entry['seconds']:.0f} s{width}"
+                   f"{tasks}", err=True)
 
-    return None, on_step, lambda: None
+    def on_tasks(self, counts) -> None:
+        self.tasks = counts.describe()
+        if self.bar is not None:
+            self.bar.update(counts.done - self.bar.n)
+            self.bar.set_postfix_str(f"tasks {self.tasks}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _word_table(rows: list[dict], swept: str) -> list[str]:
@@ -621,8 +669,9 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
               show_default=True, help="Results folder: one folder per cell under cells/, report.json, report.md.")
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@_apply(EXECUTOR_OPTIONS)
 def reproduce(models, models_dir, formats, targets, bits, field_formats, samples, p_range, precision, budget,
-              target_sets, no_float_bias, no_extras, memory, data, out, resume, overwrite):
+              target_sets, no_float_bias, no_extras, memory, data, out, resume, overwrite, executor, ray_address):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
@@ -639,8 +688,9 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
                     float_bias=not no_float_bias, **memory,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
-    report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
-                      overwrite=overwrite)
+    with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:
+        report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
+                          overwrite=overwrite, executor=runs_trials)
     click.echo(f"{len(report['cells'])} cells in {report['wall_seconds'] / 60:.1f} min; report in {out / 'report.md'}")
 
 

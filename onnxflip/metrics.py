@@ -234,6 +234,11 @@ class UserMetric:
     needs_clean: bool = True
     floor_value: float = 0.0
 
+    def __reduce__(self):
+        """Pickled as its spec and imported again where it is unpickled (an executor's worker), since a function
+        loaded from a file belongs to a module that only the importing process has."""
+        return (_user_metric, (self.name,))
+
     def scores(self, outputs: np.ndarray, clean: np.ndarray | None, labels: np.ndarray | None) -> np.ndarray:
         try:
             result = self.function(outputs, clean, labels)

@@ -280,3 +280,23 @@ def test_without_torch_the_zoo_and_download_name_the_extra(classifier_path, tmp_
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "pip install 'onnxflip[zoo]'" in lines[0], err
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "reproduce"])
+def test_without_ray_the_ray_executor_names_the_extra(classifier_path, synthetic_data, tmp_path, capsys, monkeypatch,
+                                                      command):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: importing it fails
+    args = [str(classifier_path)] if command == "evaluate" else ["--models-dir", str(classifier_path.parent)]
+    code, _, err = run(capsys, command, *args, "--data", str(synthetic_data), "--out", str(tmp_path / "r"),
+                       "--executor", "ray")
+    lines = err.strip().splitlines()
+    assert code == 1 and lines == ["onnxflip: error: the ray executor needs Ray: pip install 'onnxflip[ray]'"], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_ray_address_without_the_ray_executor_is_a_usage_error(classifier_path, tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", str(classifier_path), "--ray-address", "127.0.0.1:6379",
+                       "--out", str(tmp_path / "r"))
+    assert code == 2 and "--ray-address needs --executor ray" in err and len(err.strip().splitlines()) == 1, err

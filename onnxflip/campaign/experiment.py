@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxflip.campaign.design import SearchSettings, TrialOutcome, search_midpoint
+from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, search_midpoint
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
+from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
 from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
 from onnxflip.data.cifar10 import resolve_data_dir
@@ -32,7 +33,7 @@ from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import check_labels, model_outputs, open_source
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.formats import is_qdq
-from onnxflip.metrics import metric_from_spec
+from onnxflip.metrics import Metric, metric_from_spec
 from onnxflip.modelio import load_model
 
 __all__ = ["Experiment", "parse_probabilities", "resolve_format", "run"]
@@ -113,7 +114,7 @@ def resolve_format(model, requested: str | None) -> str:
 class _Replay:
     """A runner that returns the trials an earlier run recorded and runs only the others."""
 
-    def __init__(self, runner: LocalRunner, recorded: list[TrialOutcome]) -> None:
+    def __init__(self, runner: TrialRunner, recorded: list[TrialOutcome]) -> None:
         self.runner = runner
         self.samples, self.floor = runner.samples, runner.floor
         self.recorded = {(o.p, o.trial, o.samples): o for o in recorded}
@@ -183,9 +184,21 @@ def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[
 
 def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, out: pathlib.Path, resume: bool = False,
         overwrite: bool = False, on_batch: Callable[[], None] | None = None,
-        on_step: Callable[[dict], None] | None = None) -> dict:
-    """Run the experiment, writing results as trials finish; returns the final results."""
+        on_step: Callable[[dict], None] | None = None, executor: Executor | None = None) -> dict:
+    """Run the experiment, writing results as trials finish; returns the final results.
+
+    ``executor`` runs the trials (:mod:`~onnxflip.campaign.executors`; default: in this process); the results
+    are the same whichever runs them, so a campaign one executor began another may resume.
+    """
     model_path = pathlib.Path(model_path)
+    local, data_path, metric = _local_runner(experiment, model_path, data, on_batch)
+    with (executor or LocalExecutor()).bind(local) as runner:
+        return _run(experiment, runner, metric, model_path=model_path, data_path=data_path, out=out, resume=resume,
+                    overwrite=overwrite, on_step=on_step)
+
+
+def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_batch) -> tuple[LocalRunner, object, Metric]:
+    """The model injected, the data source opened and checked, the metric: the runner of the experiment's trials."""
     model = load_model(model_path)
     data_path = data if data is not None and pathlib.Path(data).is_file() else resolve_data_dir(data)
     preprocess = Preprocess.parse(experiment.preprocess) if experiment.preprocess else None
@@ -206,6 +219,11 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
     source = source.cached(experiment.cache_bytes)
     runner = LocalRunner(model, source, metric, experiment.trials, output=experiment.output, floor=experiment.floor,
                          on_batch=on_batch)
+    return runner, data_path, metric
+
+
+def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_path: pathlib.Path, data_path,
+         out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None) -> dict:
     search = experiment.search
     if search is not None and search.budget.seconds is not None:
         # Refuse a time budget that cannot pay for the bracket before anything is written.

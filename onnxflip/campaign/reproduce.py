@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from onnxflip.campaign.design import SearchSettings
+from onnxflip.campaign.executors import Executor
 from onnxflip.campaign.experiment import Experiment, run
 from onnxflip.campaign.results import prepare_output
 from onnxflip.campaign.trials import TrialSettings
@@ -143,7 +144,8 @@ def _model_path(models_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
     return path
 
 
-def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, out: pathlib.Path) -> dict:
+def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, out: pathlib.Path,
+              executor: Executor | None) -> dict:
     folder = out / "cells" / cell.key
     results = folder / "results.json"
     if results.is_file():
@@ -156,7 +158,7 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
                              s1=spec.s1, ecc=spec.ecc, on_detected=spec.on_detected),
         search=spec.search, samples=spec.samples)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
-               resume=results.is_file(), overwrite=not results.is_file())
+               resume=results.is_file(), overwrite=not results.is_file(), executor=executor)
 
 
 def _summary(cell: Cell, data: dict) -> dict:
@@ -177,8 +179,11 @@ def _summary(cell: Cell, data: dict) -> dict:
 
 
 def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib.Path, command: str = "",
-             resume: bool = False, overwrite: bool = False) -> dict:
-    """Run every cell (keeping finished ones), then write report.json, report.md and the figures."""
+             resume: bool = False, overwrite: bool = False, executor: Executor | None = None) -> dict:
+    """Run every cell (keeping finished ones), then write report.json, report.md and the figures.
+
+    ``executor`` runs each cell's trials (default: in this process); cells run one after another.
+    """
     from tqdm import tqdm
 
     cells = spec.cells()
@@ -193,7 +198,7 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
     began = time.perf_counter()
     summaries = []
     for cell in tqdm(cells, desc="reproduce", unit="cell", disable=None, file=sys.stderr):
-        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out)))
+        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out, executor)))
     report = {
         "command": command,
         "spec": {**{k: _jsonable(v) for k, v in spec.__dict__.items() if k != "search"},

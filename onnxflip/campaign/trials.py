@@ -158,8 +158,9 @@ class LocalRunner:
 
     def __init__(self, model: ir.Model, source: DataSource, metric: Metric, settings: TrialSettings, *,
                  output: str | None = None, floor: float | None = None,
-                 on_batch: Callable[[], None] | None = None) -> None:
+                 on_batch: Callable[[], None] | None = None, threads: int | None = None) -> None:
         self.settings = settings
+        self.threads = threads  # ONNX Runtime's intra-op threads per session (None: its default, every core)
         self.metric = metric
         self.source = source
         self.samples = len(source)
@@ -191,6 +192,12 @@ class LocalRunner:
         self._template = None
         self.providers: tuple[str, ...] = ()
 
+    def __reduce__(self):
+        """Pickled as what rebuilds it (for an executor's workers): the injected model, the data, the metric, the
+        settings, the output and the floor; not the clean outputs or sessions it has cached, nor its callback."""
+        return (_rebuild_runner, (self.injected, self.source, self.metric, self.settings, self.output, self.floor,
+                                  self.threads))
+
     # --- sessions
     def _controls(self, p01: float, p10: float, trial_seed: int, s0: float = 0.0,
                   s1: float = 0.0) -> dict[str, np.ndarray]:
@@ -210,7 +217,7 @@ class LocalRunner:
         model = self._swap_flips(controls) if p01 > 0 or p10 > 0 or s0 > 0 or s1 > 0 else None
         if model is None:
             model = runtime_bytes(self._materialize(controls))
-        session = make_session(model, provider=self.settings.provider)
+        session = make_session(model, provider=self.settings.provider, threads=self.threads)
         self.providers = session_providers(session)
         names = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
         return session, names
@@ -341,3 +348,7 @@ class LocalRunner:
 
     def run(self, p: float, trials: Sequence[int], samples: int) -> list[TrialOutcome]:
         return [self.trial(p, t, samples) for t in trials]
+
+
+def _rebuild_runner(model, source, metric, settings, output, floor, threads) -> LocalRunner:
+    return LocalRunner(model, source, metric, settings, output=output, floor=floor, threads=threads)

@@ -38,7 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from onnxflip.campaign.estimate import PointData, _jacobian, fit_curve, survival, with_profile
+from onnxflip.campaign.estimate import MIN_TRIALS, PointData, _jacobian, fit_curve, survival, with_profile
 from onnxflip.errors import OnnxflipError
 
 __all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "search_midpoint"]
@@ -275,7 +275,12 @@ def _bracket(c: _Campaign) -> tuple[float, float] | str:
 
 
 def _choose_samples(c: _Campaign, fit) -> int:
-    """Samples per trial that reach the target variance at the least measured cost (two-stage sampling)."""
+    """Samples per trial that reach the target variance at the least measured cost (two-stage sampling).
+
+    The trials a point needs at n samples, (sigma_t^2 + sigma_i^2 / n) / room, are at least ``MIN_TRIALS``:
+    no interval is given on fewer central trials, so where a few trials would do (nearly exact trials, as
+    activation flips on every sample make them), more samples per trial only add cost.
+    """
     total, n0 = c.runner.samples, c.samples
     if n0 >= total or fit is None:
         return min(total, n0) if fit is not None else total
@@ -299,7 +304,7 @@ def _choose_samples(c: _Campaign, fit) -> int:
         room = target - sigma_i * (1.0 / n - 1.0 / total)
         if room <= 0:
             continue
-        cost = (sigma_t + within / n) / room * (overhead + per_sample * n + 1e-6)
+        cost = max((sigma_t + within / n) / room, MIN_TRIALS) * (overhead + per_sample * n + 1e-6)
         if cost < best_cost:
             best, best_cost = n, cost
     return best

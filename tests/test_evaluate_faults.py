@@ -174,7 +174,7 @@ def test_int8_trials_under_ecc_run_the_exact_integer_kernels(qdq_path, synthetic
     def logits(ecc: str, p: float):
         runner = LocalRunner(model, data, metric_from_spec("top1"),
                              TrialSettings(format="int8", targets=("weights",), ecc=ecc))
-        session, _ = runner._session(p, p, 7)
+        session = runner._session(p, p, 7).session
         return session.run([runner.output], batch.feeds)[0], runner
 
     plain, _ = logits("none", 0.0)

@@ -187,7 +187,7 @@ def test_budgets_in_the_experiment_are_recorded(classifier_path, synthetic_data,
 
 @pytest.mark.parametrize("fmt", ["float32", "bfloat16"])
 def test_a_trial_session_computes_what_materialising_the_trial_computes(source, fmt):
-    """The trial's session swaps its flipped constants into a model materialised once: the numbers must be those
+    """The trial's session binds its flipped constants into a model materialised once: the numbers must be those
     of materialising each trial in full (the same seed gives the same flips)."""
     from onnxflip.graph.passes.materialize import materialize_parameters
     from onnxflip.runtime.session import make_session
@@ -196,9 +196,9 @@ def test_a_trial_session_computes_what_materialising_the_trial_computes(source, 
     batch = next(source.batches(300))
     for trial in range(3):
         seed = mix_seed(0, trial)
-        swapped, _ = r._session(3e-3, 3e-3, seed)
+        bound = r._session(3e-3, 3e-3, seed).session
         full = make_session(materialize_parameters(r.injected, r._controls(3e-3, 3e-3, seed)))
-        np.testing.assert_array_equal(swapped.run(None, batch.feeds)[0], full.run(None, batch.feeds)[0])
+        np.testing.assert_array_equal(bound.run(None, batch.feeds)[0], full.run(None, batch.feeds)[0])
     assert r._template not in (None, False)
 
 

@@ -6,6 +6,7 @@ import functools
 import pathlib
 import re
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import model_from_text, template_classifier
@@ -16,7 +17,7 @@ from onnxflip.graph.config import control_input_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import save_model
-from onnxflip.runtime.session import IR_VERSION, runtime_proto
+from onnxflip.runtime.session import IR_VERSION, runtime_bytes, runtime_proto, session_options
 
 RELU = """
 <ir_version: 10, opset_import: ["" : 21]>
@@ -76,6 +77,21 @@ def test_evaluate_with_an_unusable_cuda_provider_fails_with_one_line(classifier_
     assert code == 1
     assert _one_error_line(err).startswith("onnxflip: error: provider cuda"), err
     assert not (out / "results.json").exists()
+
+
+def test_sessions_share_the_process_arena_without_changing_numbers():
+    """Every session draws CPU memory from one arena of the process (a trial's fresh session runs in pages an
+    earlier session touched); what one session left there does not change another's outputs."""
+    model = template_classifier()
+    x = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
+    own_arena = ort.InferenceSession(runtime_bytes(model), providers=["CPUExecutionProvider"])
+    expected = own_arena.run(None, {"input": x})[0]
+    assert session_options().get_session_config_entry("session.use_env_allocators") == "1"
+    for _ in range(3):
+        session = make_session(model)
+        session.run(None, {"input": np.full_like(x, np.nan)})
+        np.testing.assert_array_equal(session.run(None, {"input": x})[0], expected)
+        del session
 
 
 def test_the_ir_version_is_lowered_without_changing_the_caller_s_proto():

@@ -19,9 +19,12 @@ one).  With ECC (an attribute of the injection), a trial records the words
 read corrected, detected and silently wrong per target: parameters once (one
 memory), activations summed over the batches.
 
-Cost: a session per trial (milliseconds: the parameters are flipped in NumPy
-and bound as the trial's constants) and one pass over the samples, which are
-decoded once and held in memory when they fit (``--cache``).
+Cost: a session per trial (milliseconds: the parameters are flipped with the
+kernel and bound as the trial's constants into a model materialised once) and
+one pass over the samples, which are decoded once and held in memory when
+they fit (``--cache``).  The trial's session runs in the process's shared
+arena (:func:`~onnxflip.runtime.session.session_options`), so its first pass
+costs what a warm session's does.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from onnxflip.campaign.design import TrialOutcome
 from onnxflip.data.sources import DataSource
@@ -45,7 +51,15 @@ from onnxflip.graph.passes.materialize import materialize_parameters, parameter_
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.metrics import Metric
-from onnxflip.runtime.session import PROVIDERS, make_session, runtime_bytes, runtime_proto, session_providers
+from onnxflip.runtime.flip import as_ortvalue
+from onnxflip.runtime.session import (
+    PROVIDERS,
+    make_session,
+    runtime_bytes,
+    runtime_proto,
+    session_options,
+    session_providers,
+)
 
 __all__ = ["DIRECTIONS", "SWEEPS", "LocalRunner", "TrialSettings", "mix_seed", "probabilities_for"]
 
@@ -54,6 +68,8 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("both", "01", "10")
 SWEEPS = ("flip", "stuck-at")  # the swept value: the flip probability, or the share of stuck cells (s0 = s1 = x / 2)
 _MASK64 = (1 << 64) - 1
+# Where the materialised model's flipped parameters say their data lies: nowhere to read, each trial binds its own.
+_BOUND_PER_TRIAL = "onnxflip-trial-parameters"
 
 
 def mix_seed(seed: int, index: int) -> int:
@@ -134,6 +150,15 @@ class TrialSettings:
                                      ecc=self.ecc, on_detected=self.on_detected)
 
 
+class _TrialSession(NamedTuple):
+    """A trial's session, the names it may be fed, and the flipped parameters bound into it (kept with it:
+    ONNX Runtime may read them in place for the session's life)."""
+
+    session: ort.InferenceSession
+    inputs: frozenset[str]
+    parameters: dict[str, np.ndarray]
+
+
 def injected_format(model: ir.Model) -> str | None:
     """The format an injected model was injected in (None for a clean model)."""
     if METADATA_KEY not in model.metadata_props:
@@ -188,7 +213,7 @@ class LocalRunner:
         self.output_shape = list(shape) if shape is not None else None
         self.floor = float(metric.floor(self.output_shape)) if floor is None else float(floor)
         self._clean: dict[int, np.ndarray] = {}  # outputs of the fault-free model per sample count
-        # The materialised model of a trial at p > 0 whose flipped constants each trial swaps (False: not possible).
+        # The serialised model of a trial at p > 0 whose flipped constants each trial binds (False: not possible).
         self._template = None
         self.providers: tuple[str, ...] = ()
 
@@ -211,16 +236,21 @@ class LocalRunner:
                 values[control_input_name(target, "seed")] = np.array(trial_seed, np.int64)
         return values
 
-    def _session(self, p01: float, p10: float, trial_seed: int, s0: float = 0.0, s1: float = 0.0):
+    def _session(self, p01: float, p10: float, trial_seed: int, s0: float = 0.0, s1: float = 0.0) -> _TrialSession:
         """The trial's session: its parameter flips are constants, so ONNX Runtime keeps its weight optimisations."""
         controls = self._controls(p01, p10, trial_seed, s0, s1)
-        model = self._swap_flips(controls) if p01 > 0 or p10 > 0 or s0 > 0 or s1 > 0 else None
-        if model is None:
-            model = runtime_bytes(self._materialize(controls))
-        session = make_session(model, provider=self.settings.provider, threads=self.threads)
+        bound = self._bind_flips(controls) if p01 > 0 or p10 > 0 or s0 > 0 or s1 > 0 else None
+        options = session_options(threads=self.threads)
+        if bound is None:
+            model, flips = runtime_bytes(self._materialize(controls)), {}
+        else:
+            model, flips = bound
+            if flips:
+                options.add_external_initializers(list(flips), [as_ortvalue(a) for a in flips.values()])
+        session = make_session(model, provider=self.settings.provider, options=options, threads=self.threads)
         self.providers = session_providers(session)
         names = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
-        return session, names
+        return _TrialSession(session, frozenset(names), flips)
 
     def _materialize(self, controls: dict[str, np.ndarray]) -> ir.Model:
         """The trial's model in full.  int8 weights whose FlipBits kept them int8 (ECC words are computed from
@@ -231,14 +261,17 @@ class LocalRunner:
             StoreInt8AsUint8Pass()(model)
         return model
 
-    def _swap_flips(self, controls: dict[str, np.ndarray]) -> bytes | None:
-        """The materialised model's bytes with this trial's flipped parameters swapped in.
+    def _bind_flips(self, controls: dict[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray]] | None:
+        """The model materialised once for all trials, and this trial's flipped parameters to bind into it.
 
-        Materialising once (at p > 0, so every flip site is a constant) and
-        then replacing only those constants' bytes gives the same model as
-        :func:`materialize_parameters` for the trial, at a fraction of the
-        cost (no graph copy, no pass).  None where that does not apply (ECC
-        counts of parameters): the caller materialises in full.
+        In the materialised model (at p > 0, so every flip site is a
+        constant) the flipped constants hold no data; the trial's session
+        takes theirs from the trial's arrays
+        (``SessionOptions.add_external_initializers``), before ONNX Runtime
+        optimises the graph.  That is the model :func:`materialize_parameters`
+        makes for the trial, without a graph copy, a pass or a serialisation
+        per trial.  None where that does not apply (ECC counts of parameters,
+        flips that feed flips): the caller materialises in full.
         """
         if self._template is False:
             return None
@@ -247,17 +280,26 @@ class LocalRunner:
             self._template = False
             return None
         if self._template is None:
-            tiny = {k: (np.array(1e-30, np.float32) if k.endswith(("_p01", "_p10")) else v) for k, v in controls.items()}
-            proto = runtime_proto(materialize_parameters(self.injected, tiny))
-            initializers = {init.name: init for init in proto.graph.initializer}
-            if set(flips) != {name for name in initializers if name.endswith("_trial")}:
-                # Flips that feed flips (the sign bit of int8 weights stored as uint8): materialise in full.
-                self._template = False
+            template = self._materialize_template(controls, flips)
+            self._template = False if template is None else template
+            if template is None:
                 return None
-            self._template = (proto, initializers)
-        proto, initializers = self._template
-        for name, array in flips.items():
-            initializers[name].raw_data = np.ascontiguousarray(array).tobytes()
+        return self._template, {name: np.ascontiguousarray(array) for name, array in flips.items()}
+
+    def _materialize_template(self, controls: dict[str, np.ndarray], flips: dict[str, np.ndarray]) -> bytes | None:
+        """The serialised model with every fixed parameter flip a constant whose data each trial binds; None
+        when the flips are not exactly its constants (flips that feed flips: the sign bit of int8 weights
+        stored as uint8)."""
+        tiny = {k: (np.array(1e-30, np.float32) if k.endswith(("_p01", "_p10")) else v) for k, v in controls.items()}
+        proto = runtime_proto(materialize_parameters(self.injected, tiny))
+        constants = [init for init in proto.graph.initializer if init.name.endswith("_trial")]
+        if set(flips) != {init.name for init in constants}:
+            return None
+        for init in constants:
+            placeholder = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
+                                           data_location=onnx.TensorProto.EXTERNAL)
+            placeholder.external_data.add(key="location", value=_BOUND_PER_TRIAL)
+            init.CopyFrom(placeholder)
         return proto.SerializeToString()
 
     # --- trials
@@ -265,8 +307,9 @@ class LocalRunner:
         if not self.metric.needs_clean:
             return None
         if samples not in self._clean:
-            session, names = self._session(0.0, 0.0, 0)
-            parts = [self._outputs(session, names, batch.feeds, None)[0] for batch in self._batches(samples)]
+            clean = self._session(0.0, 0.0, 0)
+            parts = [self._outputs(clean.session, clean.inputs, batch.feeds, None)[0]
+                     for batch in self._batches(samples)]
             self._clean[samples] = np.concatenate(parts)
         return self._clean[samples]
 
@@ -274,7 +317,7 @@ class LocalRunner:
         source = self.source if samples >= len(self.source) else self.source.subset(samples)
         return source.batches(self.settings.batch_size)
 
-    def _outputs(self, session, names: set[str], feeds: dict[str, np.ndarray], activation_seed: int | None,
+    def _outputs(self, session: ort.InferenceSession, names: frozenset[str], feeds: dict[str, np.ndarray], activation_seed: int | None,
                  rates: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
                  trial_seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The metric's output and the word counts of each target with ECC (that the session still computes)."""
@@ -326,11 +369,11 @@ class LocalRunner:
         trial_seed = mix_seed(self.settings.seed, trial)
         clean = self._clean_outputs(samples)
         p01, p10, s0, s1 = rates
-        session, names = self._session(p01, p10, trial_seed, s0, s1)
+        trial_session = self._session(p01, p10, trial_seed, s0, s1)
         scores, nonfinite, start, counts, sizes = [], 0, 0, [], []
         for b, batch in enumerate(self._batches(samples)):
-            out, batch_counts = self._outputs(session, names, batch.feeds, mix_seed(trial_seed, 1 + b), rates,
-                                              trial_seed)
+            out, batch_counts = self._outputs(trial_session.session, trial_session.inputs, batch.feeds,
+                                              mix_seed(trial_seed, 1 + b), rates, trial_seed)
             counts.append(batch_counts)
             sizes.append(len(batch))
             reference = clean[start : start + len(batch)] if clean is not None else None

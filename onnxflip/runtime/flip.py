@@ -29,6 +29,7 @@ from onnxflip.runtime.contract import (
 from onnxflip.runtime.session import IR_VERSION, make_session
 
 __all__ = [
+    "as_ortvalue",
     "flip_bits",
     "flipbits_node_model",
     "resolve_probabilities",
@@ -149,17 +150,16 @@ def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p0
     """Run a session of :func:`flipbits_node_model` on an array of any supported type; returns Y, or
     (Y, counts) when the model has the counts output.  ``stuck_seed`` None binds an empty stuck_seed: the
     stuck cells follow ``seed``."""
-    etype = element_type(array.dtype)
     source = np.ascontiguousarray(array)
     out = np.empty_like(source)
     binding = session.io_binding()
     x_name = INPUT_NAMES[0]
-    binding.bind_ortvalue_input(x_name, _wrap(source, etype))
+    binding.bind_ortvalue_input(x_name, as_ortvalue(source))
     stuck = np.zeros(0) if stuck_seed is None else stuck_seed  # empty: absent
     for (name, code), value in zip(INPUTS[1:], (p01, p10, seed, s0, s1, stuck), strict=True):
         binding.bind_cpu_input(name, np.array(value, dtype=tensor_dtype_to_np_dtype(code)))
     y_name, counts_name = (name for name, _ in OUTPUTS)
-    binding.bind_ortvalue_output(y_name, _wrap(out, etype))
+    binding.bind_ortvalue_output(y_name, as_ortvalue(out))
     with_counts = len(session.get_outputs()) > 1
     counts = np.zeros(len(COUNT_NAMES), dtype=np.int64)
     if with_counts:
@@ -168,7 +168,9 @@ def run_flipbits_session(session: ort.InferenceSession, array: np.ndarray, *, p0
     return (out, counts) if with_counts else out
 
 
-def _wrap(array: np.ndarray, etype: ElementType) -> ort.OrtValue:
-    """An OrtValue over the array's own memory; bfloat16 and float8 travel as raw integers."""
+def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
+    """An OrtValue over a contiguous array's own memory, of the array's element type (bfloat16 and float8
+    travel as raw integers); the array must outlive it."""
+    etype = element_type(array.dtype)
     raw = array.view(np.dtype(f"u{etype.width // 8}"))
     return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, etype.onnx_type)

@@ -7,6 +7,7 @@ model handed to ONNX Runtime goes through :func:`runtime_proto` (or
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Mapping
@@ -61,21 +62,35 @@ def runtime_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
 def session_options(*, threads: int | None = None) -> ort.SessionOptions:
     """``onnxruntime.SessionOptions`` with the FlipBits library registered and warnings off.
 
-    Intra-op threads do not spin between runs (see below).  Log severity 3 (errors only): an injected
-    model's control inputs are
-    initializers that are also graph inputs on purpose (overridable
-    defaults), and ONNX Runtime warns about each of them otherwise.
+    Intra-op threads do not spin between runs, and CPU memory comes from one
+    arena that all sessions of the process share (see below).  Log severity 3
+    (errors only): an injected model's control inputs are initializers that
+    are also graph inputs on purpose (overridable defaults), and ONNX Runtime
+    warns about each of them otherwise.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Idle intra-op threads spin for a while after each run; a campaign holds several sessions (the clean
     # model, one per trial), and the spinning threads of one steal the cores of the next: with spinning a
-    # trial's first run took 5.1x a warm clean pass, without it 1.5x (benchmarks/bench_trial.py).
+    # trial's first run took 5.1x a warm clean pass, without it 1.5x (benchmarks/bench_evaluate.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # A session's own arena starts empty, so a trial's fresh session faulted in its activations' pages
+    # (hundreds of MB at batch 500) on its first runs and gave them back when it was dropped; sharing the
+    # process's arena lets every trial run in memory an earlier session already touched.
+    _register_shared_cpu_arena()
+    options.add_session_config_entry("session.use_env_allocators", "1")
     options.register_custom_ops_library(get_library_path())
     if threads is not None:
         options.intra_op_num_threads = threads
     return options
+
+
+@functools.cache
+def _register_shared_cpu_arena() -> None:
+    """Register a CPU arena with ONNX Runtime's process-wide environment (once per process), for sessions
+    whose options set ``session.use_env_allocators``."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, None)
 
 
 def make_session(

@@ -206,7 +206,7 @@ def materialize_parameters(model: ir.Model, values: Mapping[str, np.ndarray] | N
 def parameter_flips(model: ir.Model, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     """The constants :func:`materialize_parameters` binds for the fixed parameter flips, by name.
 
-    For a caller that materialises once and then only swaps these arrays
+    For a caller that materialises once and then only binds these arrays
     (the trials of a campaign).  None when some fixed parameter's word
     counts are read (ECC), whose constants this does not compute.
     """

@@ -651,7 +651,9 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
 @click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
               help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
-@P_RANGE_OPTION
+@click.option("--p-range", default="1e-9:0.5", show_default=True, callback=_checked_by(SearchSettings.from_range),
+              help="LOW:HIGH bracket of each cell's midpoint search, 0 < LOW < HIGH <= 1 (int8 weights and "
+                   "biases reach their midpoints above 1e-2).")
 @click.option("--precision", type=float, default=0.2, show_default=True,
               help="Each cell's midpoint search stops when its 95% interval is this many decades wide.")
 @click.option("--budget", default="10m", show_default=True,

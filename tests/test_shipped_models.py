@@ -13,7 +13,7 @@ from onnxflip.data import load_split
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
 DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "cifar10"
-NAMES = sorted(p.stem for p in MODELS.glob("vgg*.onnx") if not p.stem.endswith("_int8"))
+NAMES = sorted(p.stem for p in MODELS.glob("vgg*.onnx") if "_int8" not in p.stem)
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,7 @@ def test_shipped_model_reaches_its_recorded_accuracy(name):
     recorded = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["onnxflip.model"])
     measured = accuracy(path)
     assert abs(measured - recorded["test_accuracy"]) < 0.002, (measured, recorded["test_accuracy"])
-    int8 = MODELS / f"{name}_int8.onnx"
-    assert int8.is_file(), "every float model ships with its int8 QDQ version"
-    assert measured - accuracy(int8) < 0.01
+    for suffix in ("_int8", "_int8_floatbias"):  # int32 biases, float32 biases
+        int8 = MODELS / f"{name}{suffix}.onnx"
+        assert int8.is_file(), "every float model ships with its int8 QDQ versions"
+        assert measured - accuracy(int8) < 0.01, suffix

@@ -240,6 +240,12 @@ class _Campaign:
         start = self.last_fit.theta if self.last_fit is not None else None
         points = self.points()
         fit = fit_curve(points, confidence=self.settings.confidence, start=start)
+        if fit is not None and start is not None and (fit.at_bound or profile):
+            # A warm start can stay where an early, sparse fit put it (a bound of the steepness); the fits the
+            # search stops on, and any at a bound, are compared with one from the cold starts.
+            cold = fit_curve(points, confidence=self.settings.confidence)
+            if cold is not None and cold.deviance < fit.deviance - 1e-9:
+                fit = cold
         if fit is not None and self.samples < self.runner.samples:
             variance = self.sample_variance_near(fit.m, fit.k) * (1.0 / self.samples - 1.0 / self.runner.samples)
             fit = fit.with_sample_variance(variance, self.score_range())

@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = GridSpec(models=tuple(args.models.split(",")), formats=tuple(args.formats.split(",")), extras=False,
-                    samples=args.samples,
+                    samples=args.samples, target_sets=(),  # the grid as measured: activations cells only
                     search=SearchSettings(precision=args.precision, budget=Budget.parse(args.budget)))
     out = pathlib.Path(args.out)
     report = {"grid": {"models": spec.models, "formats": spec.formats, "samples": args.samples or "all",

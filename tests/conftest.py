@@ -215,6 +215,20 @@ def four_logit_model() -> onnx.ModelProto:
     }""", [onnx.numpy_helper.from_array(np.ones((4, 3072), np.float32), "W")])
 
 
+def write_zoo_models(folder: pathlib.Path, data: pathlib.Path, names: tuple[str, ...]) -> pathlib.Path:
+    """A models folder as `reproduce` reads it: <name>.onnx (the template classifier) and <name>_int8.onnx,
+    quantised on the data's training split."""
+    from onnxflip.data import load_split
+    from onnxflip.quantize import quantize_model
+
+    folder.mkdir()
+    calibration = load_split(data, "train").as_float_nchw()
+    for name in names:
+        save_model(template_classifier(), folder / f"{name}.onnx")
+        quantize_model(folder / f"{name}.onnx", folder / f"{name}_int8.onnx", calibration=calibration)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> pathlib.Path:
     return write_image_folder(tmp_path_factory.mktemp("cifar"), {"train": 20, "test": 30})

@@ -7,17 +7,15 @@ import json
 import pathlib
 
 import pytest
-from conftest import save_model, template_classifier
+from conftest import template_classifier, write_zoo_models
 
 from onnxflip import OnnxflipError
 from onnxflip.campaign.executors import RayExecutor
 from onnxflip.campaign.experiment import run
 from onnxflip.campaign.trials import LocalRunner, TrialSettings
 from onnxflip.cli import main
-from onnxflip.data import load_split
 from onnxflip.data.sources import open_source
 from onnxflip.metrics import metric_from_spec
-from onnxflip.quantize import quantize_model
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'onnxflip[ray]'")
 
@@ -64,12 +62,7 @@ def test_evaluate_on_ray_writes_the_numbers_of_the_local_executor_and_resumes_it
 
 
 def test_a_two_model_two_format_grid_on_ray_equals_the_local_one(synthetic_data, tmp_path, capsys):
-    models = tmp_path / "models"
-    models.mkdir()
-    calibration = load_split(synthetic_data, "train").as_float_nchw()
-    for name in ("vgg11", "vgg13"):
-        save_model(template_classifier(), models / f"{name}.onnx")
-        quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=calibration)
+    models = write_zoo_models(tmp_path / "models", synthetic_data, ("vgg11", "vgg13"))
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,int8",
             "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras", "--target-sets", "none",
             "--data", str(synthetic_data)]

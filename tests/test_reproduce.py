@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import save_model, template_classifier
+from conftest import write_zoo_models
 
 from onnxflip.cli import main
 from onnxflip.data import load_split
@@ -16,12 +16,7 @@ from onnxflip.quantize import quantize_model
 
 
 def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path, capsys):
-    models = tmp_path / "models"
-    models.mkdir()
-    calibration = load_split(synthetic_data, "train").as_float_nchw()
-    for name in ("vgg11", "vgg13"):
-        save_model(template_classifier(), models / f"{name}.onnx")
-        quantize_model(models / f"{name}.onnx", models / f"{name}_int8.onnx", calibration=calibration)
+    models = write_zoo_models(tmp_path / "models", synthetic_data, ("vgg11", "vgg13"))
     out = tmp_path / "repro"
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,bfloat16,int8",
             "--bits", "all,exponent,mantissa", "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "60",
@@ -54,11 +49,7 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
 
 
 def test_every_target_combination_gets_its_float32_and_int8_cells(synthetic_data, tmp_path, capsys):
-    models = tmp_path / "models"
-    models.mkdir()
-    calibration = load_split(synthetic_data, "train").as_float_nchw()
-    save_model(template_classifier(), models / "vgg11.onnx")
-    quantize_model(models / "vgg11.onnx", models / "vgg11_int8.onnx", calibration=calibration)
+    models = write_zoo_models(tmp_path / "models", synthetic_data, ("vgg11",))
     args = ["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32,int8",
             "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras",
             "--data", str(synthetic_data), "--out", str(tmp_path / "repro")]
@@ -66,8 +57,8 @@ def test_every_target_combination_gets_its_float32_and_int8_cells(synthetic_data
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "vgg11_int8_floatbias.onnx is missing" in err and "--bias float" in err and "\n" not in err
-    quantize_model(models / "vgg11.onnx", models / "vgg11_int8_floatbias.onnx", calibration=calibration,
-                   bias="float")
+    quantize_model(models / "vgg11.onnx", models / "vgg11_int8_floatbias.onnx",
+                   calibration=load_split(synthetic_data, "train").as_float_nchw(), bias="float")
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "repro" / "report.json").read_text())
     got = {("+".join(c["targets"]), c["format"], c["bias"]) for c in report["cells"]}

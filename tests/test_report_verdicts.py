@@ -105,6 +105,20 @@ def test_a_mantissa_midpoint_beyond_the_range_counts_from_its_bound():
     assert verdict == "agrees in 1 of 1" and numbers == f"vgg11 float32: x10^{math.log10(1e-2 / 1e-5):.2f} or more"
 
 
+def test_int8_ratio_table_gives_a_bound_where_a_midpoint_lies_beyond_the_range():
+    # vgg11's int8 search never fell halfway below 0.5: its ratio is at least 0.5 / 2e-6; vgg13 has both.
+    cells = [cell("vgg11", "float32", midpoint=2e-6), cell("vgg11", "int8", bound=">", bound_p=0.5),
+             cell("vgg13", "float32", midpoint=1e-6), cell("vgg13", "int8", midpoint=3e-4)]
+    text = render_report(report(cells))
+    table = text.split("## int8 / float32 midpoint ratio", 1)[1].split("\n\n")[1].splitlines()
+    rows = [line.strip("| ").split(" | ") for line in table[2:]]
+    assert rows == [["vgg11", "> 0.5", "2e-06", f"≥ {0.5 / 2e-6:.3g} (10^{math.log10(0.5 / 2e-6):.2f})"],
+                    ["vgg13", "0.0003", "1e-06", f"{300:.3g} (10^{math.log10(300):.2f})"]]
+    # The finding's mean counts only the measured ratio.
+    verdict, numbers = verdicts(cells)["int8"]
+    assert numbers == f"vgg13: 10^{math.log10(300):.2f}; mean 10^{math.log10(300):.2f}"
+
+
 # --- exponent flips do more harm than mantissa flips ---------------------------------------------------------------
 
 

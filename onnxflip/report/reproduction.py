@@ -55,16 +55,6 @@ def _find(cells: list[dict], **match) -> dict | None:
     return None
 
 
-def _int8_pairs(grid: list[dict]) -> list[tuple[str, dict, dict, float | None]]:
-    """(model, int8 cell, float32 cell, log10 of their midpoint ratio) for each model with both all-bits cells."""
-    pairs = []
-    for m in dict.fromkeys(c["model"] for c in grid):
-        q, f = _find(grid, model=m, format="int8", bits="all"), _find(grid, model=m, format="float32", bits="all")
-        if q and f:
-            pairs.append((m, q, f, _log_ratio(q["midpoint"], f["midpoint"])))
-    return pairs
-
-
 def orders_verdict(mean_log_ratio: float) -> str:
     """The paper's "about three orders of magnitude" against a mean log10 int8/float32 ratio: 10^(3 +- 0.5) agrees."""
     if 2.5 <= mean_log_ratio <= 3.5:
@@ -101,6 +91,12 @@ def target_ratios(report: dict) -> list[dict]:
                     out.append({"targets": targets, "bias": bias, "model": m, "int8": q, "float32": f,
                                 "log_ratio": log_ratio, "kind": kind})
     return out
+
+
+def _grid_ratios(report: dict) -> list[dict]:
+    """The :func:`target_ratios` rows of the grid's own cells (its noisy values, int32 biases)."""
+    return [r for r in target_ratios(report)
+            if r["bias"] == "int32" and r["int8"]["section"] == "grid" and r["float32"]["section"] == "grid"]
 
 
 def _ratio_text(r: dict) -> str:
@@ -189,7 +185,7 @@ def findings(report: dict) -> list[tuple[str, str, str]]:
     else:
         out.append(("Deeper networks tolerate less", "not measured", "needs at least three depths"))
 
-    ratios = [(m, r) for m, _, _, r in _int8_pairs(grid) if r is not None]
+    ratios = [(r["model"], r["log_ratio"]) for r in _grid_ratios(report) if r["kind"] == "=" and r["log_ratio"] is not None]
     if ratios:
         mean = sum(r for _, r in ratios) / len(ratios)
         verdict = orders_verdict(mean)
@@ -243,8 +239,8 @@ def render_report(report: dict) -> str:
 
     lines += ["", "## int8 / float32 midpoint ratio", ""]
     lines += _table(["model", "int8", "float32", "ratio"],
-                    [[m, _p(q["midpoint"]), _p(f["midpoint"]), f"{10 ** r:.3g} (10^{r:.2f})" if r is not None else "-"]
-                     for m, q, f, r in _int8_pairs(grid)])
+                    [[r["model"], _mid(r["int8"]), _mid(r["float32"]), _ratio_text(r)]
+                     for r in _grid_ratios(report)])
 
     claims = claim_by_targets(report)
     if any(len(c["targets"]) != 1 or c["targets"] != tuple(grid[0]["targets"] if grid else ()) for c in claims):

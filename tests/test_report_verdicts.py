@@ -117,6 +117,7 @@ def test_int8_ratio_table_gives_a_bound_where_a_midpoint_lies_beyond_the_range()
     # The finding's mean counts only the measured ratio.
     verdict, numbers = verdicts(cells)["int8"]
     assert numbers == f"vgg13: 10^{math.log10(300):.2f}; mean 10^{math.log10(300):.2f}"
+    assert verdict == expected_int8_verdict(math.log10(300))
 
 
 # --- exponent flips do more harm than mantissa flips ---------------------------------------------------------------

@@ -7,12 +7,13 @@ such cell of the default grid twice, one after the other, as `onnxflip
 reproduce` runs it (same settings, seed and search): with the placement of
 `onnxflip.graph.passes.qlinear` (uint8 storage, channels-last integer ops)
 and with the earlier one (FlipBits between QuantizeLinear and
-DequantizeLinear only, `insert_flipbits` without the two qlinear passes).
+DequantizeLinear only: bench_placement.py's `earlier_placement`, written to
+a file that the experiment then runs as an injected model).
 The draws differ between the two (NHWC order, the sign bit's own stream), so
 the searches take similar, not equal, numbers of trials: the figures are
 seconds per cell and per trial.
 
-Usage: python benchmarks/bench_grid_placement.py [--data DIR] [--models vgg11,vgg13,vgg16,vgg19] [--out DIR]
+Usage: python benchmarks/bench_grid_placement.py [--data DIR] [--models vgg11,vgg13,vgg16,vgg19] [--grid REPORT]
 Prints one line per cell and the sums; with --grid REPORT (a reproduce report.json) also the grid's wall time
 with these cells' times swapped for the earlier placement's.
 """
@@ -20,37 +21,20 @@ with these cells' times swapped for the earlier placement's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import pathlib
 import tempfile
 import time
 
-import onnx_ir as ir
+from bench_placement import earlier_placement
 
-import onnxflip.graph.inject as inject
 from onnxflip.campaign.design import Budget, SearchSettings
 from onnxflip.campaign.experiment import Experiment, run
 from onnxflip.campaign.reproduce import GridSpec
 from onnxflip.campaign.trials import TrialSettings
+from onnxflip.modelio import load_model, save_model
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
-
-
-class _Unchanged(ir.passes.InPlacePass):
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, modified=False)
-
-
-@contextlib.contextmanager
-def earlier_placement():
-    """`insert_flipbits` as it was before the qlinear passes: int8 FlipBits stay between Q and DQ."""
-    saved = inject.StoreInt8AsUint8Pass, inject.NhwcIntegerConvPass
-    inject.StoreInt8AsUint8Pass = inject.NhwcIntegerConvPass = _Unchanged
-    try:
-        yield
-    finally:
-        inject.StoreInt8AsUint8Pass, inject.NhwcIntegerConvPass = saved
 
 
 def main() -> None:
@@ -68,13 +52,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for cell in cells:
             line = [cell.key]
-            for name, placement in (("now", contextlib.nullcontext), ("earlier", earlier_placement)):
-                experiment = Experiment(trials=TrialSettings(format="int8", targets=cell.targets, seed=spec.seed,
-                                                             batch_size=spec.batch_size), search=spec.search)
+            settings = TrialSettings(format="int8", targets=cell.targets, seed=spec.seed, batch_size=spec.batch_size)
+            for name in ("now", "earlier"):
                 began = time.perf_counter()
-                with placement():
-                    result = run(experiment, model_path=MODELS / f"{cell.model}_int8.onnx", data=args.data,
-                                 out=pathlib.Path(tmp) / name / cell.key)
+                path = MODELS / f"{cell.model}_int8.onnx"
+                if name == "earlier":  # injected here; the experiment runs an injected model as it is
+                    injected = pathlib.Path(tmp) / f"{cell.key}-earlier.onnx"
+                    save_model(earlier_placement(load_model(path), settings), injected)
+                    path = injected
+                result = run(Experiment(trials=settings, search=spec.search), model_path=path, data=args.data,
+                             out=pathlib.Path(tmp) / name / cell.key)
                 seconds = time.perf_counter() - began
                 totals[name] += seconds
                 trials = result["evaluations"]

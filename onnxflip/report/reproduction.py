@@ -185,7 +185,7 @@ def findings(report: dict) -> list[tuple[str, str, str]]:
     else:
         out.append(("Deeper networks tolerate less", "not measured", "needs at least three depths"))
 
-    ratios = [(r["model"], r["log_ratio"]) for r in _grid_ratios(report) if r["kind"] == "=" and r["log_ratio"] is not None]
+    ratios = [(r["model"], r["log_ratio"]) for r in _grid_ratios(report) if r["kind"] == "="]  # both midpoints measured
     if ratios:
         mean = sum(r for _, r in ratios) / len(ratios)
         verdict = orders_verdict(mean)

@@ -5,7 +5,8 @@ biases flipped and made constants for the trial, a session built, then
 every batch run with new activation flips: what `onnxflip evaluate` does per
 trial) against a plain ONNX Runtime loop over the same batches of the clean
 model (its session built once, outside the timing, as in bench_evaluate.py).
-They alternate, best of --repeats.  int8 has two clean references: the
+They alternate: the best of --repeats of each, and the median and range of
+the ratios of the passes run side by side in one repeat.  int8 has two clean references: the
 QDQ model as ONNX Runtime runs it by default (on x86 without VNNI its
 uint8 x int8 kernels saturate, see onnxflip/graph/passes/qlinear.py) and the same model
 in the exact integer form the injected one uses (keep_integer_kernels, no flips).
@@ -131,6 +132,13 @@ def optimised_ops(model: ir.Model) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in nodes).most_common())
 
 
+def paired(clean_s: list[float], trial_s: list[float]) -> str:
+    """The ratios of the passes run side by side (clean time / injected time of the same repeat): their median
+    and range, which a slow spell of the machine moves less than the best-of ratio."""
+    ratios = np.array(clean_s) / np.array(trial_s)
+    return f"paired median {np.median(ratios):.2f}x, range {ratios.min():.2f}-{ratios.max():.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="../shared/cifar10")
@@ -158,7 +166,8 @@ def main() -> None:
             evaluator.trial(P, 0, n)
             trial_s.append(time.perf_counter() - start)
         ratios = ", ".join(f"{name} {n / min(times):.0f} images/s, accuracy {accuracy[name]:.4f} "
-                           f"({min(times) / min(trial_s):.2f}x)" for name, times in plain_s.items())
+                           f"({min(times) / min(trial_s):.2f}x; {paired(times, trial_s)})"
+                           for name, times in plain_s.items())
         print(f"{label}: injected {n / min(trial_s):.0f} images/s, accuracy {trial_accuracy:.4f}; {ratios}")
         model = trial_model(evaluator)
         activations = {control_input_name("activations", "p01"): np.array(P, np.float32),

@@ -222,3 +222,12 @@ def test_evaluate_a_resnet_on_an_image_folder_with_top5(resnet18_path, tmp_path,
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "results.json").read_text())
     assert data["floor"] == pytest.approx(5 / 1000) and data["metric"] == "top5"
+
+
+@pytest.mark.parametrize("mode", [["--p", "0,1e-3"], ["--midpoint"]])
+def test_a_clean_score_at_the_floor_is_one_line_in_either_mode(classifier_path, synthetic_data, tmp_path, capsys, mode):
+    """Agreement of the clean model with itself is 1: a floor of 1 leaves no fall to measure."""
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--metric", "agreement",
+                 "--floor", "1", "--out", str(tmp_path / "r"), *mode])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "not above the floor" in err[0], err

@@ -41,7 +41,7 @@ import numpy as np
 from onnxflip.campaign.estimate import MIN_TRIALS, PointData, _jacobian, fit_curve, survival, with_profile
 from onnxflip.errors import OnnxflipError
 
-__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "search_midpoint"]
+__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "check_fall", "search_midpoint"]
 
 _LN10 = math.log(10.0)
 GRID_STEP = 0.05  # decades: design points are snapped to this grid, so a point is revisited rather than crowded
@@ -51,6 +51,14 @@ PILOT_TRIALS = 6
 DESIGN_MARGIN = 1.0  # decades beyond the bracket where the design may still place trials (a midpoint near an end)
 LOOK_MARGIN = 1.1  # plan a little beyond the trials the last width says are needed
 _SPREAD = (0.0, -0.3, 0.3, -0.15, 0.15, -0.6, 0.6)  # decades around the estimate, while there is no interval
+
+
+def check_fall(clean: float, floor: float) -> None:
+    """Refuses a clean score at or below the floor: scores are measured as the share of the fall from one to the
+    other, and there is none."""
+    if clean - floor <= 1e-9:
+        raise OnnxflipError(f"the clean score {clean:.4g} is not above the floor {floor:.4g}: there is no fall to "
+                            "measure")
 
 
 @dataclass(frozen=True)
@@ -193,9 +201,7 @@ class _Campaign:
             self.outcomes.append(outcome)
             if self.on_trials:
                 self.on_trials([outcome])
-            if outcome.score - self.runner.floor <= 1e-9:
-                raise OnnxflipError(f"the clean score {outcome.score:.4g} is not above the floor "
-                                    f"{self.runner.floor:.4g}: there is no fall to measure")
+            check_fall(outcome.score, self.runner.floor)
         return self.clean[samples]
 
     def run(self, x: float, count: int) -> None:

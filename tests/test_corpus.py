@@ -10,6 +10,7 @@ gives one line of error and exit status 1.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
 import re
@@ -580,3 +581,20 @@ def test_a_model_beyond_the_size_limit_is_written_with_external_data(tmp_path, m
     small = tmp_path / "small.onnx"
     modelio.save_model(load_model(path), small)
     assert not external_data_path(small).exists()
+
+
+def test_a_model_with_external_data_is_evaluated_from_any_folder(tmp_path, capsys, synthetic_data, monkeypatch):
+    """ONNX Runtime gets the model as bytes: its external tensors are read from the model's folder, not the
+    working one, for the clean model and for a model injected with external data."""
+    _, path = _built("external_data", tmp_path)
+    injected = tmp_path / "injected.onnx"
+    assert run(capsys, "inject", path, "-o", injected)[0] == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for model in (path, injected):
+        out = tmp_path / f"results_{model.stem}"
+        code, _, err = run(capsys, "evaluate", model, "--data", synthetic_data, "--metric", "agreement", "--p",
+                           "0,1e-3", "--trials", "1", "--out", out)
+        assert code == 0, err
+        assert json.loads((out / "results.json").read_text())["clean_score"] == 1.0

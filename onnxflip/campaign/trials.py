@@ -54,7 +54,9 @@ from onnxflip.metrics import Metric
 from onnxflip.runtime.flip import as_ortvalue
 from onnxflip.runtime.session import (
     PROVIDERS,
+    external_data_folder,
     make_session,
+    read_external_data_from,
     runtime_bytes,
     runtime_proto,
     session_options,
@@ -215,6 +217,7 @@ class LocalRunner:
         self._clean: dict[int, np.ndarray] = {}  # outputs of the fault-free model per sample count
         # The serialised model of a trial at p > 0 whose flipped constants each trial binds (False: not possible).
         self._template = None
+        self._external_folder = external_data_folder(self.injected)  # where its external tensors are read from
         self.providers: tuple[str, ...] = ()
 
     def __reduce__(self):
@@ -240,7 +243,7 @@ class LocalRunner:
         """The trial's session: its parameter flips are constants, so ONNX Runtime keeps its weight optimisations."""
         controls = self._controls(p01, p10, trial_seed, s0, s1)
         bound = self._bind_flips(controls) if p01 > 0 or p10 > 0 or s0 > 0 or s1 > 0 else None
-        options = session_options(threads=self.threads)
+        options = read_external_data_from(session_options(threads=self.threads), self._external_folder)
         if bound is None:
             model, flips = runtime_bytes(self._materialize(controls)), {}
         else:

@@ -22,7 +22,9 @@ from onnxflip.runtime.library import get_library_path
 __all__ = [
     "IR_VERSION",
     "PROVIDERS",
+    "external_data_folder",
     "make_session",
+    "read_external_data_from",
     "runtime_bytes",
     "runtime_proto",
     "session_options",
@@ -57,6 +59,27 @@ def runtime_proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
 def runtime_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
     """The serialised model at an IR version ONNX Runtime reads."""
     return runtime_proto(model).SerializeToString()
+
+
+def external_data_folder(model: ir.Model) -> str | None:
+    """The folder a model's external tensors are read from (None when every tensor is in memory).
+
+    A model handed to ONNX Runtime as bytes keeps such tensors as references
+    to a file relative to that folder, which the session must be told
+    (:func:`read_external_data_from`).
+    """
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                return str(value.const_value.base_dir)
+    return None
+
+
+def read_external_data_from(options: ort.SessionOptions, folder: str | None) -> ort.SessionOptions:
+    """Options whose session reads the external data files of a model given as bytes from ``folder``."""
+    if folder:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    return options
 
 
 def session_options(*, threads: int | None = None) -> ort.SessionOptions:
@@ -112,6 +135,8 @@ def make_session(
     opts = options if options is not None else session_options(threads=threads)
     if options is not None and threads is not None:
         opts.intra_op_num_threads = threads
+    if isinstance(model, ir.Model):
+        read_external_data_from(opts, external_data_folder(model))
     if isinstance(model, (ir.Model, onnx.ModelProto)):
         source: bytes | str = runtime_bytes(model)
     else:

@@ -138,6 +138,7 @@ def _apply(options):
     return decorator
 
 
+DEFAULT = click.core.ParameterSource.DEFAULT  # an option the user did not give
 PROBABILITY = click.FloatRange(0.0, 1.0)
 MODEL_ARG = click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 
@@ -326,7 +327,7 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     sites = len(json.loads(injected.metadata_props[METADATA_KEY])["sites"])  # int8 sign bits add nodes, not sites
     click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")
     ctx = click.get_current_context()
-    if all(ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT for name in ("p", "p01", "p10")):
+    if all(ctx.get_parameter_source(name) == DEFAULT for name in ("p", "p01", "p10")):
         _warn("no --p, --p01 or --p10 given: the model's default flip probabilities are 0 (set its "
               "onnxflip_<target>_p01 and _p10 inputs at run time)")
 
@@ -424,7 +425,7 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
               help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
                    "[default: the model's onnxflip.preprocess metadata].")
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
-              help="Samples per ONNX Runtime run.")
+              help="Samples per ONNX Runtime run (a model with a fixed batch size: that size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
 @PROVIDER_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=None,
@@ -455,15 +456,20 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     from onnxflip.campaign.design import Budget, SearchSettings
     from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
     from onnxflip.campaign.trials import TrialSettings
+    from onnxflip.graph.inputs import batch_dimension
     from onnxflip.modelio import load_model
 
+    clean_or_injected = load_model(model)
+    fixed = batch_dimension(clean_or_injected)
+    if fixed is not None and click.get_current_context().get_parameter_source("batch_size") == DEFAULT:
+        batch_size = fixed  # a model exported with a fixed batch runs in batches of that size
     try:  # options that contradict each other (a fixed stuck-at rate in a stuck-at sweep): a usage error
         settings = TrialSettings(targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
                                  batch_size=batch_size, seed=seed, provider=provider, selection=selection,
                                  fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p, **memory)
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
-    fmt = resolve_format(load_model(model), fmt)
+    fmt = resolve_format(clean_or_injected, fmt)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(
         trials=dataclasses.replace(settings, format=fmt),

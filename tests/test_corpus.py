@@ -598,3 +598,32 @@ def test_a_model_with_external_data_is_evaluated_from_any_folder(tmp_path, capsy
                            "0,1e-3", "--trials", "1", "--out", out)
         assert code == 0, err
         assert json.loads((out / "results.json").read_text())["clean_score"] == 1.0
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_a_fixed_batch_model_is_evaluated_in_batches_of_its_size(tmp_path, capsys, synthetic_data, batch):
+    """evaluate runs it in batches of its size unless told another (then one line); a last, shorter batch is
+    filled up and its outputs are those of the model run on the true samples (100 = 14 x 7 + 2)."""
+    proto = classifier(batch=str(batch))
+    path = _save(proto, tmp_path)
+    out = tmp_path / "results"
+    code, _, err = run(capsys, "evaluate", path, "--data", synthetic_data, "--samples", "100", "--metric",
+                       "agreement", "--p", "0,1e-2", "--trials", "2", "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["settings"]["batch_size"] == batch
+    code, _, err = run(capsys, "evaluate", path, "--data", synthetic_data, "--batch-size", "5", "--out",
+                       tmp_path / "refused")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f"batches of exactly {batch}" in err, err
+
+    from onnxflip.campaign.trials import LocalRunner, TrialSettings
+    from onnxflip.data.sources import open_source
+    from onnxflip.metrics import metric_from_spec
+
+    model = load_model(path)
+    source = open_source(synthetic_data, model=model, split="test").subset(100)
+    runner = LocalRunner(model, source, metric_from_spec("agreement"), TrialSettings(batch_size=batch))
+    for dim in (*proto.graph.input[0].type.tensor_type.shape.dim[:1], *proto.graph.output[0].type.tensor_type.shape.dim[:1]):
+        dim.dim_param = "N"
+    images = np.concatenate([b.feeds["x"] for b in source.batches(100)])
+    (want,) = make_session(proto).run(None, {"x": images})
+    np.testing.assert_allclose(runner._clean_outputs(100), want, rtol=1e-6, atol=1e-6)

@@ -47,6 +47,7 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.faults import WordCounts, check_ecc, check_stuck, words_per_run
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
+from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.sites import TARGETS, Selection
@@ -200,6 +201,10 @@ class LocalRunner:
             _check_injected_ecc(model, settings)
         else:
             self.injected = insert_flipbits(model, config=settings.injection())
+        self.fixed_batch = batch_dimension(self.injected)  # the batch size the model's inputs fix (None: any)
+        if self.fixed_batch is not None and settings.batch_size != self.fixed_batch:
+            raise OnnxflipError(f"the model takes batches of exactly {self.fixed_batch} (its inputs fix the batch "
+                                f"dimension), not {settings.batch_size}: use a batch size of {self.fixed_batch}")
         self.targets = [t for t in TARGETS
                         if any(v.name == control_input_name(t, "p01") for v in self.injected.graph.inputs)]
         output_names = {v.name for v in self.injected.graph.outputs}
@@ -323,8 +328,13 @@ class LocalRunner:
     def _outputs(self, session: ort.InferenceSession, names: frozenset[str], feeds: dict[str, np.ndarray], activation_seed: int | None,
                  rates: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
                  trial_seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The metric's output and the word counts of each target with ECC (that the session still computes)."""
-        feeds = dict(feeds)
+        """The metric's output and the word counts of each target with ECC (that the session still computes).
+
+        A model with a fixed batch size gets a last, shorter batch filled up
+        with copies of its last sample, whose outputs are dropped; their
+        stored values are words read like any other (ECC counts cover them).
+        """
+        feeds, short = self._filled(feeds)
         if activation_seed is not None and "activations" in self.targets:
             controls = [(w, np.array(r, np.float32)) for w, r in zip(("p01", "p10", "s0", "s1"), rates)]
             controls.append(("seed", np.array(activation_seed, np.int64)))
@@ -337,7 +347,16 @@ class LocalRunner:
         available = {o.name for o in session.get_outputs()}
         counted = [t for t in self.counted if counts_output_name(t) in available]
         out, *counts = session.run([self.output, *(counts_output_name(t) for t in counted)], feeds)
-        return out, dict(zip(counted, counts))
+        return (out if short is None else out[:short]), dict(zip(counted, counts))
+
+    def _filled(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int | None]:
+        """The feeds of a batch filled up to the model's fixed batch size, and the true length where it was
+        shorter (None otherwise)."""
+        size = len(next(iter(feeds.values())))
+        if self.fixed_batch is None or size >= self.fixed_batch:
+            return dict(feeds), None
+        extra = self.fixed_batch - size
+        return {name: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for name, a in feeds.items()}, size
 
     def _words(self, counts: list[dict[str, np.ndarray]], batch_sizes: list[int]) -> dict[str, dict] | None:
         """Per target with ECC: the words read corrected, detected and silently wrong, and the words read.
@@ -378,7 +397,7 @@ class LocalRunner:
             out, batch_counts = self._outputs(trial_session.session, trial_session.inputs, batch.feeds,
                                               mix_seed(trial_seed, 1 + b), rates, trial_seed)
             counts.append(batch_counts)
-            sizes.append(len(batch))
+            sizes.append(max(len(batch), self.fixed_batch or 0))  # the rows stored, filled ones included
             reference = clean[start : start + len(batch)] if clean is not None else None
             batch_scores = np.asarray(self.metric.scores(out, reference, batch.labels), dtype=np.float64)
             scores.append(batch_scores)

@@ -65,6 +65,12 @@ def test_convert_writes_a_clean_model(vgg_path, tmp_path, capsys):
     code, _, _ = run(capsys, "convert", str(vgg_path), "-o", str(out), "--format", "float16")
     assert code == 0
     assert not any(n.op_type == "FlipBits" for n in onnx.load(out).graph.node)
+    # its stored values already pass through float16: injecting it again would store them twice
+    for command in (["inspect"], ["inject", "-o", str(tmp_path / "x.onnx")], ["convert", "-o", str(tmp_path / "y.onnx")]):
+        code, _, err = run(capsys, command[0], str(out), *command[1:], "--format", "float16")
+        assert code == 1 and err.strip() == ("onnxflip: error: the model is already converted to float16 (onnxflip "
+                                             "convert); inject or evaluate the original model with --format float16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f16.onnx"]
 
 
 def _write(path, data: bytes):

@@ -9,7 +9,8 @@
 ``convert_format`` runs the same sequence up to StoreInFormatPass: the clean
 model in a format, what an injected model computes at p = 0.  Both work on a
 copy; the caller's model is not changed.  A model that already carries the
-``onnxflip.injection`` metadata is refused (inject the original again).
+``onnxflip.injection`` metadata is refused (inject the original again), and
+so is one converted to another format than float32.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> ir.Model:
 def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
     if METADATA_KEY in model.metadata_props or any(n.domain == DOMAIN for n in all_nodes(model.graph)):
         raise OnnxflipError("the model is already injected; inject the original model instead")
+    converted = model.metadata_props.get(FORMAT_METADATA_KEY, "float32")
+    if converted != "float32":  # its stored values pass through the format: its sites would be stored twice
+        raise OnnxflipError(f"the model is already converted to {converted} (onnxflip convert); inject or evaluate "
+                            f"the original model with --format {converted}")
     check_graph(model)
     passes = [FoldBatchNormPass()] if config.fold_batchnorm else []
     prepared = _run([*passes, ShapeInferencePass()], model.clone())

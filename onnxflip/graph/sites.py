@@ -17,6 +17,8 @@ Three target classes:
 Sites are found in the main graph and in the bodies of ``If``, ``Loop`` and
 ``Scan`` nodes alike (onnx_ir walks subgraphs); an ``If`` or ``Loop`` whose
 body computes a Conv, Gemm or MatMul counts as one for what lies downstream.
+Their outputs pass on what a body stored: where a body output is a site, the
+node's output is not one again (one write, one exposure).
 
 ``include``/``exclude`` regular expressions match a site's tensor name or the
 name of the node that writes (or first reads) it.
@@ -192,10 +194,44 @@ def _stored_parameter(value: ir.Value | None, qdq: bool) -> ir.Value | None:
 _VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 
 
+_CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
 def _requantises_a_view(quantize: ir.Node) -> bool:
     """A QuantizeLinear of a reshaped tensor re-stores data already stored: not a new write."""
     producer = quantize.inputs[0].producer() if quantize.inputs[0] is not None else None
     return producer is not None and producer.op_type in _VIEW_OPS
+
+
+def _body_outputs(node: ir.Node, index: int) -> list[ir.Value]:
+    """The body outputs that output ``index`` of an If, Loop or Scan node passes on (its value is one of them)."""
+    if node.op_type == "If":
+        return [node.attributes[name].value.outputs[index] for name in ("then_branch", "else_branch")
+                if name in node.attributes]
+    body = node.attributes["body"].value
+    position = index + (1 if node.op_type == "Loop" else 0)  # a Loop body's first output is its condition
+    return [body.outputs[position]] if position < len(body.outputs) else []
+
+
+def _passed_on_by_control_flow(chosen: dict[ir.Value, None], downstream: set[ir.Value]) -> list[ir.Value]:
+    """The chosen values, where an If, Loop or Scan output that only passes on what a chosen body output
+    stored is replaced by its body outputs (one write, one exposure): the branch or body outputs that are
+    not chosen yet become sites in its place, so that every path through it is exposed once."""
+    sites = dict(chosen)
+    changed = True
+    while changed:
+        changed = False
+        for value in list(sites):
+            producer = value.producer()
+            if producer is None or producer.op_type not in _CONTROL_FLOW:
+                continue
+            inner = _body_outputs(producer, value.index())
+            if not any(v in sites for v in inner):
+                continue
+            del sites[value]
+            sites.update(dict.fromkeys(v for v in inner if v in downstream and v.dtype == value.dtype))
+            changed = True
+    return list(sites)
 
 
 def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_dtype: ir.DataType) -> Iterable[Site]:
@@ -215,7 +251,7 @@ def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_
                 chosen.append(out)
     if not qdq:
         chosen += [out for out in graph.outputs if out in downstream and out.dtype == compute_dtype]
-    for value in dict.fromkeys(chosen):
+    for value in _passed_on_by_control_flow(dict.fromkeys(chosen), downstream):
         producer = value.producer()
         yield Site(value, "activations", producer.name if producer is not None else "")
 

@@ -159,7 +159,7 @@ TARGETS_OPTION = _option(
 )
 BITS_OPTION = _option(
     "--bits", default="all", show_default=True,
-    help="Bits that may flip: all, sign, exponent, mantissa, low:K, high:K, or a mask like 0x7f80.",
+    help="Bits that may flip: all, sign, a mask like 0x7f80; float formats also exponent, mantissa; int8 also low:K, high:K.",
 )
 FOLD_OPTION = _option("--no-fold-batchnorm", is_flag=True,
                       help="Keep BatchNormalization nodes instead of folding them into Conv.")

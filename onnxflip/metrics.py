@@ -179,9 +179,9 @@ def _clean(clean: np.ndarray | None, outputs: np.ndarray, *, metric: str) -> np.
 def relative_errors(outputs: np.ndarray, clean: np.ndarray) -> np.ndarray:
     """Per sample ``||outputs - clean||_2 / ||clean||_2`` over all its values (float64); inf where the
     outputs are not finite, and where the clean outputs are all zero but the faulty ones are not."""
-    faulty = outputs.reshape(len(outputs), -1).astype(np.float64)
-    reference = clean.reshape(len(clean), -1).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
+        faulty = outputs.reshape(len(outputs), -1).astype(np.float64)
+        reference = clean.reshape(len(clean), -1).astype(np.float64)
         diff = np.linalg.norm(faulty - reference, axis=1)
         norm = np.linalg.norm(reference, axis=1)
         error = np.where(norm > 0, diff / np.where(norm > 0, norm, 1.0), np.where(diff == 0, 0.0, np.inf))

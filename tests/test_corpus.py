@@ -339,15 +339,16 @@ CASES = {
     "empty_graph": Case(empty_graph, error="empty graph"),
     "missing_external_data": Case(missing_external_data, error="external data file weights.bin, which does not"),
     # weights: packed QKV, attention output, two feed-forward; the dynamo exporter drops the (zero) attention
-    # output bias that the TorchScript one keeps; activations: the GELU/ReLU and the block's output
+    # output bias that the TorchScript one keeps; activations: the attention Softmax, the GELU/ReLU, the first
+    # LayerNormalization and the block's output (its second)
     "transformer_gelu_torchscript": Case(lambda f: transformer(f, activation="gelu", dynamo=False),
-                                         {"activations": 2, "weights": 4, "biases": 4}, torch=True),
+                                         {"activations": 4, "weights": 4, "biases": 4}, torch=True),
     "transformer_relu_torchscript": Case(lambda f: transformer(f, activation="relu", dynamo=False),
-                                         {"activations": 2, "weights": 4, "biases": 4}, torch=True),
+                                         {"activations": 4, "weights": 4, "biases": 4}, torch=True),
     "transformer_gelu_dynamo": Case(lambda f: transformer(f, activation="gelu", dynamo=True),
-                                    {"activations": 2, "weights": 4, "biases": 3}, torch=True),
+                                    {"activations": 4, "weights": 4, "biases": 3}, torch=True),
     "transformer_relu_dynamo": Case(lambda f: transformer(f, activation="relu", dynamo=True),
-                                    {"activations": 2, "weights": 4, "biases": 3}, torch=True),
+                                    {"activations": 4, "weights": 4, "biases": 3}, torch=True),
 }
 WORKING = [name for name, case in CASES.items() if case.sites is not None]
 BROKEN = [name for name, case in CASES.items() if case.sites is None]

@@ -3,7 +3,8 @@
 Three target classes:
 
 * ``activations``: tensors a layer writes.  In a float graph, by default the
-  outputs of activation functions and pooling layers, plus the graph outputs
+  outputs of activation functions (Softmax too), LayerNormalization and
+  pooling layers, plus the graph outputs
   (the logits), so ``Conv -> Relu`` is one write, not two; or the outputs of
   chosen op types; or every intermediate float tensor.  In a QDQ graph, the
   outputs of QuantizeLinear.  Only values computed from some Conv, Gemm or
@@ -50,7 +51,8 @@ TARGETS = ("activations", "weights", "biases")
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 DEFAULT_ACTIVATION_OPS = (
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Gelu", "Softplus", "Mish", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "Gelu", "Softplus", "Mish", "Clip", "Softmax", "LayerNormalization", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool",
 )  # fmt: skip
 _BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 

@@ -165,7 +165,7 @@ FOLD_OPTION = _option("--no-fold-batchnorm", is_flag=True,
                       help="Keep BatchNormalization nodes instead of folding them into Conv.")
 SELECTION_OPTIONS = [
     _option("--ops", type=CommaList(), default=",".join(DEFAULT_ACTIVATION_OPS), show_default=False,
-            help="Op types whose outputs are activation sites (default: activation functions and pooling)."),
+            help="Op types whose outputs are activation sites (default: activation functions, Softmax, LayerNormalization, pooling)."),
     _option("--every-intermediate", is_flag=True,
             help="Make every intermediate float tensor after the first Conv/Gemm/MatMul an activation site."),
     _option("--include", metavar="REGEX", help="Only sites whose tensor or node name matches."),

@@ -231,3 +231,29 @@ def test_a_clean_score_at_the_floor_is_one_line_in_either_mode(classifier_path, 
                  "--floor", "1", "--out", str(tmp_path / "r"), *mode])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "not above the floor" in err[0], err
+
+
+def test_overwrite_replaces_only_a_results_folder_that_holds_no_input(classifier_path, synthetic_data, tmp_path,
+                                                                      capsys):
+    """--overwrite on a mistyped --out (a folder of other files, the model's folder, the data) deletes nothing."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    model = model_dir / "model.onnx"
+    model.write_bytes(classifier_path.read_bytes())
+    (model_dir / "results.json").write_text("{}")  # even beside a results file
+    cases = [(mine, "holds no results.json"), (model_dir, "holds the input"), (tmp_path, "holds the input"),
+             (synthetic_data, "holds the input"), (synthetic_data / "results", "lies inside the input")]
+    for out, message in cases:
+        code = main(["evaluate", str(model), "--data", str(synthetic_data), "--p", "0", "--out", str(out),
+                     "--overwrite"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and message in err[0], (out, err)
+    assert (mine / "notes.txt").read_text() == "keep" and model.read_bytes() == classifier_path.read_bytes()
+    assert not (synthetic_data / "results").exists()
+    results = tmp_path / "results"
+    for _ in range(2):  # a results folder is replaced
+        assert main(["evaluate", str(model), "--data", str(synthetic_data), "--p", "0", "--out", str(results),
+                     "--overwrite"]) == 0

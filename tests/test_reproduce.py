@@ -111,3 +111,17 @@ def test_field_formats_rejects_int8(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("onnxflip: error:") and "int8" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_overwrite_never_deletes_the_models_or_another_folder(synthetic_data, tmp_path, capsys):
+    models = write_zoo_models(tmp_path / "models", synthetic_data, ("vgg11",))
+    before = sorted(p.name for p in models.iterdir())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    for out, message in ((models, "holds the input"), (tmp_path, "holds the input"), (other, "holds no report.json")):
+        code = main(["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32",
+                     "--target-sets", "none", "--data", str(synthetic_data), "--out", str(out), "--overwrite"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and message in err[0], (out, err)
+    assert sorted(p.name for p in models.iterdir()) == before and (other / "notes.txt").read_text() == "keep"

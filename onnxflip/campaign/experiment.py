@@ -232,7 +232,8 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         if search.budget.seconds < 5 * probe.seconds:
             raise OnnxflipError(f"a budget of {search.budget.seconds:g} s cannot even bracket the midpoint "
                                 f"(about {5 * probe.seconds:.1f} s: five passes over {probe.samples} samples)")
-    previous = prepare_output(out, resume=resume, overwrite=overwrite)
+    previous = prepare_output(out, resume=resume, overwrite=overwrite,
+                              inputs=[model_path, *([data_path] if data_path is not None else [])])
     header = {
         "model": str(model_path),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),

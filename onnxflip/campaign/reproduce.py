@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from onnxflip.campaign.design import SearchSettings
 from onnxflip.campaign.executors import Executor
 from onnxflip.campaign.experiment import Experiment, run
-from onnxflip.campaign.results import prepare_output
+from onnxflip.campaign.results import check_inputs_outside, prepare_output
 from onnxflip.campaign.trials import TrialSettings
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.sites import TARGETS
@@ -191,10 +191,12 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
         _model_path(models_dir, cell)
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise OnnxflipError(f"{out} exists; use --resume to continue it or --overwrite to replace it")
+    inputs = [models_dir, *([data_dir] if data_dir is not None else [])]
     if resume:
+        check_inputs_outside(out, inputs)
         out.mkdir(parents=True, exist_ok=True)
     else:
-        prepare_output(out, resume=False, overwrite=overwrite)
+        prepare_output(out, resume=False, overwrite=overwrite, inputs=inputs, markers=("report.json", "cells"))
     began = time.perf_counter()
     summaries = []
     for cell in tqdm(cells, desc="reproduce", unit="cell", disable=None, file=sys.stderr):

@@ -27,17 +27,35 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import write_atomically
 
-__all__ = ["prepare_output", "rows_of", "versions", "write_results"]
+__all__ = ["check_inputs_outside", "prepare_output", "rows_of", "versions", "write_results"]
 
 CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "sd", "min", "max", "nonfinite")
 WORD_COLUMNS = ("corrected", "detected", "silent")  # with ECC: fractions of the words read
 
 
-def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool) -> dict | None:
-    """Check the results folder; returns the earlier results when resuming."""
+def check_inputs_outside(out: pathlib.Path, inputs: Sequence[pathlib.Path | str]) -> None:
+    """Refuse a results folder that is, holds or lies inside one of the inputs (a data folder would read it)."""
+    for source in inputs:
+        source_path = pathlib.Path(source).resolve()
+        if source_path == out.resolve() or out.resolve() in source_path.parents:
+            raise OnnxflipError(f"results folder {out} holds the input {source}; choose another --out")
+        if source_path in out.resolve().parents:
+            raise OnnxflipError(f"results folder {out} lies inside the input {source}; choose another --out")
+
+
+def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool, inputs: Sequence[pathlib.Path | str] = (),
+                   markers: Sequence[str] = ("results.json",)) -> dict | None:
+    """Check the results folder; returns the earlier results when resuming.
+
+    A results folder never holds an input (the model, the data): it is
+    refused before anything is written.  ``overwrite`` replaces only a
+    folder that holds one of ``markers`` (what onnxflip writes into it), so
+    that a mistyped ``--out`` naming another folder is never deleted.
+    """
     results = out / "results.json"
     if out.exists() and not out.is_dir():
         raise OnnxflipError(f"{out} exists and is not a folder")
+    check_inputs_outside(out, inputs)
     if out.is_dir() and any(out.iterdir()):
         if resume:
             if not results.is_file():
@@ -48,6 +66,9 @@ def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool) -> dict 
                 raise OnnxflipError(f"cannot read {results}: {exc}") from None
         if not overwrite:
             raise OnnxflipError(f"results folder {out} exists; use --resume to continue it or --overwrite to replace it")
+        if not any((out / marker).exists() for marker in markers):
+            raise OnnxflipError(f"{out} holds no {' or '.join(markers)}: it is not a results folder, and --overwrite "
+                                "replaces only one; choose another --out")
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

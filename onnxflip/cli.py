@@ -246,6 +246,27 @@ def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:
     return {target: FaultModel(bits=bits) if target in targets else None for target in TARGETS}
 
 
+def _given(names) -> list[str]:
+    """The options among ``names`` (parameter names) that the user gave, as spelled on the command line."""
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    return [params[name].opts[0] for name in names if ctx.get_parameter_source(name) != DEFAULT]
+
+
+def _refuse_together(names) -> None:
+    """A usage error where options that contradict each other are all given."""
+    given = _given(names)
+    if len(given) == len(names):
+        raise click.UsageError(f"{' and '.join(given)} contradict each other; give one")
+
+
+def _refuse_with(mode: str, names, needs: str) -> None:
+    """A usage error for options the chosen mode would ignore."""
+    given = _given(names)
+    if given:
+        raise click.UsageError(f"{mode} does not use {', '.join(given)} (they are for {needs})")
+
+
 def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> InjectionConfig:
     return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm, **faults)
 
@@ -459,6 +480,11 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     from onnxflip.graph.inputs import batch_dimension
     from onnxflip.modelio import load_model
 
+    _refuse_together(("resume", "overwrite"))
+    if midpoint:
+        _refuse_with("--midpoint", ("p_spec", "trials"), "a grid")
+    else:
+        _refuse_with("a grid (no --midpoint)", ("p_range", "precision", "budget"), "--midpoint")
     clean_or_injected = load_model(model)
     fixed = batch_dimension(clean_or_injected)
     if fixed is not None and click.get_current_context().get_parameter_source("batch_size") == DEFAULT:
@@ -563,6 +589,8 @@ def _summary(result: dict, out: pathlib.Path) -> str:
              *_word_table(result["rows"], "rate" if swept != "p" else "p")]
     if mid["status"] in ("above", "below"):
         lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
+    elif mid["status"] == "no fall":
+        lines.append(f"no midpoint: {mid['note']}")
     elif mid["p"] is not None:
         span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
             " (no interval: too few trials where the score falls)"
@@ -690,6 +718,8 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
     """
     from onnxflip.campaign.design import Budget
     from onnxflip.campaign.reproduce import GridSpec, run_grid
+
+    _refuse_together(("resume", "overwrite"))
 
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
                     samples=samples, extras=not no_extras, target_sets=parse_target_sets(target_sets),

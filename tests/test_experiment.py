@@ -145,6 +145,11 @@ def test_bad_probability_lists(text):
         (["--midpoint", "--budget", "3"], "cannot even bracket"),
         (["--midpoint", "--budget", "0.001s"], "cannot even bracket"),
         (["--metric", "top1:nothing"], "metric"),
+        (["--midpoint", "--p", "0,1e-3"], "--midpoint does not use --p"),
+        (["--midpoint", "--trials", "5"], "--midpoint does not use --trials"),
+        (["--p", "0,1e-3", "--p-range", "1e-6:1e-3", "--precision", "0.3"], "does not use --p-range, --precision"),
+        (["--budget", "5m"], "does not use --budget"),
+        (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
     ],
 )
 def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_path, capsys, extra, message):
@@ -152,7 +157,7 @@ def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_pat
     code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code in (1, 2) and len(err) == 1 and message in err[0], err
-    if "--p" not in extra and "--p-range" not in extra:
+    if not {"--p", "--p-range", "--trials", "--budget", "--resume"} & set(extra):
         assert code == 1
     assert not out.exists()
 
@@ -224,11 +229,17 @@ def test_evaluate_a_resnet_on_an_image_folder_with_top5(resnet18_path, tmp_path,
     assert data["floor"] == pytest.approx(5 / 1000) and data["metric"] == "top5"
 
 
-@pytest.mark.parametrize("mode", [["--p", "0,1e-3"], ["--midpoint"]])
-def test_a_clean_score_at_the_floor_is_one_line_in_either_mode(classifier_path, synthetic_data, tmp_path, capsys, mode):
-    """Agreement of the clean model with itself is 1: a floor of 1 leaves no fall to measure."""
-    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--metric", "agreement",
-                 "--floor", "1", "--out", str(tmp_path / "r"), *mode])
+@pytest.mark.parametrize("floor", ["1", "2"])
+def test_a_clean_score_at_or_below_the_floor_has_no_midpoint(classifier_path, synthetic_data, tmp_path, capsys, floor):
+    """Agreement of the clean model with itself is 1: a floor of 1 (or above) leaves no fall to measure.  A grid
+    still measures its scores and says there is no midpoint; the search, which needs a fall, is refused."""
+    args = ["evaluate", str(classifier_path), "--data", str(synthetic_data), "--metric", "agreement", "--floor", floor]
+    code = main([*args, "--p", "0,1e-3", "--trials", "2", "--out", str(tmp_path / "grid")])
+    out = capsys.readouterr().out
+    assert code == 0 and "no midpoint: the clean score 1 is not above the floor" in out, out
+    data = json.loads((tmp_path / "grid" / "results.json").read_text())
+    assert data["midpoint"]["status"] == "no fall" and [r["trials"] for r in data["rows"]] == [1, 2]
+    code = main([*args, "--midpoint", "--out", str(tmp_path / "search")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "not above the floor" in err[0], err
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, check_fall, search_midpoint
+from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, search_midpoint
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
@@ -135,6 +135,9 @@ def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[Trial
                           if status == "above" else
                           f"the score is below the midpoint level already at p = {result['bound_p']:.3g}")
         return result
+    if status == "no fall":
+        result["note"] = f"the clean score {clean:.4g} is not above the floor {floor:.4g}: there is no midpoint"
+        return result
     if fit is None:
         result["status"] = "not reached"
         return result
@@ -159,7 +162,7 @@ def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[
     samples = runner.samples
     (clean,) = runner.run(0.0, [0], samples)
     on_trials([clean])
-    check_fall(clean.score, runner.floor)
+    no_fall = clean.score - runner.floor <= 1e-9  # the scores are measured, there is no midpoint to fit
     outcomes = []
     for p in sorted(set(experiment.probabilities)):
         if p == 0:
@@ -168,6 +171,8 @@ def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[
         on_trials(batch)
         outcomes += batch
     floor = runner.floor
+    if no_fall:
+        return None, "no fall", {samples: clean.score}
     points: dict[float, list[float]] = {}
     for o in outcomes:
         points.setdefault(math.log10(o.p), []).append(min(max((o.score - floor) / (clean.score - floor), 0.0), 1.0))
@@ -299,7 +304,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "midpoint": midpoint,
         "stop_reason": {"precision": "the interval reached the precision", "budget": "the budget was spent",
                         "above": "the midpoint lies above the range", "below": "the midpoint lies below the range",
-                        "grid": "the grid was measured",
+                        "grid": "the grid was measured", "no fall": "the clean score is not above the floor",
                         "not reached": "no curve could be fitted (fewer than two probabilities above 0)"}[status],
         "fit": fit.to_json() if fit is not None else None,
         "curve": _curve(fit, clean, runner.floor, trials) if fit is not None else None,

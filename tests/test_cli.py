@@ -73,6 +73,17 @@ def test_convert_writes_a_clean_model(vgg_path, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f16.onnx"]
 
 
+def test_quantize_refuses_an_injected_or_converted_model(vgg_path, synthetic_data, tmp_path, capsys):
+    made = {"injected.onnx": ["inject", "--p", "1e-5"], "f16.onnx": ["convert", "--format", "float16"]}
+    for name, command in made.items():
+        assert run(capsys, command[0], str(vgg_path), "-o", str(tmp_path / name), *command[1:])[0] == 0
+    for name, message in (("injected.onnx", "is injected"), ("f16.onnx", "is converted to float16")):
+        code, _, err = run(capsys, "quantize", str(tmp_path / name), "-o", str(tmp_path / "q.onnx"), "--data",
+                           str(synthetic_data), "--samples", "4")
+        assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path

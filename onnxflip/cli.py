@@ -643,7 +643,8 @@ def zoo() -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per training step.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True, help="Peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialisation and data order.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where torch trains.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 @DATA_OPTION
 @OUTPUT_OPTION("the ONNX model")
@@ -660,6 +661,10 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
     from onnxflip.zoo.train import train as train_model
 
     check_output_path(output)
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OnnxflipError("--device cuda: torch finds no usable CUDA GPU here; use --device cpu")
     config = TrainConfig(model=name, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, threads=threads)
     result = train_model(config, data_dir=data, checkpoint=checkpoint or output.with_suffix(".ckpt"))

@@ -93,3 +93,23 @@ def test_quantize_takes_a_model_of_four_classes(synthetic_data, tmp_path, capsys
                  "--samples", "50"]) == 0, capsys.readouterr().err
     (y,) = run_model(tmp_path / "q.onnx", {"input": np.zeros((2, 3, 32, 32), np.float32)})
     assert y.shape == (2, 4)
+
+
+def test_train_refuses_a_bad_device_or_checkpoint_in_one_line(synthetic_data, tmp_path, capsys, monkeypatch):
+    import torch
+
+    args = ["zoo", "train", "--model", "vgg11", "--width", "0.125", "--epochs", "1", "--batch-size", "50",
+            "--data", str(synthetic_data), "-o", str(tmp_path / "vgg.onnx")]
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": 1}, other)
+    cases = [(["--device", "tpu"], 2, "'tpu' is not one of"), (["--checkpoint", str(junk)], 1, "is not a training checkpoint"),
+             (["--checkpoint", str(other)], 1, "is not a training checkpoint")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cases.append((["--device", "cuda"], 1, "no usable CUDA GPU"))
+    for extra, status, message in cases:
+        code = main([*args, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == status and len(err) == 1 and message in err[0], (extra, err)
+    assert junk.read_text() == "not a checkpoint" and not (tmp_path / "vgg.onnx").exists()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxflip.data import Split, load_split
+from onnxflip.errors import OnnxflipError
 from onnxflip.zoo.vgg import build_vgg
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_torch", "train"]
@@ -81,6 +82,19 @@ def evaluate_torch(model: nn.Module, split: Split, *, device: str = "cpu", batch
     return correct / len(labels)
 
 
+def _load_checkpoint(path: pathlib.Path, device: str) -> dict:
+    """A checkpoint this module wrote; one line of error for any other file."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike: not a checkpoint
+        raise OnnxflipError(f"{path} is not a training checkpoint ({type(exc).__name__}); remove it or give "
+                            "another --checkpoint") from None
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "epoch"} <= set(state):
+        raise OnnxflipError(f"{path} is not a training checkpoint of onnxflip zoo train; remove it or give another "
+                            "--checkpoint")
+    return state
+
+
 def train(
     config: TrainConfig,
     *,
@@ -107,9 +121,9 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     start_epoch, losses, elapsed = 0, [], 0.0
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=config.device, weights_only=False)
+        state = _load_checkpoint(checkpoint, config.device)
         if state["config"] != dataclasses.asdict(config):
-            raise ValueError(f"checkpoint {checkpoint} was made with other settings: {state['config']}")
+            raise OnnxflipError(f"checkpoint {checkpoint} was made with other settings: {state['config']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -81,6 +81,12 @@ def test_grid_midpoint_and_compare_from_the_command_line(classifier_path, synthe
     assert main(["compare", str(grid), str(search), "-o", str(plot)]) == 0
     table = capsys.readouterr().out
     assert plot.is_file() and "midpoint" in table and len(table.strip().splitlines()) == 3
+    figure = (grid / "accuracy.png").read_bytes()
+    for output, message in ((grid / "accuracy.png", "is a file of the results"), (tmp_path / "both.txt", ".png")):
+        assert main(["compare", str(grid), str(search), "-o", str(output)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert (grid / "accuracy.png").read_bytes() == figure and not (tmp_path / "both.txt").exists()
 
 
 def test_only_p0_measures_the_clean_score_and_draws_it(classifier_path, synthetic_data, tmp_path, capsys):

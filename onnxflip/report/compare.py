@@ -27,9 +27,17 @@ def load_results(path: str | os.PathLike[str]) -> dict:
     return data
 
 
+_RESULT_FILES = ("accuracy.png", "results.json", "results.csv", "report.json", "report.md")  # what a run writes
+
+
 def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> str:
     """Write the overlay plot; return a table of midpoints and their ratios to the first result."""
-    check_output_path(output)
+    output = check_output_path(output)
+    if output.suffix.lower() != ".png":
+        raise OnnxflipError(f"compare writes a PNG figure: give -o a name ending in .png, not {output.name}")
+    for path in paths:
+        if output.parent.resolve() == pathlib.Path(path).resolve() and output.name in _RESULT_FILES:
+            raise OnnxflipError(f"{output} is a file of the results {path}; write the figure elsewhere")
     results = [load_results(p) for p in paths]
     labels = [f"{pathlib.Path(p).name}: {label_of(r)}" for p, r in zip(paths, results)]
     plot_results(results, output, labels)

@@ -140,12 +140,12 @@ def _apply(options):
 
 DEFAULT = click.core.ParameterSource.DEFAULT  # an option the user did not give
 PROBABILITY = click.FloatRange(0.0, 1.0)
-MODEL_ARG = click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+MODEL_ARG = click.argument("model", type=click.Path(path_type=pathlib.Path))
 
 
 def OUTPUT_OPTION(what: str) -> Callable:  # a decorator factory, named like the option constants
     """-o/--output, a file path; ``what`` completes "Where to write ..."."""
-    return click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    return click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
                         help=f"Where to write {what}.")
 
 

@@ -78,6 +78,8 @@ def _check_proto(proto: onnx.ModelProto, path: pathlib.Path, *, external: bool) 
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX file as an ``onnx_ir`` model, with one-line errors for bad files."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise OnnxflipError(f"{path} is a folder, not a model file")
     if not path.is_file():
         raise OnnxflipError(f"model file {path} does not exist")
     try:

@@ -333,9 +333,9 @@ def _warn(message: str) -> None:
 def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -> None:
     """Write a copy of MODEL with FlipBits at every selected site.
 
-    The probabilities and seed given here are defaults: each target class has
-    graph inputs onnxflip_<target>_p01, _p10 and _seed that override them at
-    run time.  Load the model with onnxflip.make_session(), or register
+    The probabilities, stuck-at rates and seeds given here are defaults: each
+    target class has graph inputs onnxflip_<target>_p01, _p10, _s0, _s1,
+    _seed and _stuck_seed that override them at run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
     from onnxflip.graph.config import METADATA_KEY
@@ -416,7 +416,8 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @MODEL_ARG
 @DATA_OPTION
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
-              help="Number format the values are stored in [default: the injected model's, else float32].")
+              help="Number format the values are stored in [default: the injected model's, else int8 for a "
+                   "QDQ model, else float32].")
 @TARGETS_OPTION
 @BITS_OPTION
 @DIRECTION_OPTION

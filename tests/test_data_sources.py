@@ -362,3 +362,23 @@ def test_preprocessing_specs_that_do_not_parse(spec, expected):
     with pytest.raises(OnnxflipError, match=expected) as excinfo:
         Preprocess.parse(spec)
     one_line(excinfo)
+
+
+def test_a_folder_that_is_likely_not_the_data_meant_is_warned_about(classifier_path, tmp_path, caplog):
+    """A split folder read as another split, and class folders that do not match the model's classes."""
+    import logging
+
+    root = write_image_folder(tmp_path / "cifar", {"train": 2, "test": 2})
+    model = load_model(classifier_path)
+    output = model_outputs(model)[0]
+    with caplog.at_level(logging.WARNING, logger="onnxflip"):
+        check_labels(open_source(root, model=model), output, where=str(root))
+        assert not caplog.records
+        open_source(root / "train", model=model)
+        assert "is a train split, read here as the test data" in caplog.text
+        caplog.clear()
+        check_labels(open_source(root / "train", model=model, split="train"), output, where=str(root))
+        assert not caplog.records
+        (tmp_path / "other").mkdir()
+        check_labels(open_source(tmp_path, model=model), output, where=str(tmp_path))
+        assert "2 class folders (cifar, other) but the model's output" in caplog.text

@@ -184,6 +184,9 @@ def load_image(path: pathlib.Path, preprocess: Preprocess) -> np.ndarray:
 def open_image_folder(root: pathlib.Path, *, split: str, spec: InputSpec, preprocess: Preprocess) -> ImageSource:
     """The images of an ImageFolder tree (or a flat folder of images) as a streaming source."""
     folder = _pick_split(root, split)
+    if folder == root and root.name in SPLITS and root.name != split:
+        logger.warning("%s is a %s split, read here as the %s data; give its parent to read the %s split", root,
+                       root.name, split, split)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     files: list[pathlib.Path] = []
     labels: list[int] = []

@@ -258,6 +258,11 @@ def check_labels(source: DataSource, output: InputSpec, *, where: str) -> None:
         raise OnnxflipError(
             f"{where} has labels up to {int(labels.max())} but the model's output {output.name!r} has {classes} classes"
         )
+    names = getattr(source, "classes", None)
+    if isinstance(classes, int) and names and len(names) != classes:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        logger.warning("%s has %d class folders (%s) but the model's output %r has %d classes: its labels are "
+                       "their sorted order; check --data", where, len(names), shown, output.name, classes)
 
 
 def open_source(

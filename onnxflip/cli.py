@@ -585,7 +585,8 @@ def _word_table(rows: list[dict], swept: str) -> list[str]:
 def _summary(result: dict, out: pathlib.Path) -> str:
     mid = result["midpoint"]
     swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
-    lines = [f"clean {result['metric']} {result['clean_score']:.4f}; {result['evaluations']} trials in "
+    lines = [f"clean {result['metric']} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
+             f"samples (those each trial scores); {result['evaluations']} trials in "
              f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
              *_word_table(result["rows"], "rate" if swept != "p" else "p")]
     if mid["status"] in ("above", "below"):

@@ -554,7 +554,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_description(f"{entry['trials']} trials")
             return
-        width = f", interval {entry['width']:.2f} decades" if entry.get("width") else ""
+        width = f", Wald width {entry['width']:.2f} decades" if entry.get("width") else ""  # the result's is the profile's
         where = f" at log10 p = {entry['x']:.2f}" if entry.get("x") is not None else ""
         tasks = f"; tasks {self.tasks}" if self.tasks else ""
         click.echo(f"onnxflip: {entry['event']}{where}: {entry['trials']} trials, {entry['seconds']:.0f} s{width}"

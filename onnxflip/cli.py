@@ -150,8 +150,9 @@ def OUTPUT_OPTION(what: str) -> Callable:  # a decorator factory, named like the
 
 
 FORMAT_OPTION = _option(
-    "--format", "fmt", type=click.Choice(list(FORMATS)), default="float32", show_default=True,
-    help="Number format the values are stored in, hence which bits can flip.",
+    "--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
+    help="Number format the values are stored in, hence which bits can flip [default: the model's own: int8 "
+         "for a QDQ model, else the float type it computes in, float32 for most].",
 )
 TARGETS_OPTION = _option(
     "--targets", type=CommaList(TARGETS), default=",".join(TARGETS), show_default=True,
@@ -339,11 +340,15 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     onnxflip.get_library_path() with ONNX Runtime.
     """
     from onnxflip.graph.config import METADATA_KEY
+    from onnxflip.graph.formats import model_format
     from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
-    injected = insert_flipbits(load_model(model), config=config)
+    clean = load_model(model)
+    if config.format is None:
+        config = dataclasses.replace(config, format=model_format(clean))
+    injected = insert_flipbits(clean, config=config)
     save_model(injected, output)
     sites = len(json.loads(injected.metadata_props[METADATA_KEY])["sites"])  # int8 sign bits add nodes, not sites
     click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")

@@ -648,3 +648,15 @@ def test_an_if_output_is_exposed_once_where_its_branch_stored_it(tmp_path, capsy
     assert np.array_equal(clean, make_session(str(path)).run(None, {"x": x})[0])
     differing = int(np.unpackbits((flipped.view(np.uint32) ^ clean.view(np.uint32)).view(np.uint8)).sum())
     assert abs(differing - 6400) < 5 * 80, differing
+
+
+def test_without_format_a_model_is_inspected_and_injected_in_its_own(tmp_path, capsys, qdq_path):
+    """A float16 graph in float16, a QDQ graph in int8: what --format would give, without it."""
+    _, float16 = _built("float16_resnet", tmp_path)
+    for path, fmt in ((float16, "float16"), (qdq_path, "int8")):
+        code, table, err = run(capsys, "inspect", path)
+        assert code == 0, err
+        assert table == run(capsys, "inspect", path, "--format", fmt)[1]
+        out = tmp_path / f"injected_{fmt}.onnx"
+        code, written, err = run(capsys, "inject", path, "-o", out, "--p", "1e-3")
+        assert code == 0 and written.strip().endswith(f"format {fmt}"), err

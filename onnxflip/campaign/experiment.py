@@ -32,7 +32,7 @@ from onnxflip.data.cifar10 import resolve_data_dir
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import check_labels, model_outputs, open_source
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.formats import is_qdq
+from onnxflip.graph.formats import model_format
 from onnxflip.metrics import Metric, metric_from_spec
 from onnxflip.modelio import load_model
 
@@ -103,12 +103,12 @@ class Experiment:
 
 
 def resolve_format(model, requested: str | None) -> str:
-    """The format to evaluate in: the one an injected model records, else the one asked for, else int8 for a
-    quantised (QDQ) model and float32 for any other."""
+    """The format to evaluate in: the one an injected model records, else the one asked for, else the model's
+    own (int8 for a QDQ model, else the float type it computes in)."""
     recorded = injected_format(model)
     if recorded is not None and requested is not None and requested != recorded:
         raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")
-    return recorded or requested or ("int8" if is_qdq(model) else "float32")
+    return recorded or requested or model_format(model)
 
 
 class _Replay:

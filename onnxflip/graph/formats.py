@@ -29,7 +29,8 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.graph.sites import COMPUTE_OPS, all_nodes
 from onnxflip.runtime.contract import ElementType, element_type
 
-__all__ = ["FORMATS", "StorageFormat", "is_qdq", "native_float_type", "require_format_fits", "storage_format"]
+__all__ = ["FORMATS", "StorageFormat", "is_qdq", "model_format", "native_float_type", "require_format_fits",
+           "storage_format"]
 
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
@@ -83,6 +84,11 @@ def native_float_type(model: ir.Model) -> ir.DataType:
             if value is not None and value.dtype in _FLOAT_TYPES:
                 return value.dtype
     return ir.DataType.FLOAT
+
+
+def model_format(model: ir.Model) -> str:
+    """The format a clean model stores its values in: int8 for a QDQ graph, else the float type it computes in."""
+    return "int8" if is_qdq(model) else _FLOAT_TYPES[native_float_type(model)].name
 
 
 def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
 
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.formats import model_format
 from onnxflip.graph.inject import plan_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.modelio import load_model
@@ -19,11 +21,14 @@ def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> 
 
     For an injected model, the sites it records (``config`` is not used);
     for a clean model, the sites :func:`onnxflip.graph.inject.insert_flipbits`
-    would create with ``config``.
+    would create with ``config`` (whose format None means the model's own,
+    :func:`~onnxflip.graph.formats.model_format`).
     """
     model = load_model(path)
     if METADATA_KEY in model.metadata_props:
         return json.loads(model.metadata_props[METADATA_KEY])["sites"]
+    if config.format is None:  # the model's own
+        config = dataclasses.replace(config, format=model_format(model))
     _, _, sites = plan_sites(model, config)
     describe = InsertFlipBitsPass(config, sites).describe
     return [describe(site) for site in sites]

@@ -660,3 +660,19 @@ def test_without_format_a_model_is_inspected_and_injected_in_its_own(tmp_path, c
         out = tmp_path / f"injected_{fmt}.onnx"
         code, written, err = run(capsys, "inject", path, "-o", out, "--p", "1e-3")
         assert code == 0 and written.strip().endswith(f"format {fmt}"), err
+
+
+def test_ecc_words_of_a_fixed_batch_model_count_each_batch_once(tmp_path, capsys, synthetic_data):
+    """The sites' static shapes hold the batch: 100 samples in batches of 7 store 15 whole batches (105 samples'
+    words, the filled rows included), as many per sample as the same model with a dynamic batch."""
+    words = {}
+    for batch in ("7", "N"):
+        path = _save(classifier(batch=batch), tmp_path, f"b{batch}.onnx")
+        out = tmp_path / f"r{batch}"
+        code, _, err = run(capsys, "evaluate", path, "--data", synthetic_data, "--samples", "100", "--metric",
+                           "agreement", "--targets", "activations", "--ecc", "secded", "--p", "1e-2", "--trials", "1",
+                           "--batch-size", "7", "--out", out)
+        assert code == 0, err
+        trial = json.loads((out / "results.json").read_text())["trials"][-1]
+        words[batch] = trial["words"]["activations"]["words"]
+    assert words["7"] * 100 == words["N"] * 105

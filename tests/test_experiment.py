@@ -274,3 +274,16 @@ def test_overwrite_replaces_only_a_results_folder_that_holds_no_input(classifier
     for _ in range(2):  # a results folder is replaced
         assert main(["evaluate", str(model), "--data", str(synthetic_data), "--p", "0", "--out", str(results),
                      "--overwrite"]) == 0
+
+
+def test_the_clean_reference_of_an_injected_model_has_none_of_its_default_faults(classifier_path, synthetic_data,
+                                                                                  tmp_path, capsys):
+    """Its stuck cells (and flips) are defaults of its control inputs: the fault-free pass, the reference of
+    agreement, feeds zero rates to every FlipBits left, the logits' too."""
+    injected = tmp_path / "stuck.onnx"
+    assert main(["inject", str(classifier_path), "-o", str(injected), "--stuck-at1", "0.05", "--p", "0.01"]) == 0
+    out = tmp_path / "r"
+    assert main(["evaluate", str(injected), "--data", str(synthetic_data), "--metric", "agreement", "--p", "0,1e-9",
+                 "--trials", "2", "--out", str(out)]) == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert [t["score"] for t in data["trials"]] == [1.0, 1.0, 1.0]

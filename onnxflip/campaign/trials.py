@@ -316,8 +316,8 @@ class LocalRunner:
             return None
         if samples not in self._clean:
             clean = self._session(0.0, 0.0, 0)
-            parts = [self._outputs(clean.session, clean.inputs, batch.feeds, None)[0]
-                     for batch in self._batches(samples)]
+            # Activation sites whose FlipBits stay (a graph output's) are fed zero rates, not the model's defaults.
+            parts = [self._outputs(clean.session, clean.inputs, batch.feeds, 0)[0] for batch in self._batches(samples)]
             self._clean[samples] = np.concatenate(parts)
         return self._clean[samples]
 
@@ -369,7 +369,8 @@ class LocalRunner:
         for target in self.counted:
             try:
                 if target == "activations":
-                    read = [words_per_run(self._sites, target, batch=n) for n in batch_sizes]
+                    # a fixed batch is in the sites' static shapes already: each run stores one whole batch
+                    read = [words_per_run(self._sites, target, batch=1 if self.fixed_batch else n) for n in batch_sizes]
                 else:
                     read = [words_per_run(self._sites, target)]
             except OnnxflipError as exc:  # a site without a static size: its words cannot be counted

@@ -156,6 +156,7 @@ def test_bad_probability_lists(text):
         (["--p", "0,1e-3", "--p-range", "1e-6:1e-3", "--precision", "0.3"], "does not use --p-range, --precision"),
         (["--budget", "5m"], "does not use --budget"),
         (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+        (["--resume"], "has no results.json to resume"),
     ],
 )
 def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_path, capsys, extra, message):

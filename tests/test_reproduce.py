@@ -125,3 +125,7 @@ def test_overwrite_never_deletes_the_models_or_another_folder(synthetic_data, tm
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and message in err[0], (out, err)
     assert sorted(p.name for p in models.iterdir()) == before and (other / "notes.txt").read_text() == "keep"
+    code = main(["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32",
+                 "--target-sets", "none", "--data", str(synthetic_data), "--out", str(tmp_path / "typo"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "nothing to resume" in err[0] and not (tmp_path / "typo").exists()

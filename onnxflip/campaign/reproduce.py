@@ -194,6 +194,8 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
     inputs = [models_dir, *([data_dir] if data_dir is not None else [])]
     if resume:
         check_inputs_outside(out, inputs)
+        if not out.is_dir():
+            raise OnnxflipError(f"{out} does not exist: there is nothing to resume")
         out.mkdir(parents=True, exist_ok=True)
     else:
         prepare_output(out, resume=False, overwrite=overwrite, inputs=inputs, markers=("report.json", "cells"))

@@ -56,10 +56,10 @@ def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool, inputs: 
     if out.exists() and not out.is_dir():
         raise OnnxflipError(f"{out} exists and is not a folder")
     check_inputs_outside(out, inputs)
+    if resume and not results.is_file():  # a mistyped --out starts nothing new in silence
+        raise OnnxflipError(f"{out} has no results.json to resume")
     if out.is_dir() and any(out.iterdir()):
         if resume:
-            if not results.is_file():
-                raise OnnxflipError(f"{out} has no results.json to resume")
             try:
                 return json.loads(results.read_text())
             except (OSError, json.JSONDecodeError) as exc:

@@ -627,12 +627,12 @@ def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
               help="Store biases as int32 (ONNX Runtime's quantiser) or keep them float32.")
 def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | None, samples: int, bias: str) -> None:
     """Quantise MODEL to int8 QDQ (per-channel weights, MinMax calibration on the data's training split)."""
-    from onnxflip.data import open_source, resolve_data_dir
+    from onnxflip.data.sources import open_source, resolve_data
     from onnxflip.modelio import check_output_path, load_model
     from onnxflip.quantize import quantize_model
 
     check_output_path(output, inputs=(model,))
-    calibration = open_source(resolve_data_dir(data), model=load_model(model), split="train")
+    calibration = open_source(resolve_data(data), model=load_model(model), split="train")
     quantize_model(model, output, calibration=calibration, samples=samples, bias=bias)
     click.echo(f"wrote {output}: int8 QDQ, {bias} biases, calibrated on {min(samples, len(calibration))} samples")
 

@@ -320,3 +320,12 @@ def test_a_ray_address_without_the_ray_executor_is_a_usage_error(classifier_path
     code, _, err = run(capsys, "evaluate", str(classifier_path), "--ray-address", "127.0.0.1:6379",
                        "--out", str(tmp_path / "r"))
     assert code == 2 and "--ray-address needs --executor ray" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_quantize_calibrates_on_an_npz(classifier_path, tmp_path, capsys):
+    data = tmp_path / "inputs.npz"
+    np.savez(data, input=np.random.default_rng(0).random((20, 3, 32, 32), dtype=np.float32))
+    out = tmp_path / "q.onnx"
+    code, written, err = run(capsys, "quantize", str(classifier_path), "-o", str(out), "--data", str(data))
+    assert code == 0 and "calibrated on 20 samples" in written, err
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(out).graph.node}

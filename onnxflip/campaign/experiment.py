@@ -28,9 +28,8 @@ from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
 from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
-from onnxflip.data.cifar10 import resolve_data_dir
 from onnxflip.data.preprocess import Preprocess
-from onnxflip.data.sources import check_labels, model_outputs, open_source
+from onnxflip.data.sources import check_labels, model_outputs, open_source, resolve_data
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.formats import model_format
 from onnxflip.metrics import Metric, metric_from_spec
@@ -206,7 +205,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
 def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_batch) -> tuple[LocalRunner, object, Metric]:
     """The model injected, the data source opened and checked, the metric: the runner of the experiment's trials."""
     model = load_model(model_path)
-    data_path = data if data is not None and pathlib.Path(data).is_file() else resolve_data_dir(data)
+    data_path = resolve_data(data)
     preprocess = Preprocess.parse(experiment.preprocess) if experiment.preprocess else None
     source = open_source(data_path, model=model, preprocess=preprocess, split="test")
     metric = metric_from_spec(experiment.metric)

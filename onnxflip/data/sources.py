@@ -43,6 +43,7 @@ __all__ = [
     "model_inputs",
     "model_outputs",
     "open_source",
+    "resolve_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,16 @@ def check_labels(source: DataSource, output: InputSpec, *, where: str) -> None:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         logger.warning("%s has %d class folders (%s) but the model's output %r has %d classes: its labels are "
                        "their sorted order; check --data", where, len(names), shown, output.name, classes)
+
+
+def resolve_data(data: str | os.PathLike[str] | None) -> pathlib.Path:
+    """Where the data is: a file given as it is (an .npz), else the data folder
+    (:func:`~onnxflip.data.cifar10.resolve_data_dir`: the argument, $ONNXFLIP_DATA or the default)."""
+    from onnxflip.data.cifar10 import resolve_data_dir
+
+    if data is not None and pathlib.Path(data).expanduser().is_file():
+        return pathlib.Path(data).expanduser()
+    return resolve_data_dir(data)
 
 
 def open_source(

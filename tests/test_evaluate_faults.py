@@ -74,6 +74,13 @@ def test_a_stuck_at_sweep_finds_its_midpoint(classifier_path, synthetic_data, tm
     assert 1e-6 < mid["p"] < 0.5
     faulty = [r for r in data["rows"] if r["p"] > 0]
     assert all(r["s0"] == r["s1"] == r["p"] / 2 and r["p01"] == r["p10"] == 0.0 for r in faulty)
+    flips = tmp_path / "flips"
+    assert main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--targets", "weights", "--p",
+                 "0,1e-3", "--trials", "1", "--out", str(flips)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(flips), str(out), "-o", str(tmp_path / "both.png")]) == 1  # no common x axis
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep different quantities" in err[0] and not (tmp_path / "both.png").exists()
 
 
 def test_each_trial_is_a_new_memory_whatever_the_batches(source):

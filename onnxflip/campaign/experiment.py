@@ -124,15 +124,15 @@ class _Replay:
         return [self.recorded.get((p, t, samples)) or fresh[t] for t in trials]
 
 
-def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[TrialOutcome]) -> dict:
+def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[TrialOutcome], swept: str = "p") -> dict:
     level = floor + (clean - floor) / 2
     result = {"status": status, "level": level, "p": None, "low": None, "high": None, "log10": None}
     if status in ("above", "below"):
         faulty = [o.p for o in outcomes if o.p > 0]
         result["bound_p"] = max(faulty) if status == "above" else min(faulty)
-        result["note"] = (f"the score stays above the midpoint level up to p = {result['bound_p']:.3g}"
+        result["note"] = (f"the score stays above the midpoint level up to {swept} = {result['bound_p']:.3g}"
                           if status == "above" else
-                          f"the score is below the midpoint level already at p = {result['bound_p']:.3g}")
+                          f"the score is below the midpoint level already at {swept} = {result['bound_p']:.3g}")
         return result
     if status == "no fall":
         result["note"] = f"the clean score {clean:.4g} is not above the floor {floor:.4g}: there is no midpoint"
@@ -296,7 +296,8 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         fit, status, clean_scores = _grid(active, experiment, on_trials)
         log, design_samples = [], runner.samples
     clean = clean_scores[design_samples]
-    midpoint = _midpoint(fit, status, clean, runner.floor, trials)
+    swept = "the stuck-at rate" if experiment.trials.sweep == "stuck-at" else "p"
+    midpoint = _midpoint(fit, status, clean, runner.floor, trials, swept)
     final = snapshot({
         "clean_score": clean, "clean_scores": {str(n): s for n, s in clean_scores.items()},
         "clean_accuracy": clean if metric.name == "top1" else None,

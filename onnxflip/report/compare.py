@@ -39,6 +39,10 @@ def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.Pa
         if output.parent.resolve() == pathlib.Path(path).resolve() and output.name in _RESULT_FILES:
             raise OnnxflipError(f"{output} is a file of the results {path}; write the figure elsewhere")
     results = [load_results(p) for p in paths]
+    sweeps = {r.get("settings", {}).get("sweep", "flip") for r in results}
+    if len(sweeps) > 1:  # one x axis: a flip probability and a stuck-at rate do not share it
+        raise OnnxflipError("the results sweep different quantities (the flip probability and the stuck-at rate); "
+                            "compare results of one kind")
     labels = [f"{pathlib.Path(p).name}: {label_of(r)}" for p, r in zip(paths, results)]
     plot_results(results, output, labels)
     first = (results[0].get("midpoint") or {}).get("p")

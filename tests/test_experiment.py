@@ -288,3 +288,13 @@ def test_the_clean_reference_of_an_injected_model_has_none_of_its_default_faults
                  "--trials", "2", "--out", str(out)]) == 0, capsys.readouterr().err
     data = json.loads((out / "results.json").read_text())
     assert [t["score"] for t in data["trials"]] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("trials", [5, 12, 30])
+def test_a_budget_in_trials_is_a_cap(classifier_path, synthetic_data, tmp_path, trials):
+    """The clean passes count; the bracket's ends, the pilot and every batch stop at the budget."""
+    out = tmp_path / "r"
+    assert main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--midpoint", "--p-range",
+                 "1e-7:1e-1", "--precision", "0.05", "--budget", str(trials), "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["evaluations"] == len(data["trials"]) == trials and data["stop_reason"] == "the budget was spent"

@@ -205,6 +205,11 @@ class _Campaign:
         return self.clean[samples]
 
     def run(self, x: float, count: int) -> None:
+        """``count`` more trials at x; a budget in trials is a cap, so fewer (none) where it would be passed."""
+        if self.settings.budget.trials is not None:
+            count = min(count, max(self.settings.budget.trials - self.trials_run(), 0))
+        if count == 0:
+            return
         p = _grid_p(x)
         first = self.next_trial[p]
         self.next_trial[p] += count
@@ -269,7 +274,7 @@ def _bracket(c: _Campaign) -> tuple[float, float] | str:
         # An end that is not clearly intact (low) or ruined (high) gets up to twenty trials before it decides
         # on which side the midpoint lies: a few bimodal trials can point the wrong way (with ten, 14 of 400
         # simulated campaigns whose midpoint lay 0.4 decades inside the range called it beyond; with twenty, 2).
-        while not decided(c.mean_z(x)) and c.next_trial[_grid_p(x)] < END_TRIALS:
+        while not decided(c.mean_z(x)) and c.next_trial[_grid_p(x)] < END_TRIALS and not c.over_budget():
             c.run(x, 2)
     if c.mean_z(lo) < 0.5:
         return "below"

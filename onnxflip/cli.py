@@ -239,6 +239,8 @@ def _memory_faults(*, s0, s1, ecc, on_detected) -> dict:
     """The stuck-at rates and ECC of evaluate and reproduce, as TrialSettings takes them."""
     check_stuck(s0, s1)
     check_ecc(ecc, on_detected)
+    if ecc == "none" and on_detected != "keep":
+        raise click.UsageError("--on-detected needs --ecc: without a code no error is detected")
     return {"s0": s0, "s1": s1, "ecc": ecc, "on_detected": on_detected}
 
 
@@ -265,7 +267,8 @@ def _refuse_with(mode: str, names, needs: str) -> None:
     """A usage error for options the chosen mode would ignore."""
     given = _given(names)
     if given:
-        raise click.UsageError(f"{mode} does not use {', '.join(given)} (they are for {needs})")
+        raise click.UsageError(f"{mode} does not use {', '.join(given)}: {'it is' if len(given) == 1 else 'they are'} "
+                               f"for {needs}")
 
 
 def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> InjectionConfig:
@@ -487,6 +490,8 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     from onnxflip.modelio import load_model
 
     _refuse_together(("resume", "overwrite"))
+    if sweep == "stuck-at" and not flip_p:
+        _refuse_with("a stuck-at sweep without --flip-p", ("direction",), "flips")
     if midpoint:
         _refuse_with("--midpoint", ("p_spec", "trials"), "a grid")
     else:

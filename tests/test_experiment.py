@@ -157,6 +157,8 @@ def test_bad_probability_lists(text):
         (["--budget", "5m"], "does not use --budget"),
         (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
         (["--resume"], "has no results.json to resume"),
+        (["--on-detected", "zero"], "--on-detected needs --ecc"),
+        (["--sweep", "stuck-at", "--direction", "10"], "a stuck-at sweep without --flip-p does not use --direction"),
     ],
 )
 def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_path, capsys, extra, message):
@@ -164,7 +166,7 @@ def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_pat
     code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code in (1, 2) and len(err) == 1 and message in err[0], err
-    if not {"--p", "--p-range", "--trials", "--budget", "--resume"} & set(extra):
+    if not {"--p", "--p-range", "--trials", "--budget", "--resume", "--on-detected", "--direction"} & set(extra):
         assert code == 1
     assert not out.exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -120,6 +121,9 @@ def test_an_interrupted_campaign_resumes_to_the_same_numbers(classifier_path, sy
     assert 0 < len(kept["trials"]) < 25
     with pytest.raises(OnnxflipError, match="exists"):
         run(experiment, model_path=classifier_path, data=synthetic_data, out=out)
+    other = dataclasses.replace(experiment, trials=dataclasses.replace(experiment.trials, seed=5), samples=200)
+    with pytest.raises(OnnxflipError, match=r"other settings \(samples: 300 -> 200, seed: 0 -> 5\)"):
+        run(other, model_path=classifier_path, data=synthetic_data, out=out, resume=True)
     resumed = run(experiment, model_path=classifier_path, data=synthetic_data, out=out, resume=True)
     strip = lambda trials: [{k: v for k, v in t.items() if k != "seconds"} for t in trials]  # noqa: E731
     assert strip(resumed["trials"]) == strip(fresh["trials"])

@@ -227,6 +227,19 @@ def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_bat
     return runner, data_path, metric
 
 
+def _differences(previous: dict, header: dict) -> list[str]:
+    """What a recorded campaign and this one set differently: ``the model``, or ``key: recorded -> now``."""
+    differ = {"model": "the model"} if previous.get("model_sha256") != header["model_sha256"] else {}
+    pairs = [(key, previous.get(key), header[key]) for key in ("metric", "samples")]
+    for group in ("settings", "experiment"):
+        before, now = previous.get(group) or {}, header[group]
+        pairs += [(key, before.get(key), now.get(key)) for key in sorted(set(before) | set(now))]
+    for key, was, now in pairs:
+        if was != now and key not in differ:  # a key named twice (samples: used, asked for) is shown once
+            differ[key] = f"{key}: {was} -> {now}"
+    return list(differ.values())
+
+
 def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_path: pathlib.Path, data_path,
          out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None) -> dict:
     search = experiment.search
@@ -255,9 +268,10 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
     recorded: list[TrialOutcome] = []
     spent_before = 0.0
     if previous is not None:
-        same = all(previous.get(k) == header[k] for k in ("settings", "experiment", "metric", "samples", "model_sha256"))
-        if not same:
-            raise OnnxflipError("the results folder was made with other settings; use --overwrite to start again")
+        differ = _differences(previous, header)
+        if differ:
+            raise OnnxflipError(f"the results folder was made with other settings ({', '.join(differ)}); use "
+                                "--overwrite to start again")
         recorded = outcomes_from(previous)
         spent_before = float(previous.get("wall_seconds", 0.0))
         logger.info("resuming with %d recorded trials", len(recorded))

@@ -295,7 +295,7 @@ PROBABILITIES_OPTION = click.option(
          "comma list such as 0,1e-6,1e-4.")
 P_RANGE_OPTION = click.option(
     "--p-range", default="1e-9:1e-2", show_default=True, callback=_checked_by(SearchSettings.from_range),
-    help="LOW:HIGH bracket of the midpoint search (of the stuck-at rate with --sweep stuck-at), 0 < LOW < HIGH <= 1.")
+    help="LOW:HIGH bracket of the midpoint search (of the stuck-at rate with --sweep stuck-at), 0 < LOW < HIGH <= 1 (HIGH:LOW is read the same).")
 SWEEP_OPTION = click.option(
     "--sweep", type=click.Choice(SWEEPS), default=SWEEPS[0], show_default=True,
     help="What --p and --p-range set: the flip probability, or the stuck-at rate r (s0 = s1 = r / 2).")

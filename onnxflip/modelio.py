@@ -18,6 +18,7 @@ import tempfile
 
 import onnx
 import onnx_ir as ir
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from onnxflip.errors import OnnxflipError
@@ -84,7 +85,8 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         raise OnnxflipError(f"model file {path} does not exist")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError, RuntimeError) as exc:
+    except (DecodeError, json_format.ParseError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError,
+            RuntimeError, UnicodeDecodeError) as exc:
         raise OnnxflipError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
     except OSError as exc:
         raise OnnxflipError(f"cannot read {path}: {exc.strerror or exc}") from None

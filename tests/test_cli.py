@@ -264,6 +264,10 @@ def _case(status: int, *args: str):
         _case(INPUT, "inject", "{model}", "-o", "{afile}/x.onnx", "--p", "1e-3"),
         _case(INPUT, "inspect", "{missing}"),
         _case(INPUT, "inspect", "{results}"),
+        _case(INPUT, "inspect", "{results}/results.json"),
+        _case(INPUT, "evaluate", "{results}/results.json", "--data", "{results}", "--out", "{out}"),
+        _case(INPUT, "compare", "{model}", "-o", "{out}.png"),
+        _case(INPUT, "zoo", "train", "--data", "{afile}", "-o", "{out}"),
         _case(INPUT, "inject", "{model}", "-o", "{results}", "--p", "1e-3"),
         _case(USAGE, "evaluate", "{model}", "--resume", "--overwrite"),
         _case(INPUT, "convert", "{missing}", "-o", "{out}", "--format", "float16"),
@@ -329,3 +333,9 @@ def test_quantize_calibrates_on_an_npz(classifier_path, tmp_path, capsys):
     code, written, err = run(capsys, "quantize", str(classifier_path), "-o", str(out), "--data", str(data))
     assert code == 0 and "calibrated on 20 samples" in written, err
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(out).graph.node}
+
+
+def test_convert_refuses_a_quantised_model_without_pointing_to_an_option_it_lacks(qdq_path, tmp_path, capsys):
+    code, _, err = run(capsys, "convert", str(qdq_path), "-o", str(tmp_path / "c.onnx"), "--format", "float16")
+    assert code == 1 and err.strip() == ("onnxflip: error: the model is quantised (QDQ): convert writes float formats "
+                                         "of a float model; inject or evaluate the int8 model as it is")

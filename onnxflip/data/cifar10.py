@@ -104,6 +104,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
     """The data folder: the argument, else $ONNXFLIP_DATA, else the default."""
     chosen = data_dir or os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR
     path = pathlib.Path(chosen).expanduser()
+    if path.is_file():
+        raise OnnxflipError(f"{path} is a file; this needs a data folder ({_LAYOUTS_HELP})")
     if not path.is_dir():
         raise OnnxflipError(f"data folder {path} does not exist; {_LAYOUTS_HELP}")
     return path

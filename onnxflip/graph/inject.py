@@ -125,6 +125,9 @@ def convert_format(model: ir.Model, *, format: str, selection: Selection | None 
     """
     if format == "int8":
         raise OnnxflipError("int8 models come from `onnxflip quantize`, not from convert")
+    if is_qdq(model):
+        raise OnnxflipError("the model is quantised (QDQ): convert writes float formats of a float model; inject or "
+                            "evaluate the int8 model as it is")
     prepared, fmt, sites = plan_sites(model, InjectionConfig(format=format, selection=selection or Selection()))
     result = _run([StoreInFormatPass(fmt, sites)], prepared)
     result.metadata_props[FORMAT_METADATA_KEY] = format

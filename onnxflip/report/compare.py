@@ -22,7 +22,9 @@ def load_results(path: str | os.PathLike[str]) -> dict:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise OnnxflipError(f"cannot read results {file}: {exc}") from None
-    if "rows" not in data or "settings" not in data:
+    except UnicodeDecodeError:
+        raise OnnxflipError(f"{file} is not an onnxflip results file (give a results folder)") from None
+    if not isinstance(data, dict) or "rows" not in data or "settings" not in data:
         raise OnnxflipError(f"{file} is not an onnxflip results file")
     return data
 

@@ -114,6 +114,8 @@ def test_int8_ratio_table_gives_a_bound_where_a_midpoint_lies_beyond_the_range()
     rows = [line.strip("| ").split(" | ") for line in table[2:]]
     assert rows == [["vgg11", "> 0.5", "2e-06", f"≥ {0.5 / 2e-6:.3g} (10^{math.log10(0.5 / 2e-6):.2f})"],
                     ["vgg13", "0.0003", "1e-06", f"{300:.3g} (10^{math.log10(300):.2f})"]]
+    # Without int8 cells there is no ratio table, not an empty one.
+    assert "int8 / float32 midpoint ratio" not in render_report(report([c for c in cells if c["format"] != "int8"]))
     # The finding's mean counts only the measured ratio.
     verdict, numbers = verdicts(cells)["int8"]
     assert numbers == f"vgg13: 10^{math.log10(300):.2f}; mean 10^{math.log10(300):.2f}"

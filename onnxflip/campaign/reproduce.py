@@ -244,7 +244,8 @@ def _figures(report: dict, out: pathlib.Path) -> None:
         if points:
             ax.plot(*zip(*points), "o-", color=f"C{i}", label=fmt)
     ax.set(yscale="log", xlabel="weight layers (VGG depth)", ylabel="midpoint p")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:  # no midpoint inside the range: nothing to label
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "midpoint_vs_depth.png")
     plt.close(fig)

@@ -57,7 +57,8 @@ def plot_results(results: Sequence[dict], path: str | os.PathLike[str], labels: 
     ax.set_xlabel("stuck-at rate r (s0 = s1 = r / 2)" if stuck else "bit-flip probability p")
     ax.set_ylabel(results[0].get("metric", "top1") + " score")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[1]:  # matplotlib warns about a legend with nothing in it
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -237,10 +237,11 @@ def render_report(report: dict) -> str:
                     [[c["model"], c["format"], "+".join(c["targets"]), c["bits"], f"{c['clean_accuracy']:.4f}",
                       _mid(c), _interval(c), str(c["evaluations"])] for c in grid])
 
-    lines += ["", "## int8 / float32 midpoint ratio", ""]
-    lines += _table(["model", "int8", "float32", "ratio"],
-                    [[r["model"], _mid(r["int8"]), _mid(r["float32"]), _ratio_text(r)]
-                     for r in _grid_ratios(report)])
+    ratios = _grid_ratios(report)
+    if ratios:  # only where the grid has int8 and float32 cells of a model
+        lines += ["", "## int8 / float32 midpoint ratio", ""]
+        lines += _table(["model", "int8", "float32", "ratio"],
+                        [[r["model"], _mid(r["int8"]), _mid(r["float32"]), _ratio_text(r)] for r in ratios])
 
     claims = claim_by_targets(report)
     if any(len(c["targets"]) != 1 or c["targets"] != tuple(grid[0]["targets"] if grid else ()) for c in claims):

@@ -737,9 +737,11 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
     from onnxflip.campaign.reproduce import GridSpec, run_grid
 
     _refuse_together(("resume", "overwrite"))
-
+    target_sets = parse_target_sets(target_sets)
+    if _given(("target_sets",)) and target_sets and not {"float32", "int8"} <= set(formats):
+        raise click.UsageError("--target-sets compares float32 with int8 cells: give --formats with both")
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
-                    samples=samples, extras=not no_extras, target_sets=parse_target_sets(target_sets),
+                    samples=samples, extras=not no_extras, target_sets=target_sets,
                     float_bias=not no_float_bias, **memory,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])

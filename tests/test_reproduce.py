@@ -106,6 +106,12 @@ def test_field_formats_limit_the_exponent_and_mantissa_cells():
         ("float16", "all"), ("float32", "all"), ("int8", "all"), ("float16", "mantissa"), ("float32", "mantissa")}
 
 
+def test_target_sets_without_both_formats_are_refused(tmp_path, capsys):
+    assert main(["reproduce", "--formats", "float32", "--target-sets", "weights", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--target-sets compares float32 with int8 cells" in err[0]
+
+
 def test_field_formats_rejects_int8(tmp_path, capsys):
     assert main(["reproduce", "--field-formats", "int8", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()

@@ -48,12 +48,13 @@ def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.Pa
     labels = [f"{pathlib.Path(p).name}: {label_of(r)}" for p, r in zip(paths, results)]
     plot_results(results, output, labels)
     first = (results[0].get("midpoint") or {}).get("p")
-    lines = [f"{'result':<48} {'clean':>6} {'midpoint':>10} {'95% interval':>22} {'ratio':>8}"]
+    width = max(len("result"), *(len(label) for label in labels))  # whole labels: their end tells results apart
+    lines = [f"{'result':<{width}} {'clean':>6} {'midpoint':>10} {'95% interval':>22} {'ratio':>8}"]
     for label, result in zip(labels, results):
         mid = result.get("midpoint") or {}
         p = mid.get("p")
         interval = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid.get("low") and mid.get("high") else "-"
         ratio = f"{p / first:.3g}" if p and first else "-"
-        lines.append(f"{label[:48]:<48} {result.get('clean_score', float('nan')):>6.3f} "
+        lines.append(f"{label:<{width}} {result.get('clean_score', float('nan')):>6.3f} "
                      f"{(f'{p:.3g}' if p else '-'):>10} {interval:>22} {ratio:>8}")
     return "\n".join(lines)

@@ -251,7 +251,14 @@ def test_accuracy_under_flips_matches_todays_placement(targets, p):
     def mean(runner, p):
         return float(np.mean([o.score for o in runner.run(p, [0, 1, 2], 2000)]))
 
-    assert mean(now, 0.0) == mean(today, 0.0)
+    # At p = 0 the new placement computes the QDQ model (its graph run unfused: 0.851 on these images); today's
+    # placement drops every FlipBits there, and ONNX Runtime fuses what is left into its saturating kernels.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    unfused = ort.InferenceSession(str(SHIPPED_INT8), options, providers=["CPUExecutionProvider"])
+    images = np.concatenate([b.feeds["input"] for b in source.batches(500)])
+    exact = float((unfused.run(None, {"input": images})[0].argmax(1) == source.labels).mean())
+    assert abs(mean(now, 0.0) - exact) <= 0.001
     assert abs(mean(now, p) - mean(today, p)) < 0.04
 
 

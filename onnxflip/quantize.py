@@ -29,11 +29,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from onnxflip.data.sources import ArraySource, DataSource, InputSpec, check_arrays, model_inputs
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.config import METADATA_KEY
-from onnxflip.graph.inject import FORMAT_METADATA_KEY
+from onnxflip.graph.inject import converted_format, is_injected
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.modelio import has_external_data, load_model, save_model
-from onnxflip.runtime.contract import DOMAIN
 from onnxflip.runtime.session import runtime_proto
 
 __all__ = ["BIAS_TYPES", "QUANT_METADATA_KEY", "quantize_model"]
@@ -104,11 +102,11 @@ def quantize_model(
     model = onnx.load(str(model_path))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise OnnxflipError(f"{model_path} is already quantised")
-    if METADATA_KEY in loaded.metadata_props or any(n.domain == DOMAIN for n in model.graph.node):
+    if is_injected(loaded):
         raise OnnxflipError(f"{model_path} is injected; quantise the original model and inject the int8 one")
-    if loaded.metadata_props.get(FORMAT_METADATA_KEY, "float32") != "float32":
-        raise OnnxflipError(f"{model_path} is converted to {loaded.metadata_props[FORMAT_METADATA_KEY]}; quantise "
-                            "the original model")
+    converted = converted_format(loaded)
+    if converted is not None:
+        raise OnnxflipError(f"{model_path} is converted to {converted}; quantise the original model")
     data = _calibration_source(calibration, model_inputs(model), samples, where=str(model_path))
     if fixed is not None:
         batch_size = fixed

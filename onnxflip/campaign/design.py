@@ -41,7 +41,7 @@ import numpy as np
 from onnxflip.campaign.estimate import MIN_TRIALS, PointData, _jacobian, fit_curve, survival, with_profile
 from onnxflip.errors import OnnxflipError
 
-__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "check_fall", "search_midpoint"]
+__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "check_fall", "has_fall", "search_midpoint"]
 
 _LN10 = math.log(10.0)
 GRID_STEP = 0.05  # decades: design points are snapped to this grid, so a point is revisited rather than crowded
@@ -53,10 +53,15 @@ LOOK_MARGIN = 1.1  # plan a little beyond the trials the last width says are nee
 _SPREAD = (0.0, -0.3, 0.3, -0.15, 0.15, -0.6, 0.6)  # decades around the estimate, while there is no interval
 
 
+def has_fall(clean: float, floor: float) -> bool:
+    """Whether the clean score lies above the floor: scores are measured as the share of the fall from one to
+    the other."""
+    return clean - floor > 1e-9
+
+
 def check_fall(clean: float, floor: float) -> None:
-    """Refuses a clean score at or below the floor: scores are measured as the share of the fall from one to the
-    other, and there is none."""
-    if clean - floor <= 1e-9:
+    """Refuses a clean score at or below the floor: there is no fall to measure."""
+    if not has_fall(clean, floor):
         raise OnnxflipError(f"the clean score {clean:.4g} is not above the floor {floor:.4g}: there is no fall to "
                             "measure")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, search_midpoint
+from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, has_fall, search_midpoint
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
@@ -161,7 +161,7 @@ def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[
     samples = runner.samples
     (clean,) = runner.run(0.0, [0], samples)
     on_trials([clean])
-    no_fall = clean.score - runner.floor <= 1e-9  # the scores are measured, there is no midpoint to fit
+    no_fall = not has_fall(clean.score, runner.floor)  # the scores are measured, there is no midpoint to fit
     outcomes = []
     for p in sorted(set(experiment.probabilities)):
         if p == 0:

@@ -398,7 +398,7 @@ class LocalRunner:
             out, batch_counts = self._outputs(trial_session.session, trial_session.inputs, batch.feeds,
                                               mix_seed(trial_seed, 1 + b), rates, trial_seed)
             counts.append(batch_counts)
-            sizes.append(max(len(batch), self.fixed_batch or 0))  # the rows stored, filled ones included
+            sizes.append(len(batch))
             reference = clean[start : start + len(batch)] if clean is not None else None
             batch_scores = np.asarray(self.metric.scores(out, reference, batch.labels), dtype=np.float64)
             scores.append(batch_scores)

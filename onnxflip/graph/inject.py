@@ -35,7 +35,8 @@ from onnxflip.graph.passes import (
 from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
 
-__all__ = ["FORMAT_METADATA_KEY", "convert_format", "insert_flipbits", "plan_sites"]
+__all__ = ["FORMAT_METADATA_KEY", "convert_format", "converted_format", "insert_flipbits", "is_injected",
+           "plan_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,23 @@ def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> ir.Model:
         raise
 
 
-def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
-    if METADATA_KEY in model.metadata_props or any(n.domain == DOMAIN for n in all_nodes(model.graph)):
-        raise OnnxflipError("the model is already injected; inject the original model instead")
+def is_injected(model: ir.Model) -> bool:
+    """Whether the model holds FlipBits (or says it was injected)."""
+    return METADATA_KEY in model.metadata_props or any(n.domain == DOMAIN for n in all_nodes(model.graph))
+
+
+def converted_format(model: ir.Model) -> str | None:
+    """The format ``convert`` stored the model's values in, where that is not float32 (a float32 conversion only
+    folds BatchNorm); None otherwise."""
     converted = model.metadata_props.get(FORMAT_METADATA_KEY, "float32")
-    if converted != "float32":  # its stored values pass through the format: its sites would be stored twice
+    return None if converted == "float32" else converted
+
+
+def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
+    if is_injected(model):
+        raise OnnxflipError("the model is already injected; inject the original model instead")
+    converted = converted_format(model)
+    if converted is not None:  # its stored values pass through the format: its sites would be stored twice
         raise OnnxflipError(f"the model is already converted to {converted} (onnxflip convert); inject or evaluate "
                             f"the original model with --format {converted}")
     check_graph(model)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TYPE_NAMES, popcount, random_array, raw
+from conftest import TYPE_NAMES, FlipBitsNode, popcount, random_array, raw
 
 from onnxflip import OnnxflipError, flip_bits
 from onnxflip.bits import element_type, field_mask
@@ -61,7 +61,7 @@ def _cuda(x: np.ndarray, **kwargs) -> np.ndarray:
     return _from_torch(flip_bits_torch(_to_torch(x), **kwargs), x)
 
 
-CASES = [(p, sym, masked) for p in (1e-6, 1e-3, 0.5) for sym in (True, False) for masked in (False, True)]
+CASES = [(p, sym, masked) for p in (0.0, 1e-6, 1e-3, 0.5, 1.0) for sym in (True, False) for masked in (False, True)]
 
 
 @needs_gpu
@@ -136,3 +136,29 @@ def test_cuda_stuck_map_ignores_the_run_counter():
         torch.cuda.synchronize()
         maps.append(out.cpu().numpy())
     assert popcount(raw(maps[0])) > 0 and np.array_equal(raw(maps[0]), raw(maps[1]))
+
+
+@needs_gpu
+@needs_cuda_build
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", ["float32", "float16", "int8"])
+def test_cuda_per_run_bits_equal_cpu_run_by_run(type_name):
+    """per_run randomness: the CPU kernel's k-th run of a session draws what the CUDA entry point draws for
+    run k (and runs differ from each other)."""
+    import torch
+
+    x = random_array(type_name, (1 << 16) + 3, seed=8)
+    etype = element_type(type_name)
+    node = FlipBitsNode(type_name, stream=4, randomness="per_run")
+    device_x = _to_torch(x)
+    outputs = []
+    for run in range(3):
+        cpu = node(x, p01=1e-2, p10=3e-3, seed=21)
+        out = torch.empty_like(device_x)
+        cuda_flip_bits_raw(device_x.data_ptr(), out.data_ptr(), x.size, etype.onnx_type, p01=1e-2, p10=3e-3,
+                           seed=21, stream=4, run=run, mask=etype.all_bits)
+        torch.cuda.synchronize()
+        gpu = _from_torch(out, x)
+        assert np.array_equal(raw(cpu), raw(gpu)), f"run {run}"
+        outputs.append(raw(gpu))
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])

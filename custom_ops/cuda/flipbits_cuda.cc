@@ -31,8 +31,9 @@ OrtStatusPtr FlipBitsCudaKernel::ComputeV2(OrtKernelContext* raw_context) {
 
 // Runs FlipBits on device memory with an explicit stream, for callers without ORT's CUDA provider
 // (torch or CuPy tensors); stuck_seed keys the stuck cells (pass seed for the operator's default).  onnx_type, nonfinite, ecc and on_detected are codes from onnxflip_contract();
-// counts, when not null, is device memory for the int64[3] word counts.  Returns 0, a cudaError_t value,
-// or -1 for invalid settings.
+// counts, when not null, is device memory for the int64[3] word counts.  The rates are rounded to float32,
+// the precision of the operator's inputs, so that the same rates draw the same faults as the operator does.
+// Returns 0, a cudaError_t value, or -1 for invalid settings.
 extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
     const void* x, void* y, int64_t count, int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id,
     uint32_t run, uint64_t mask, int32_t nonfinite, double s0, double s1, int64_t stuck_seed, int32_t ecc,
@@ -51,15 +52,15 @@ extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
     return -1;
   }
   FlipSettings settings;
-  settings.p01 = p01;
-  settings.p10 = p10;
+  settings.p01 = static_cast<float>(p01);
+  settings.p10 = static_cast<float>(p10);
   settings.seed = seed;
   settings.stream = stream_id;
   settings.mask = mask;
   settings.randomness = Randomness::kPerRun;  // `run` is used as given
   settings.nonfinite = static_cast<NonFinite>(nonfinite);
-  settings.s0 = s0;
-  settings.s1 = s1;
+  settings.s0 = static_cast<float>(s0);
+  settings.s1 = static_cast<float>(s1);
   settings.has_stuck_seed = true;  // callers pass the seed when they have no other
   settings.stuck_seed = stuck_seed;
   settings.ecc = static_cast<Ecc>(ecc);

@@ -44,7 +44,8 @@ def cuda_flip_bits_raw(x_ptr: int, y_ptr: int, count: int, onnx_type: int, *, p0
                        s1: float = 0.0, stuck_seed: int | None = None, ecc: str = "none", on_detected: str = "keep",
                        counts_ptr: int = 0, cuda_stream: int = 0) -> None:
     """Y = FlipBits(X) on device pointers (``counts_ptr``: device int64[3] for the word counts, or 0;
-    ``stuck_seed``: keys the stuck cells, default ``seed``); raises OnnxflipError with the CUDA error on failure."""
+    ``stuck_seed``: keys the stuck cells, default ``seed``); raises OnnxflipError with the CUDA error on failure.
+    The rates are rounded to float32 as the operator's inputs are, so the same rates draw the same faults."""
     fn = _entry()
     if fn is None:
         raise OnnxflipError("the FlipBits library was built without CUDA kernels")

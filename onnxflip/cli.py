@@ -33,7 +33,7 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.faults import check_ecc, check_stuck
 from onnxflip.graph.config import FaultModel, InjectionConfig
 from onnxflip.graph.formats import FORMATS
-from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, TARGETS, Selection
+from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
@@ -152,11 +152,12 @@ def OUTPUT_OPTION(what: str) -> Callable:  # a decorator factory, named like the
 FORMAT_OPTION = _option(
     "--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
     help="Number format the values are stored in, hence which bits can flip [default: the model's own: int8 "
-         "for a QDQ model, else the float type it computes in, float32 for most].",
+         "for a quantised model, else the float type it computes in, float32 for most].",
 )
 TARGETS_OPTION = _option(
-    "--targets", type=CommaList(TARGETS), default=",".join(TARGETS), show_default=True,
-    help="Which stored values flip: activations, weights, biases (comma-separated).",
+    "--targets", type=CommaList(TARGETS), default=",".join(DEFAULT_TARGETS), show_default=True,
+    help="Which stored values flip (comma-separated): activations, weights, biases, and qparams (quantisation "
+         "scales and zero points, not in the default).",
 )
 BITS_OPTION = _option(
     "--bits", default="all", show_default=True,

@@ -99,8 +99,8 @@ def _write(path, data: bytes):
         (lambda d, vgg: vgg, ["--ops", "Relu,Frobnicate"], "unknown ONNX op type"),
         (lambda d, vgg: vgg, ["--p", "2"], "not in the range"),
         (lambda d, vgg: vgg, ["--p01", "-0.1"], "not in the range"),
-        (lambda d, vgg: vgg, ["--format", "int8"], "needs a QDQ"),
-        (lambda d, vgg: vgg, ["--bits", "exponent", "--format", "int8"], "needs a QDQ"),
+        (lambda d, vgg: vgg, ["--format", "int8"], "needs a quantised model"),
+        (lambda d, vgg: vgg, ["--bits", "exponent", "--format", "int8"], "needs a quantised model"),
         (lambda d, vgg: vgg, ["--targets", "activations,gradients"], "gradients not in"),
         (lambda d, vgg: vgg, ["--bits", "0x1ffffffff"], "does not fit"),
     ],
@@ -337,5 +337,5 @@ def test_quantize_calibrates_on_an_npz(classifier_path, tmp_path, capsys):
 
 def test_convert_refuses_a_quantised_model_without_pointing_to_an_option_it_lacks(qdq_path, tmp_path, capsys):
     code, _, err = run(capsys, "convert", str(qdq_path), "-o", str(tmp_path / "c.onnx"), "--format", "float16")
-    assert code == 1 and err.strip() == ("onnxflip: error: the model is quantised (QDQ): convert writes float formats "
+    assert code == 1 and err.strip() == ("onnxflip: error: the model is quantised: convert writes float formats "
                                          "of a float model; inject or evaluate the int8 model as it is")

@@ -50,7 +50,7 @@ from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
-from onnxflip.graph.sites import TARGETS, Selection
+from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.metrics import Metric
 from onnxflip.runtime.flip import as_ortvalue
 from onnxflip.runtime.session import (
@@ -93,7 +93,7 @@ class TrialSettings:
     """Everything that decides the numbers of a trial (recorded with the results)."""
 
     format: str = "float32"
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     bits: str = "all"
     direction: str = "both"
     nonfinite: str = "keep"

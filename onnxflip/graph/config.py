@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import check_ecc, check_stuck
-from onnxflip.graph.sites import TARGETS, Selection
+from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 
@@ -72,6 +72,7 @@ class InjectionConfig:
     activations: FaultModel | None = field(default_factory=lambda: FaultModel(randomness="per_run"))
     weights: FaultModel | None = field(default_factory=FaultModel)
     biases: FaultModel | None = field(default_factory=FaultModel)
+    qparams: FaultModel | None = None  # quantisation scales and zero points: only when asked for
     selection: Selection = field(default_factory=Selection)
     fold_batchnorm: bool = True
 
@@ -80,7 +81,7 @@ class InjectionConfig:
         cls,
         *,
         format: str = "float32",
-        targets: Iterable[str] = TARGETS,
+        targets: Iterable[str] = DEFAULT_TARGETS,
         p01: float = 0.0,
         p10: float = 0.0,
         bits: str | int = "all",
@@ -109,7 +110,7 @@ class InjectionConfig:
                               s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
         return cls(format=format, activations=fault("activations"), weights=fault("weights"),
-                   biases=fault("biases"), selection=selection or Selection(), fold_batchnorm=fold_batchnorm)
+                   biases=fault("biases"), qparams=fault("qparams"), selection=selection or Selection(), fold_batchnorm=fold_batchnorm)
 
     def fault_model(self, target: str) -> FaultModel | None:
         return getattr(self, target)

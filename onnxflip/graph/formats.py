@@ -8,9 +8,13 @@
   or float64 Conv, and runs a float16 graph's convolutions in float32 anyway
   (its optimiser removes the Casts and uses its float32 NCHWc kernels), so
   emulation is what the CPU computes in every case, made explicit.
-* ``int8`` takes a QDQ model (``onnxflip quantize``) and flips the int8
-  tensors between QuantizeLinear and DequantizeLinear, the int8 weights and
-  the int32 quantised biases.
+* ``int8`` takes a quantised model and flips its stored integers as they are:
+  in a QDQ model (``onnxflip quantize``, ONNX Runtime's QDQ quantiser) the
+  int8 tensors between QuantizeLinear and DequantizeLinear, the int8 weights
+  and the int32 quantised biases; in a model of integer operators
+  (QOperator's QLinearConv/QLinearMatMul, ``quantize_dynamic``'s
+  MatMulInteger) their int8/uint8 weights and activations, int32 biases and
+  the float tensors they keep (dynamic quantisation's float biases).
 
 A model may already store its values in a format (a float16 export, say):
 then that format is native, its activations and parameters are flipped as
@@ -26,13 +30,12 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.sites import COMPUTE_OPS, all_nodes
+from onnxflip.graph.stored import COMPUTE_OPS, all_nodes, quantised_form
 from onnxflip.runtime.contract import ElementType, element_type
 
-__all__ = ["FORMATS", "StorageFormat", "is_qdq", "model_format", "native_float_type", "require_format_fits",
+__all__ = ["FORMATS", "StorageFormat", "is_qdq", "is_quantised", "model_format", "native_float_type", "require_format_fits",
            "storage_format"]
 
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
 
 
@@ -68,8 +71,13 @@ def storage_format(name: str) -> StorageFormat:
 
 
 def is_qdq(model: ir.Model) -> bool:
-    """Whether the graph is quantised in QDQ form."""
-    return any(node.op_type in _QDQ_OPS for node in all_nodes(model.graph))
+    """Whether the graph is quantised in QDQ form (QuantizeLinear/DequantizeLinear around float operators)."""
+    return quantised_form(model.graph) == "qdq"
+
+
+def is_quantised(model: ir.Model) -> bool:
+    """Whether the graph is quantised, in QDQ form or with integer operators."""
+    return quantised_form(model.graph) is not None
 
 
 _FLOAT_TYPES = {f.dtype: f for f in FORMATS.values() if f.name != "int8"}
@@ -88,7 +96,7 @@ def native_float_type(model: ir.Model) -> ir.DataType:
 
 def model_format(model: ir.Model) -> str:
     """The format a clean model stores its values in: int8 for a QDQ graph, else the float type it computes in."""
-    return "int8" if is_qdq(model) else _FLOAT_TYPES[native_float_type(model)].name
+    return "int8" if is_quantised(model) else _FLOAT_TYPES[native_float_type(model)].name
 
 
 def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
@@ -98,7 +106,7 @@ def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
     another float type, only that type's format fits, and it is native (not
     emulated): the values are flipped as stored.
     """
-    qdq = is_qdq(model)
+    qdq = is_quantised(model)
     native = native_float_type(model)
     if not qdq and native != ir.DataType.FLOAT:
         stored = _FLOAT_TYPES[native]
@@ -110,11 +118,10 @@ def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
         return StorageFormat(stored.name, False)
     if fmt.name == "int8" and not qdq:
         raise OnnxflipError(
-            "format int8 needs a QDQ-quantised model (QuantizeLinear/DequantizeLinear nodes); "
-            "make one with `onnxflip quantize`"
+            "format int8 needs a quantised model (QDQ, QOperator or dynamic); make one with `onnxflip quantize`"
         )
     if fmt.name != "int8" and qdq:
-        raise OnnxflipError(f"the model is quantised (QDQ); use --format int8, not {fmt.name}")
+        raise OnnxflipError(f"the model is quantised; use --format int8, not {fmt.name}")
     opset = model.opset_imports.get("", 0)
     if fmt.emulated and fmt.dtype == ir.DataType.BFLOAT16 and opset < _BFLOAT16_CAST_OPSET:
         raise OnnxflipError(f"format bfloat16 needs ONNX opset {_BFLOAT16_CAST_OPSET} or newer (Cast to bfloat16); "

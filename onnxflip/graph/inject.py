@@ -1,8 +1,8 @@
 """Insert FlipBits where a model stores values, in the chosen storage format: a sequence of passes.
 
-    model -> FoldBatchNormPass -> ShapeInferencePass -> (find sites)
+    model -> LiftStoredConstantsPass -> FoldBatchNormPass -> ShapeInferencePass -> (find sites)
           -> StoreInFormatPass -> InsertFlipBitsPass -> injected model
-          (int8: -> StoreInt8AsUint8Pass -> NhwcIntegerConvPass, the same
+          (int8 QDQ: -> StoreInt8AsUint8Pass -> NhwcIntegerConvPass, the same
           flips on the tensors ONNX Runtime's integer kernels read, see
           :mod:`onnxflip.graph.passes.qlinear`)
 
@@ -23,11 +23,19 @@ from onnx_ir.passes.common import ShapeInferencePass
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import ecc_word
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
-from onnxflip.graph.formats import StorageFormat, is_qdq, native_float_type, require_format_fits, storage_format
+from onnxflip.graph.formats import (
+    StorageFormat,
+    is_qdq,
+    is_quantised,
+    native_float_type,
+    require_format_fits,
+    storage_format,
+)
 from onnxflip.graph.inputs import check_graph
 from onnxflip.graph.passes import (
     FoldBatchNormPass,
     InsertFlipBitsPass,
+    LiftStoredConstantsPass,
     NhwcIntegerConvPass,
     StoreInFormatPass,
     StoreInt8AsUint8Pass,
@@ -76,7 +84,7 @@ def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
         raise OnnxflipError(f"the model is already converted to {converted} (onnxflip convert); inject or evaluate "
                             f"the original model with --format {converted}")
     check_graph(model)
-    passes = [FoldBatchNormPass()] if config.fold_batchnorm else []
+    passes = [LiftStoredConstantsPass(), *([FoldBatchNormPass()] if config.fold_batchnorm else [])]
     prepared = _run([*passes, ShapeInferencePass()], model.clone())
     prepared.graph.meta.update(model.graph.meta)  # e.g. that the model came with external data
     return prepared
@@ -86,7 +94,7 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, Stor
     """A prepared copy of the model (BN folded, shapes inferred), the format as it applies, and the sites."""
     prepared = _prepare(model, config)
     fmt = require_format_fits(prepared, storage_format(config.format))
-    sites = find_sites(prepared, targets=config.targets, selection=config.selection, qdq=is_qdq(prepared),
+    sites = find_sites(prepared, targets=config.targets, selection=config.selection,
                        compute_dtype=native_float_type(prepared))
     for site in sites:
         if fmt.emulated:
@@ -122,7 +130,7 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -
             f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format {config.format})"
         )
     passes = [StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites)]
-    if config.format == "int8":  # the same flips, on the tensors ONNX Runtime's integer kernels read
+    if config.format == "int8" and is_qdq(prepared):  # the same flips, on the tensors ONNX Runtime's integer kernels read
         passes += [StoreInt8AsUint8Pass(), NhwcIntegerConvPass()]
     result = _run(passes, prepared)
     logger.info("inserted FlipBits at %d sites", len(sites))
@@ -138,8 +146,8 @@ def convert_format(model: ir.Model, *, format: str, selection: Selection | None 
     """
     if format == "int8":
         raise OnnxflipError("int8 models come from `onnxflip quantize`, not from convert")
-    if is_qdq(model):
-        raise OnnxflipError("the model is quantised (QDQ): convert writes float formats of a float model; inject or "
+    if is_quantised(model):
+        raise OnnxflipError("the model is quantised: convert writes float formats of a float model; inject or "
                             "evaluate the int8 model as it is")
     prepared, fmt, sites = plan_sites(model, InjectionConfig(format=format, selection=selection or Selection()))
     result = _run([StoreInFormatPass(fmt, sites)], prepared)

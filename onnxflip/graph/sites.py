@@ -1,19 +1,21 @@
 """Where a model writes values to memory: the sites FlipBits is inserted at.
 
-Three target classes:
+Four target classes (the first three by default):
 
 * ``activations``: tensors a layer writes.  In a float graph, by default the
   outputs of activation functions (Softmax too), LayerNormalization and
   pooling layers, plus the graph outputs
   (the logits), so ``Conv -> Relu`` is one write, not two; or the outputs of
   chosen op types; or every intermediate float tensor.  In a QDQ graph, the
-  outputs of QuantizeLinear.  Only values computed from some Conv, Gemm or
-  MatMul count, so input preprocessing is never a target.
-* ``weights``: weight initializers of Conv, ConvTranspose, Gemm and MatMul (in
-  a QDQ graph, the int8 initializers their DequantizeLinear reads).
-* ``biases``: bias initializers of Conv, ConvTranspose and Gemm, and of an
-  Add that follows a MatMul (in a QDQ graph, the int32 quantised biases, or
-  the float32 ones a model quantised with float biases keeps).
+  outputs of QuantizeLinear; in a graph of integer operators (QOperator,
+  dynamic quantisation), their int8/uint8 outputs besides the float ones.
+  Only values computed from some Conv, Gemm, MatMul (in any quantised form)
+  or embedding lookup count, so input preprocessing is never a target.
+* ``weights``, ``biases`` and ``qparams``: the stored tensors of those roles
+  (see :mod:`onnxflip.graph.stored`): every numeric parameter a node
+  computes with, embedding tables and normalisation parameters included,
+  found behind views, casts and DequantizeLinear; quantisation scales and
+  zero points only when ``qparams`` is asked for.
 
 Sites are found in the main graph and in the bodies of ``If``, ``Loop`` and
 ``Scan`` nodes alike (onnx_ir walks subgraphs); an ``If`` or ``Loop`` whose
@@ -29,17 +31,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import onnx
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.graph.stored import all_nodes, downstream_of_compute, quantised_form, stored_tensors
 
 __all__ = [
-    "COMPUTE_OPS",
     "DEFAULT_ACTIVATION_OPS",
+    "DEFAULT_TARGETS",
     "TARGETS",
     "Selection",
     "Site",
@@ -47,8 +50,9 @@ __all__ = [
     "find_sites",
 ]
 
-TARGETS = ("activations", "weights", "biases")
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+TARGETS = ("activations", "weights", "biases", "qparams")
+DEFAULT_TARGETS = ("activations", "weights", "biases")  # quantisation parameters only when asked for
+_QUANTISED = frozenset({ir.DataType.INT8, ir.DataType.UINT8})
 DEFAULT_ACTIVATION_OPS = (
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
     "Gelu", "Softplus", "Mish", "Clip", "Softmax", "LayerNormalization", "MaxPool", "AveragePool",
@@ -118,79 +122,11 @@ def _matches(site: Site, selection: Selection) -> bool:
     return not (selection.exclude and any(re.search(selection.exclude, n or "") for n in names))
 
 
-def all_nodes(graph: ir.Graph) -> Iterator[ir.Node]:
-    """The nodes of a graph and of every subgraph (If, Loop, Scan bodies), a node before its bodies."""
-    return iter(ir.traversal.RecursiveGraphIterator(graph))
-
-
-def _subgraph_nodes(node: ir.Node) -> list[ir.Node]:
-    nodes: list[ir.Node] = []
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            nodes += all_nodes(attr.value)
-        elif attr.type == ir.AttributeType.GRAPHS:
-            for body in attr.value:
-                nodes += all_nodes(body)
-    return nodes
-
-
-def _downstream_of_compute(graph: ir.Graph) -> set[ir.Value]:
-    """Values computed, directly or not, from a Conv, Gemm or MatMul (a body that computes one counts)."""
-    reached: set[ir.Value] = set()
-    for node in all_nodes(graph):
-        body = _subgraph_nodes(node)
-        if (
-            node.op_type in COMPUTE_OPS
-            or any(v in reached for v in node.inputs if v is not None)
-            or any(n.op_type in COMPUTE_OPS or any(v in reached for v in n.inputs if v is not None) for n in body)
-        ):
-            reached.update(node.outputs)
-    return reached
-
-
-def _is_initializer(value: ir.Value | None) -> bool:
-    return value is not None and value.is_initializer() and value.const_value is not None
-
-
-def _parameter_sites(graph: ir.Graph, qdq: bool) -> Iterable[Site]:
-    seen: set[ir.Value] = set()
-    for node in all_nodes(graph):
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        roles = {1: "weights"}
-        if node.op_type == "MatMul":
-            roles = {0: "weights", 1: "weights"}
-        if node.op_type in _BIAS_INPUT:
-            roles[_BIAS_INPUT[node.op_type]] = "biases"
-        if node.op_type == "MatMul" and len(node.outputs[0].uses()) == 1:
-            add, _ = next(iter(node.outputs[0].uses()))
-            if add.op_type == "Add":
-                for inp in add.inputs:
-                    stored = _stored_parameter(inp, qdq)
-                    if stored is not None and stored not in seen:
-                        seen.add(stored)
-                        yield Site(stored, "biases", add.name or "")
-        for index, target in roles.items():
-            if index >= len(node.inputs):
-                continue
-            stored = _stored_parameter(node.inputs[index], qdq)
-            if stored is not None and stored not in seen:
-                seen.add(stored)
-                yield Site(stored, target, node.name or "")
-
-
-def _stored_parameter(value: ir.Value | None, qdq: bool) -> ir.Value | None:
-    """The initializer that holds a compute op's parameter, looking through DequantizeLinear in QDQ graphs
-    (a QDQ graph may also keep a parameter float, such as a float32 bias: then that initializer is stored)."""
-    if value is None:
-        return None
-    if qdq:
-        producer = value.producer()
-        if producer is not None and producer.op_type != "DequantizeLinear":
-            return None
-        if producer is not None:
-            value = producer.inputs[0]
-    return value if _is_initializer(value) else None
+def _parameter_sites(graph: ir.Graph, wanted: set[str]) -> Iterable[Site]:
+    """The stored tensors whose role is a wanted target, in the order the graph first reads them."""
+    for stored in stored_tensors(graph):
+        if stored.role in wanted and stored.value is not None:
+            yield Site(stored.value, stored.role, stored.reader)
 
 
 _VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -236,22 +172,27 @@ def _passed_on_by_control_flow(chosen: dict[ir.Value, None], downstream: set[ir.
     return list(sites)
 
 
-def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_dtype: ir.DataType) -> Iterable[Site]:
-    downstream = _downstream_of_compute(graph)
-    chosen: list[ir.Value] = []
-    for node in all_nodes(graph):
-        if qdq:
-            wanted = node.op_type == "QuantizeLinear" and not _requantises_a_view(node)
-        elif selection.every_intermediate:
-            wanted = node.op_type not in ("Constant", "Cast")
-        else:
-            wanted = node.op_type in selection.activation_ops
-        if not wanted:
-            continue
-        for out in node.outputs:
-            if out in downstream and (qdq or out.dtype == compute_dtype):
-                chosen.append(out)
-    if not qdq:
+def _wanted_outputs(node: ir.Node, selection: Selection, form: str | None,
+                    compute_dtype: ir.DataType) -> list[ir.Value]:
+    """The outputs of a node that are activation sites, if computed downstream of a compute op."""
+    if form == "qdq":
+        wanted = node.op_type == "QuantizeLinear" and not _requantises_a_view(node)
+        return list(node.outputs) if wanted else []
+    if form == "integer" and node.op_type not in _VIEW_OPS and node.outputs and node.outputs[0].dtype in _QUANTISED:
+        return [node.outputs[0]]  # an integer operator's quantised output (not DynamicQuantizeLinear's zero point)
+    if selection.every_intermediate:
+        wanted = node.op_type not in ("Constant", "Cast")
+    else:
+        wanted = node.op_type in selection.activation_ops
+    return [out for out in node.outputs if out.dtype == compute_dtype] if wanted else []
+
+
+def _activation_sites(graph: ir.Graph, selection: Selection, form: str | None,
+                      compute_dtype: ir.DataType) -> Iterable[Site]:
+    downstream = downstream_of_compute(graph)
+    chosen = [out for node in all_nodes(graph) for out in _wanted_outputs(node, selection, form, compute_dtype)
+              if out in downstream]
+    if form != "qdq":
         chosen += [out for out in graph.outputs if out in downstream and out.dtype == compute_dtype]
     for value in _passed_on_by_control_flow(dict.fromkeys(chosen), downstream):
         producer = value.producer()
@@ -261,9 +202,8 @@ def _activation_sites(graph: ir.Graph, selection: Selection, qdq: bool, compute_
 def find_sites(
     model: ir.Model,
     *,
-    targets: Iterable[str] = TARGETS,
+    targets: Iterable[str] = DEFAULT_TARGETS,
     selection: Selection = Selection(),
-    qdq: bool = False,
     compute_dtype: ir.DataType = ir.DataType.FLOAT,
 ) -> list[Site]:
     """The sites of the requested target classes, in graph order (activations last)."""
@@ -272,9 +212,9 @@ def find_sites(
     if unknown:
         raise OnnxflipError(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
     graph = model.graph
-    sites = [s for s in _parameter_sites(graph, qdq) if s.target in wanted]
+    sites = list(_parameter_sites(graph, wanted))
     if "activations" in wanted:
-        sites += list(_activation_sites(graph, selection, qdq, compute_dtype))
+        sites += list(_activation_sites(graph, selection, quantised_form(graph), compute_dtype))
     sites = [s for s in sites if _matches(s, selection)]
     for site in sites:
         site.stored_dtype = site.value.dtype or ir.DataType.UNDEFINED

@@ -7,10 +7,12 @@ from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.passes.materialize import MaterializeParametersPass
 from onnxflip.graph.passes.qlinear import NhwcIntegerConvPass, StoreInt8AsUint8Pass
 from onnxflip.graph.passes.store_in_format import StoreInFormatPass
+from onnxflip.graph.passes.stored_constants import LiftStoredConstantsPass
 
 __all__ = [
     "FoldBatchNormPass",
     "InsertFlipBitsPass",
+    "LiftStoredConstantsPass",
     "MaterializeParametersPass",
     "NhwcIntegerConvPass",
     "StoreInFormatPass",

@@ -365,19 +365,28 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
 @cli.command()
 @MODEL_ARG
 @SITE_PLAN
-@click.option("--json", "as_json", is_flag=True, help="Print the sites as a JSON list of objects instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the sites and the coverage as one JSON object ({\"sites\": [...], \"coverage\": {...}}).")
 def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None:
-    """List the FlipBits sites of MODEL.
+    """List the FlipBits sites of MODEL and the coverage of its stored parameters.
 
     For an injected model, the sites it has; for a clean model, the sites
     inject would create with the same options.  Each row: tensor, target
     class, stored element type, elements (per sample for activations), bits
-    per element and the mask of the bits that may flip.
+    per element and the mask of the bits that may flip.  Then the share of
+    the stored parameters' elements and bits that are sites, per target, and
+    every stored parameter that is not a site, with the reason.
     """
-    from onnxflip.report.sites_table import describe_sites, format_site_table
+    from onnxflip.report.sites_table import describe_sites, format_coverage, format_site_table
 
-    rows = describe_sites(model, config=config)
-    click.echo(json.dumps(rows, indent=2) if as_json else format_site_table(rows))
+    rows, coverage = describe_sites(model, config=config)
+    if as_json:
+        click.echo(json.dumps({"sites": rows, "coverage": coverage.to_json() if coverage else None}, indent=2))
+        return
+    click.echo(format_site_table(rows, coverage))
+    if coverage is not None:
+        click.echo("")
+        click.echo(format_coverage(coverage))
 
 
 @cli.command()

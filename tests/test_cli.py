@@ -186,7 +186,7 @@ def _weight_and_bias_sizes(path) -> dict[str, int]:
 
 def test_inspect_json_lists_the_sites_the_injected_model_has(vgg_path, tmp_path, capsys):
     code, listing, _ = run(capsys, "inspect", str(vgg_path), "--json", "--format", "float16")
-    rows = json.loads(listing)
+    rows = json.loads(listing)["sites"]
     assert code == 0 and {tuple(sorted(r)) for r in rows} == {("bits", "dtype", "elements", "mask", "target", "tensor")}
     out = tmp_path / "injected.onnx"
     assert run(capsys, "inject", str(vgg_path), "-o", str(out), "--format", "float16", "--p", "1e-4")[0] == 0
@@ -202,7 +202,7 @@ def test_inspect_json_lists_the_sites_the_injected_model_has(vgg_path, tmp_path,
     def without_names(listing):
         return [{k: v for k, v in row.items() if k != "tensor"} for row in listing]
 
-    assert code == 0 and without_names(json.loads(again)) == without_names(rows)
+    assert code == 0 and without_names(json.loads(again)["sites"]) == without_names(rows)
 
 
 @pytest.mark.parametrize(

@@ -235,7 +235,7 @@ def test_vgg_default_sites_match_inspect_and_p0_is_bit_identical(vgg_path, image
 
     model = load_model(vgg_path)
     injected = insert_flipbits(model)
-    rows = describe_sites(vgg_path, config=InjectionConfig())
+    rows, _ = describe_sites(vgg_path, config=InjectionConfig())
     assert Counter(r["target"] for r in rows) == flip_targets(injected) == Counter(
         {"weights": 10, "biases": 10, "activations": 15})
     feeds = {"input": images}

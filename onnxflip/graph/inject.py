@@ -23,6 +23,7 @@ from onnx_ir.passes.common import ShapeInferencePass
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import ecc_word
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.coverage import Coverage, coverage_of
 from onnxflip.graph.formats import (
     StorageFormat,
     is_qdq,
@@ -41,10 +42,11 @@ from onnxflip.graph.passes import (
     StoreInt8AsUint8Pass,
 )
 from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
+from onnxflip.graph.stored import stored_tensors
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
 
 __all__ = ["FORMAT_METADATA_KEY", "convert_format", "converted_format", "insert_flipbits", "is_injected",
-           "plan_sites"]
+           "plan_sites", "site_coverage", "why_no_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,19 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, Stor
     return prepared, fmt, sites
 
 
+def site_coverage(prepared: ir.Model, sites: list[Site], config: InjectionConfig) -> Coverage:
+    """Which stored parameters of a prepared model (:func:`plan_sites`) the sites expose, before any pass runs."""
+    return coverage_of(stored_tensors(prepared.graph), sites, config.targets)
+
+
+def why_no_sites(coverage: Coverage) -> str:
+    """Why a selection found no site: no activation of a compute op, and what keeps each parameter out."""
+    reasons = list(dict.fromkeys(row.reason for row in coverage.not_sites()))
+    parameters = (f"its {len(coverage.parameters)} stored parameter tensor(s) are not sites: {'; '.join(reasons[:3])}"
+                  if coverage.parameters else "it stores no parameter tensor")
+    return f"no stored activation follows a Conv, Gemm, MatMul or embedding, and {parameters}"
+
+
 def _check_ecc_site(model: ir.Model, site: Site, ecc: str, etype: ElementType) -> None:
     """Raise OnnxflipError where ``ecc`` cannot protect the site: a width it has no code for, or a
     site inside an If/Loop/Scan body, whose word counts cannot reach the main graph's counts output."""
@@ -125,11 +140,11 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -
     """
     config = config or InjectionConfig()
     prepared, fmt, sites = plan_sites(model, config)
+    coverage = site_coverage(prepared, sites, config)
     if not sites:
-        raise OnnxflipError(
-            f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format {config.format})"
-        )
-    passes = [StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites)]
+        raise OnnxflipError(f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format "
+                            f"{config.format}): {why_no_sites(coverage)}")
+    passes = [StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites, coverage)]
     if config.format == "int8" and is_qdq(prepared):  # the same flips, on the tensors ONNX Runtime's integer kernels read
         passes += [StoreInt8AsUint8Pass(), NhwcIntegerConvPass()]
     result = _run(passes, prepared)

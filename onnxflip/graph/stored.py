@@ -106,6 +106,7 @@ class StoredTensor:
     reason: str = ""
     value: ir.Value | None = None  # the initializer; None for numbers held in an attribute
     reader: str = ""  # the name of the first node that reads it
+    data: bool = True  # False for shapes, indices and masks: no parameter, however it is read
 
     @property
     def is_float(self) -> bool:
@@ -241,23 +242,21 @@ def _classify(value: ir.Value, downstream: set[ir.Value]) -> StoredTensor:
 
     readers = list(_readers(value))
 
-    def stored(role: str | None, reason: str = "") -> StoredTensor:
+    def stored(role: str | None, reason: str = "", data: bool = True) -> StoredTensor:
         reader = readers[0][0].name or readers[0][0].op_type if readers else ""
-        return StoredTensor(value.name or "", dtype.name, elements, role, reason, value, reader)
+        return StoredTensor(value.name or "", dtype.name, elements, role, reason, value, reader, data)
 
+    if not dtype.is_floating_point() and dtype not in _DATA_INTEGERS and dtype != ir.DataType.INT32:
+        return stored(None, f"shape, index or mask data ({dtype.name.lower()})", data=False)
     if not readers:
-        return stored(None, "output only" if _chain_is_output(value) else "read by no node")
+        return stored(None, "a graph output only" if _chain_is_output(value) else "read by no node")
     roles = [_role(node, index, value) for node, index in readers]
     if "qparams" in roles:
         return stored("qparams")
-    if dtype.is_floating_point():
-        if all(r is None for r in roles):
-            return stored(None, f"shape or index data ({readers[0][0].op_type} input {readers[0][1]})")
-    elif dtype == ir.DataType.INT32:
-        if "biases" not in roles and not _dequantised(value):
-            return stored(None, "shape or index data (int32)")
-    elif dtype not in _DATA_INTEGERS:
-        return stored(None, f"shape, index or mask data ({dtype.name.lower()})")
+    if dtype.is_floating_point() and all(r is None for r in roles):
+        return stored(None, f"shape or index data ({readers[0][0].op_type} input {readers[0][1]})", data=False)
+    if dtype == ir.DataType.INT32 and "biases" not in roles and not _dequantised(value):
+        return stored(None, "shape or index data (int32)", data=False)
     if not any(_in_model(node, downstream) for node, _ in readers):
         return stored(None, "input preprocessing (read before any Conv, Gemm, MatMul or embedding)")
     role = "weights" if "weights" in roles else "biases"

@@ -1,4 +1,4 @@
-"""The FlipBits sites of a model as rows and as a table: what ``onnxflip inspect`` prints."""
+"""The FlipBits sites of a model and the coverage of its stored parameters: what ``onnxflip inspect`` prints."""
 
 from __future__ import annotations
 
@@ -8,50 +8,91 @@ import os
 from collections import defaultdict
 
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.formats import model_format
-from onnxflip.graph.inject import plan_sites
+from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.modelio import load_model
 
-__all__ = ["describe_sites", "format_site_table"]
+__all__ = ["describe_sites", "format_coverage", "format_site_table"]
 
 
-def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> list[dict]:
-    """One row per site: tensor, target, dtype, elements, bits, mask.
+def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> tuple[list[dict], Coverage | None]:
+    """One row per site (tensor, target, dtype, elements, bits, mask), and the coverage of the stored parameters.
 
-    For an injected model, the sites it records (``config`` is not used);
-    for a clean model, the sites :func:`onnxflip.graph.inject.insert_flipbits`
-    would create with ``config`` (whose format None means the model's own,
+    For an injected model, the sites and coverage it records (``config`` is
+    not used; a model injected before coverage was recorded has none); for a
+    clean model, the sites :func:`onnxflip.graph.inject.insert_flipbits` would
+    create with ``config`` (whose format None means the model's own,
     :func:`~onnxflip.graph.formats.model_format`).
     """
     model = load_model(path)
     if METADATA_KEY in model.metadata_props:
-        return json.loads(model.metadata_props[METADATA_KEY])["sites"]
+        record = json.loads(model.metadata_props[METADATA_KEY])
+        coverage = Coverage.from_json(record["coverage"]) if "coverage" in record else None
+        return record["sites"], coverage
     if config.format is None:  # the model's own
         config = dataclasses.replace(config, format=model_format(model))
-    _, _, sites = plan_sites(model, config)
+    prepared, _, sites = plan_sites(model, config)
+    coverage = site_coverage(prepared, sites, config)
     describe = InsertFlipBitsPass(config, sites).describe
-    return [describe(site) for site in sites]
+    return [describe(site) for site in sites], coverage
 
 
-def format_site_table(rows: list[dict]) -> str:
-    """The rows as an aligned table, then totals per target class."""
+def format_site_table(rows: list[dict], coverage: Coverage | None = None) -> str:
+    """The rows as an aligned table, then totals per target class (a site of unknown size is said so)."""
     if not rows:
-        return "no sites"
+        return "no sites" + (f": {why_no_sites(coverage)}" if coverage is not None else "")
     header = ("tensor", "target", "dtype", "elements", "bits", "mask")
     cells = [[str(r[h] if r[h] is not None else "?") for h in header] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for r in rows:
         t = totals[r["target"]]
         t[0] += 1
         if r["elements"] is not None:
             t[1] += r["elements"]
             t[2] += r["elements"] * int(r["mask"], 16).bit_count()
+        else:
+            t[3] += 1
     lines.append("")
-    for target, (count, elements, flippable) in totals.items():
+    for target, (count, elements, flippable, unknown) in totals.items():
         lines.append(f"{target}: {count} sites, {elements:,} elements, {flippable:,} flippable bits"
-                     + (" (per sample)" if target == "activations" else ""))
+                     + (" (per sample)" if target == "activations" else "")
+                     + (f"; {unknown} site(s) of unknown size (symbolic shape) not counted" if unknown else ""))
+    return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def format_coverage(coverage: Coverage) -> str:
+    """The share of the stored parameters' elements and bits that are sites, per target, and every stored
+    parameter that is not a site with the reason."""
+    totals = coverage.totals()
+    everything, floats = totals["all"], totals["float"]
+    lines = [f"coverage of the {totals['tensors']} stored parameter tensors ({everything['elements']:,} elements, "
+             f"{everything['bits']:,} bits; {floats['elements']:,} float elements):"]
+    for target, t in everything["targets"].items():
+        f = floats["targets"].get(target)
+        lines.append(f"  {target}: {t['tensors']} tensors, {_share(t['share_elements'])} of the elements, "
+                     f"{_share(t['share_bits'])} of the bits"
+                     + (f" ({_share(f['share_elements'])} of the float elements)" if f else ""))
+    lines.append(f"  all sites: {_share(everything['share_elements'])} of the elements, "
+                 f"{_share(everything['share_bits'])} of the bits ({_share(floats['share_elements'])} of the float "
+                 "elements)")
+    if totals["unknown_size"]:
+        lines.append(f"  {totals['unknown_size']} parameter tensor(s) of unknown size, in no share")
+    missing = coverage.not_sites()
+    if not missing:
+        lines.append("every stored parameter is a site")
+        return "\n".join(lines)
+    lines.append(f"stored parameters that are not sites ({len(missing)}):")
+    width = max(len(r.tensor) for r in missing)
+    for r in missing:
+        elements = "?" if r.elements is None else f"{r.elements:,}"
+        lines.append(f"  {r.tensor.ljust(width)}  {r.dtype.lower():8}  {elements:>10}  {r.reason}")
     return "\n".join(lines)

@@ -24,7 +24,8 @@ bodies read them from the outer scope.  A target class whose fault model has
 ECC also gets a graph output ``onnxflip_<target>_counts`` (int64[3]): the
 words of that run read corrected, detected and silently wrong, summed over
 its sites (:class:`onnxflip.faults.WordCounts` turns it into fractions).
-The settings and the site rows are recorded as JSON under the
+The settings, the site rows and the coverage of the stored parameters
+(:mod:`onnxflip.graph.coverage`) are recorded as JSON under the
 ``onnxflip.injection`` metadata key.
 """
 
@@ -39,6 +40,7 @@ import onnx_ir as ir
 from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.faults import ecc_word, stored_words
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.passes.store_in_format import take_over_output
 from onnxflip.graph.sites import Site
 from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, ElementType, element_type
@@ -51,10 +53,11 @@ logger = logging.getLogger(__name__)
 class InsertFlipBitsPass(ir.passes.InPlacePass):
     """Insert FlipBits at the given sites of a prepared model (see :func:`onnxflip.graph.inject.plan_sites`)."""
 
-    def __init__(self, config: InjectionConfig, sites: list[Site]) -> None:
+    def __init__(self, config: InjectionConfig, sites: list[Site], coverage: Coverage | None = None) -> None:
         super().__init__()
         self.config = config
         self.sites = sites
+        self.coverage = coverage
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -69,7 +72,10 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             self._add_counts_output(graph, target, values)
         graph.sort()
         model.opset_imports[DOMAIN] = 1
-        model.metadata_props[METADATA_KEY] = json.dumps({"config": self.config.to_json(), "sites": rows})
+        record = {"config": self.config.to_json(), "sites": rows}
+        if self.coverage is not None:
+            record["coverage"] = self.coverage.to_json()
+        model.metadata_props[METADATA_KEY] = json.dumps(record)
         return ir.passes.PassResult(model, modified=bool(self.sites))
 
     def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ...]:

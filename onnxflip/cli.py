@@ -602,6 +602,17 @@ def _word_table(rows: list[dict], swept: str) -> list[str]:
     return lines
 
 
+def _exposure_line(exposure: dict) -> str:
+    """Which sites flipped, and the share of the stored parameters they cover."""
+    sites = ", ".join(f"{count} {target}" for target, count in exposure["sites"].items())
+    coverage = exposure.get("coverage")
+    if not coverage or not coverage["all"]["elements"]:
+        return f"sites: {sites}"
+    share = coverage["all"]["share_elements"]
+    missing = "" if share == 1.0 else " (onnxflip inspect lists the stored parameters that are not sites)"
+    return f"sites: {sites}; they hold {100 * share:.1f}% of the stored parameter elements{missing}"
+
+
 def _summary(result: dict, out: pathlib.Path) -> str:
     mid = result["midpoint"]
     swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
@@ -609,6 +620,9 @@ def _summary(result: dict, out: pathlib.Path) -> str:
              f"samples (those each trial scores); {result['evaluations']} trials in "
              f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
              *_word_table(result["rows"], "rate" if swept != "p" else "p")]
+    exposure = result.get("exposure")
+    if exposure:
+        lines.append(_exposure_line(exposure))
     if mid["status"] in ("above", "below"):
         lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
     elif mid["status"] == "no fall":

@@ -7,7 +7,7 @@ the clean score and the floor) means the same on every metric.
 | spec | score of a sample | needs | floor |
 | --- | --- | --- | --- |
 | ``top1``, ``topK`` (``top5``) | 1 if the label is among the K largest outputs | labels | K / classes |
-| ``agreement`` | 1 if the top-1 class equals the clean model's | clean | 1 / classes |
+| ``agreement`` | 1 if the top-1 class equals the clean model's (for (batch, ..., classes) outputs, such as a language model's (batch, positions, vocabulary) logits: the share of positions that agree) | clean | 1 / classes |
 | ``rel-error`` | 1 if ``||faulty - clean|| / ||clean|| <= threshold`` (L2 over the sample, default 0.1) | clean | 0 |
 | ``nonfinite`` | 1 if every output value is finite (the mean is 1 - the NaN/inf rate) | - | 0 |
 | ``package.module:function`` or ``file.py:function`` | what the function returns | - | 0 |
@@ -81,12 +81,13 @@ class Metric(Protocol):
 
 
 def classes_of(output_shape: Sequence[int | str | None] | None, *, metric: str) -> int:
-    """The number of classes: the last axis of a (batch, classes) output, which must be fixed."""
+    """The number of classes: the last axis of a (batch, ..., classes) output, which must be fixed."""
     if output_shape is None or len(output_shape) < 2 or not isinstance(output_shape[-1], int):
-        shown = "unknown" if output_shape is None else tuple(output_shape)
+        shown = "unknown" if output_shape is None else "[" + ", ".join(str(d) for d in output_shape) + "]"
         raise OnnxflipError(
-            f"{metric} needs a (batch, classes) output with a fixed number of classes, not shape {shown}; "
-            "give the floor yourself"
+            f"{metric} needs a (batch, classes) output with a fixed number of classes, not shape {shown}: choose "
+            "the output to score with --output NAME, give the floor with --floor (for a (batch, classes) output "
+            "whose class count is not declared), or use a metric that needs no classes (rel-error, nonfinite)"
         )
     return int(output_shape[-1])
 
@@ -160,9 +161,12 @@ class Agreement:
     needs_clean: bool = True
 
     def scores(self, outputs: np.ndarray, clean: np.ndarray | None, labels: np.ndarray | None) -> np.ndarray:
-        faulty = _logits(outputs, metric=self.name)
-        reference = _clean(clean, faulty, metric=self.name)
-        return (nan_argmax(faulty) == nan_argmax(reference)).astype(np.float64)
+        if outputs.ndim < 2:
+            raise OnnxflipError(f"{self.name} needs (batch, ..., classes) outputs, not shape {outputs.shape}; choose "
+                                "the output to score with --output NAME")
+        reference = _clean(clean, outputs, metric=self.name)
+        same = nan_argmax(outputs) == nan_argmax(reference)  # (batch, ...): one class per position
+        return same.reshape(len(same), -1).mean(axis=1, dtype=np.float64)
 
     def floor(self, output_shape) -> float:
         return 1.0 / classes_of(output_shape, metric=self.name)

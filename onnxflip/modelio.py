@@ -76,6 +76,20 @@ def _check_proto(proto: onnx.ModelProto, path: pathlib.Path, *, external: bool) 
         logger.warning("%s does not pass onnx.checker: %s", path, first)
 
 
+def _holds_maps(type_proto: onnx.TypeProto) -> bool:
+    if type_proto.HasField("map_type"):
+        return True
+    return type_proto.HasField("sequence_type") and _holds_maps(type_proto.sequence_type.elem_type)
+
+
+def _untype_maps(graph: onnx.GraphProto) -> None:
+    """Drop the declared type of outputs and intermediate values that are maps or sequences of maps (a
+    scikit-learn classifier's ZipMap output): onnx_ir reads no map type, and ONNX Runtime infers it again."""
+    for value in (*graph.output, *graph.value_info):
+        if _holds_maps(value.type):
+            value.ClearField("type")
+
+
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX file as an ``onnx_ir`` model, with one-line errors for bad files."""
     path = pathlib.Path(path)
@@ -96,6 +110,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         raise OnnxflipError(f"{path} has an empty graph (no nodes): there is nothing to run")
     external = _check_external_files(proto, path)
     _check_proto(proto, path, external=external)
+    _untype_maps(proto.graph)
     serde_logger = logging.getLogger("onnx_ir.serde")
     level = serde_logger.level
     serde_logger.setLevel(logging.ERROR)  # an undefined input is reported below, in one line

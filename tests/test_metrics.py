@@ -64,7 +64,7 @@ def test_floors_come_from_the_output_shape(spec, shape, floor):
 
 @pytest.mark.parametrize("shape", [("batch", "classes"), None, ("batch",)])
 def test_a_class_count_that_is_not_fixed_asks_for_a_floor(shape):
-    with pytest.raises(OnnxflipError, match="give the floor yourself"):
+    with pytest.raises(OnnxflipError, match="--output NAME, give the floor with --floor"):
         TopK(1).floor(shape)
 
 

@@ -150,7 +150,7 @@ class _RayTrials:
 
     def __init__(self, executor: RayExecutor, runner: LocalRunner, ref) -> None:
         self.executor, self.ref = executor, ref
-        self.samples, self.floor, self.output = runner.samples, runner.floor, runner.output
+        self.samples, self.floor, self.output, self.exposure = runner.samples, runner.floor, runner.output, runner.exposure
         self.providers: tuple[str, ...] = ()
 
     def run(self, p: float, trials: Sequence[int], samples: int) -> list[TrialOutcome]:

@@ -259,6 +259,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "experiment": experiment.to_json(),
         "metric": metric.name,
         "output": runner.output,
+        "exposure": runner.exposure,
         "floor": runner.floor,
         "samples": runner.samples,
         "versions": versions(),

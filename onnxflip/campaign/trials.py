@@ -181,6 +181,31 @@ def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
                                 f"{settings.on_detected}; give the same options or a clean model")
 
 
+def _describe_outputs(outputs: list[ir.Value]) -> str:
+    def shape(v: ir.Value) -> str:
+        return "?" if v.shape is None else "[" + ", ".join(str(d) for d in v.shape) + "]"
+
+    return ", ".join(f"{v.name} {v.dtype.name.lower()} {shape(v)}" if isinstance(v.type, ir.TensorType)
+                     else f"{v.name} (not a tensor)" for v in outputs)
+
+
+def _scored_tensor(model: ir.Model, output: ir.Value) -> ir.Value:
+    """The tensor a metric scores for a graph output: the output itself, or for a ZipMap's sequence of maps
+    (scikit-learn classifiers' probabilities) the probability tensor it reads, made a graph output of the
+    working model; any other output that is not a tensor is refused."""
+    if isinstance(output.type, ir.TensorType):
+        return output
+    producer = output.producer()
+    if producer is None or producer.op_type != "ZipMap":
+        raise OnnxflipError(f"output {output.name!r} is not a tensor (a sequence or map), which no metric scores; "
+                            "choose a tensor output with --output NAME")
+    tensor = producer.inputs[0]
+    if not tensor.is_graph_output():
+        model.graph.outputs.append(tensor)
+    logger.info("output %s is ZipMap's map of %s: scoring that tensor", output.name, tensor.name)
+    return tensor
+
+
 class LocalRunner:
     """Runs trials in this process (the ``local`` executor): a :class:`~onnxflip.campaign.design.TrialRunner`."""
 
@@ -209,16 +234,23 @@ class LocalRunner:
                         if any(v.name == control_input_name(t, "p01") for v in self.injected.graph.inputs)]
         output_names = {v.name for v in self.injected.graph.outputs}
         self.counted = [t for t in self.targets if counts_output_name(t) in output_names]  # targets with ECC words
-        self._sites = json.loads(self.injected.metadata_props[METADATA_KEY])["sites"]
+        record = json.loads(self.injected.metadata_props[METADATA_KEY])
+        self._sites = record["sites"]
+        # What the injection exposes: sites per target, and the coverage of the stored parameters (where recorded).
+        self.exposure = {"sites": {t: sum(1 for s in self._sites if s["target"] == t) for t in self.targets},
+                         "coverage": record["coverage"]["totals"] if "coverage" in record else None}
         self._uncounted: set[str] = set()  # ECC targets whose words cannot be counted (warned once)
         outputs = [v for v in self.injected.graph.outputs if not v.name.startswith("onnxflip_")]
         names = [v.name for v in outputs]
         if output is not None and output not in names:
             raise OnnxflipError(f"the model has no output {output!r}; its outputs are {', '.join(names)}")
-        self.output = output or names[0]
-        shape = next(v.shape for v in outputs if v.name == self.output)
-        self.output_shape = list(shape) if shape is not None else None
-        self.floor = float(metric.floor(self.output_shape)) if floor is None else float(floor)
+        scored = _scored_tensor(self.injected, next(v for v in outputs if v.name == (output or names[0])))
+        self.output = scored.name
+        self.output_shape = list(scored.shape) if scored.shape is not None else None
+        try:
+            self.floor = float(metric.floor(self.output_shape)) if floor is None else float(floor)
+        except OnnxflipError as exc:
+            raise OnnxflipError(f"{exc} (the model's outputs: {_describe_outputs(outputs)})") from None
         self._clean: dict[int, np.ndarray] = {}  # outputs of the fault-free model per sample count
         # The serialised model of a trial at p > 0 whose flipped constants each trial binds (False: not possible).
         self._template = None
@@ -344,6 +376,9 @@ class LocalRunner:
                 name = control_input_name("activations", what)
                 if name in names:
                     feeds[name] = value
+                elif any(rates):  # the activations' FlipBits would run on their defaults: nothing would flip
+                    raise OnnxflipError(f"ONNX Runtime does not let the trial feed the model's control input {name}, "
+                                        "so its activations would not flip; inject the original model again")
         available = {o.name for o in session.get_outputs()}
         counted = [t for t in self.counted if counts_output_name(t) in available]
         out, *counts = session.run([self.output, *(counts_output_name(t) for t in counted)], feeds)

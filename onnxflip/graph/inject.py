@@ -1,6 +1,6 @@
 """Insert FlipBits where a model stores values, in the chosen storage format: a sequence of passes.
 
-    model -> LiftStoredConstantsPass -> FoldBatchNormPass -> ShapeInferencePass -> (find sites)
+    model -> LiftStoredConstantsPass -> FoldBatchNormPass -> InferShapesPass -> (find sites)
           -> StoreInFormatPass -> InsertFlipBitsPass -> injected model
           (int8 QDQ: -> StoreInt8AsUint8Pass -> NhwcIntegerConvPass, the same
           flips on the tensors ONNX Runtime's integer kernels read, see
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import ecc_word
@@ -35,6 +34,7 @@ from onnxflip.graph.formats import (
 from onnxflip.graph.inputs import check_graph
 from onnxflip.graph.passes import (
     FoldBatchNormPass,
+    InferShapesPass,
     InsertFlipBitsPass,
     LiftStoredConstantsPass,
     NhwcIntegerConvPass,
@@ -87,7 +87,7 @@ def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
                             f"the original model with --format {converted}")
     check_graph(model)
     passes = [LiftStoredConstantsPass(), *([FoldBatchNormPass()] if config.fold_batchnorm else [])]
-    prepared = _run([*passes, ShapeInferencePass()], model.clone())
+    prepared = _run([*passes, InferShapesPass()], model.clone())
     prepared.graph.meta.update(model.graph.meta)  # e.g. that the model came with external data
     return prepared
 

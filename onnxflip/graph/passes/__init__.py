@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from onnxflip.graph.passes.fold_batchnorm import FoldBatchNormPass
+from onnxflip.graph.passes.infer_shapes import InferShapesPass
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.passes.materialize import MaterializeParametersPass
 from onnxflip.graph.passes.qlinear import NhwcIntegerConvPass, StoreInt8AsUint8Pass
@@ -11,6 +12,7 @@ from onnxflip.graph.passes.stored_constants import LiftStoredConstantsPass
 
 __all__ = [
     "FoldBatchNormPass",
+    "InferShapesPass",
     "InsertFlipBitsPass",
     "LiftStoredConstantsPass",
     "MaterializeParametersPass",

@@ -224,7 +224,7 @@ def _role(node: ir.Node, index: int, value: ir.Value) -> str | None:
         return None
     if index in _BIAS_SLOTS.get(op, ()):
         return "biases"
-    if op == "Add" and any(v is not value and _from_product(v) for v in node.inputs):
+    if op in ("Add", "QLinearAdd") and any(v is not value and _from_product(v) for v in node.inputs):
         return "biases"
     return "weights"
 

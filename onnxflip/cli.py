@@ -609,8 +609,8 @@ def _exposure_line(exposure: dict) -> str:
     if not coverage or not coverage["all"]["elements"]:
         return f"sites: {sites}"
     share = coverage["all"]["share_elements"]
-    missing = "" if share == 1.0 else " (onnxflip inspect lists the stored parameters that are not sites)"
-    return f"sites: {sites}; they hold {100 * share:.1f}% of the stored parameter elements{missing}"
+    missing = "" if share == 1.0 else " (onnxflip inspect lists the others, with the reason)"
+    return f"sites: {sites}; {100 * share:.1f}% of the stored parameter elements are sites{missing}"
 
 
 def _summary(result: dict, out: pathlib.Path) -> str:

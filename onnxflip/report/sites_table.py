@@ -12,6 +12,7 @@ from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.formats import model_format
 from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
+from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import load_model
 
 __all__ = ["describe_sites", "format_coverage", "format_site_table"]
@@ -58,7 +59,7 @@ def format_site_table(rows: list[dict], coverage: Coverage | None = None) -> str
         else:
             t[3] += 1
     lines.append("")
-    for target, (count, elements, flippable, unknown) in totals.items():
+    for target, (count, elements, flippable, unknown) in sorted(totals.items(), key=lambda t: TARGETS.index(t[0])):
         lines.append(f"{target}: {count} sites, {elements:,} elements, {flippable:,} flippable bits"
                      + (" (per sample)" if target == "activations" else "")
                      + (f"; {unknown} site(s) of unknown size (symbolic shape) not counted" if unknown else ""))
@@ -76,7 +77,7 @@ def format_coverage(coverage: Coverage) -> str:
     everything, floats = totals["all"], totals["float"]
     lines = [f"coverage of the {totals['tensors']} stored parameter tensors ({everything['elements']:,} elements, "
              f"{everything['bits']:,} bits; {floats['elements']:,} float elements):"]
-    for target, t in everything["targets"].items():
+    for target, t in sorted(everything["targets"].items(), key=lambda t: TARGETS.index(t[0])):
         f = floats["targets"].get(target)
         lines.append(f"  {target}: {t['tensors']} tensors, {_share(t['share_elements'])} of the elements, "
                      f"{_share(t['share_bits'])} of the bits"

@@ -1,0 +1,230 @@
+"""Stored tensors behind chains and constants, old IR versions, integer quantised forms, and coverage.
+
+Each model is written here from ONNX text or onnx.helper; each test checks a
+number the model determines: which tensors are sites (once), that p = 0 keeps
+the outputs, that flips happen (activations of an IR-3 model too), and what
+``inspect`` reports as coverage.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+from conftest import model_from_text, popcount, raw, run_model
+from onnx import helper, numpy_helper
+
+from onnxflip.cli import main
+from onnxflip.graph import InjectionConfig, control_input_name, insert_flipbits
+from onnxflip.graph.config import METADATA_KEY
+from onnxflip.graph.inject import plan_sites, site_coverage
+from onnxflip.modelio import load_model, save_model
+
+RNG = np.random.default_rng(5)
+
+
+def _array(*shape: int) -> np.ndarray:
+    return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _classic_cnn(ir_version: int) -> onnx.ModelProto:
+    """A model-zoo-style CNN: the conv weight in a Constant, a zero bias from ConstantOfShape, the head's
+    weight an initializer read through Transpose (and, at IR 3, listed as a graph input as IR 3 requires)."""
+    head = numpy_helper.from_array(_array(10, 128), "W2")
+    nodes = [
+        helper.make_node("Constant", [], ["W1"], value=numpy_helper.from_array(_array(8, 3, 3, 3))),
+        helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([8], np.int64))),
+        helper.make_node("ConstantOfShape", ["shape"], ["B1"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["m"], ["f"]),
+        helper.make_node("Transpose", ["W2"], ["W2t"]),
+        helper.make_node("MatMul", ["f", "W2t"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])]
+    if ir_version < 4:
+        inputs.append(helper.make_tensor_value_info("W2", onnx.TensorProto.FLOAT, [10, 128]))
+    graph = helper.make_graph(nodes, "classic", inputs, [helper.make_tensor_value_info("y", 1, ["N", 10])], [head])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=ir_version)
+
+
+@pytest.fixture(params=[3, 7], ids=["ir3", "ir7"])
+def classic(request, tmp_path) -> pathlib.Path:
+    path = tmp_path / "classic.onnx"
+    proto = _classic_cnn(request.param)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_constant_and_constant_of_shape_parameters_are_sites_and_p0_keeps_the_outputs(classic):
+    model = load_model(classic)
+    prepared, _, sites = plan_sites(model, InjectionConfig())
+    parameters = {s.name: s.target for s in sites if s.target != "activations"}
+    assert parameters == {"W1": "weights", "B1": "biases", "W2": "weights"}
+    assert site_coverage(prepared, sites, InjectionConfig()).totals()["float"]["share_elements"] == 1.0
+    x = RNG.random((4, 3, 8, 8), dtype=np.float32)
+    (clean,) = run_model(classic, {"x": x})
+    (injected,) = run_model(insert_flipbits(model), {"x": x}, exact=True)
+    np.testing.assert_allclose(injected, clean, rtol=1e-5, atol=1e-6)
+
+
+def test_activations_of_an_ir3_model_flip_in_evaluate(classic, tmp_path, capsys):
+    data = tmp_path / "data.npz"
+    np.savez(data, x=RNG.random((64, 3, 8, 8), dtype=np.float32))
+    code, _, err = _cli(capsys, "evaluate", str(classic), "--data", str(data), "--metric", "agreement",
+                        "--targets", "activations", "--p", "0,3e-2", "--trials", "2", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    rows = {row["p"]: row["mean"] for row in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]}
+    assert rows[0.0] == 1.0 and rows[3e-2] < 0.9
+
+
+def test_a_control_input_a_trial_cannot_feed_is_an_error(tmp_path, capsys):
+    """An injected model written at IR 3 (every initializer also an input, none of them feedable in ONNX
+    Runtime): evaluating it at p > 0 would run its activations' FlipBits on their zero defaults."""
+    clean = tmp_path / "classic.onnx"
+    onnx.save(_classic_cnn(7), str(clean))
+    injected = insert_flipbits(load_model(clean), config=InjectionConfig.build(targets=("activations",)))
+    proto = save_and_read(injected, tmp_path)
+    proto.ir_version = 3
+    declared = {v.name for v in proto.graph.input}
+    proto.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in proto.graph.initializer if t.name not in declared)
+    old = tmp_path / "old_injected.onnx"
+    onnx.save(proto, str(old))
+    data = tmp_path / "data.npz"
+    np.savez(data, x=RNG.random((8, 3, 8, 8), dtype=np.float32))
+    code, _, err = _cli(capsys, "evaluate", str(old), "--data", str(data), "--metric", "agreement", "--p", "1e-2",
+                        "--trials", "1", "--out", str(tmp_path / "r"))
+    assert code == 1 and err.count("\n") == 1
+    assert control_input_name("activations", "p01") in err and "would not flip" in err
+
+
+def save_and_read(model, folder: pathlib.Path) -> onnx.ModelProto:
+    path = folder / "injected.onnx"
+    save_model(model, path)
+    return onnx.load(str(path))
+
+
+TIED = """<ir_version: 10, opset_import: ["" : 21]>
+g (int64[N,5] ids) => (float[N,5,12] logits) <float[12,8] wte, float[8] gamma, float[8] beta> {
+  e = Gather (wte, ids)
+  n = LayerNormalization <axis = -1> (e, gamma, beta)
+  t = Transpose <perm = [1, 0]> (wte)
+  logits = MatMul (n, t)
+}"""
+
+
+def test_a_tied_embedding_is_one_site_flipped_once():
+    """The embedding table read by Gather and, transposed, by the LM head is one memory: one site, and both
+    readers see the same flipped bits (the injected model computes what the original computes with the
+    flipped table and scale)."""
+    arrays = {"wte": _array(12, 8), "gamma": np.ones(8, np.float32), "beta": np.zeros(8, np.float32)}
+    model = onnx_ir_model(model_from_text(TIED, [numpy_helper.from_array(a, n) for n, a in arrays.items()]))
+    _, _, sites = plan_sites(model, InjectionConfig())
+    assert [(s.name, s.target) for s in sites if s.target != "activations"] == [
+        ("wte", "weights"), ("gamma", "weights"), ("beta", "biases")]
+    config = InjectionConfig.build(targets=("weights",), p01=0.05, p10=0.05, bits="mantissa")
+    injected = insert_flipbits(model, config=config)
+    assert sorted(n.inputs[0].name for n in injected.graph if n.op_type == "FlipBits") == ["gamma", "wte"]
+    flipped = {name: _flipped(injected, name) for name in ("wte", "gamma")}
+    assert popcount(raw(flipped["wte"]) ^ raw(arrays["wte"])) > 0
+    ids = (np.arange(10, dtype=np.int64).reshape(2, 5) * 5) % 12
+    (logits,) = run_model(injected, {"ids": ids}, exact=True)
+    reference = model_from_text(TIED, [numpy_helper.from_array({**arrays, **flipped}[n], n) for n in arrays])
+    (expected,) = run_model(reference, {"ids": ids}, exact=True)
+    np.testing.assert_array_equal(logits, expected)
+
+
+def onnx_ir_model(proto: onnx.ModelProto):
+    import onnx_ir as ir
+
+    return ir.serde.deserialize_model(proto)
+
+
+def _flipped(model, name: str) -> np.ndarray:
+    """The value FlipBits computes from initializer ``name`` (its fixed flips, materialised)."""
+    from onnxflip.graph.passes.materialize import materialize_parameters
+
+    (value,) = [v for v in materialize_parameters(model).graph.initializers.values() if v.name == f"{name}_flipped_trial"]
+    return value.const_value.numpy()
+
+
+DYNAMIC_HEAD = """<ir_version: 10, opset_import: ["" : 21]>
+g (float[N,4] x) => (float[N,3] y) <int8[4,3] Wq, float Ws, int8 Wz, float[3] B> {
+  xq, xs, xz = DynamicQuantizeLinear (x)
+  h = MatMulInteger (xq, Wq, xz, Wz)
+  hf = Cast <to = 1> (h)
+  s = Mul (xs, Ws)
+  hs = Mul (hf, s)
+  y = Add (hs, B)
+}"""
+
+
+def test_dynamic_quantisation_roles_and_coverage(tmp_path, capsys):
+    """quantize_dynamic's form: the int8 weight is a weight site, the float bias a bias site, the weight's
+    scale and zero point qparams (not in the defaults), the quantised input uint8 an activation site."""
+    tensors = [numpy_helper.from_array(RNG.integers(-100, 100, (4, 3)).astype(np.int8), "Wq"),
+               numpy_helper.from_array(np.array(0.02, np.float32), "Ws"),
+               numpy_helper.from_array(np.array(0, np.int8), "Wz"), numpy_helper.from_array(_array(3), "B")]
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model_from_text(DYNAMIC_HEAD, tensors), str(path))
+    code, out, err = _cli(capsys, "inspect", str(path), "--json")
+    assert code == 0, err
+    listing = json.loads(out)
+    assert {(r["tensor"], r["target"], r["dtype"]) for r in listing["sites"]} == {
+        ("Wq", "weights", "int8"), ("B", "biases", "float32"), ("y", "activations", "float32")}
+    not_sites = {r["tensor"]: r["reason"] for r in listing["coverage"]["parameters"] if r["target"] is None}
+    assert set(not_sites) == {"Ws", "Wz"} and all("qparams not selected" in r for r in not_sites.values())
+    totals = listing["coverage"]["totals"]["all"]
+    assert totals["elements"] == 12 + 1 + 1 + 3 and totals["share_elements"] == pytest.approx(15 / 17)
+    code, out, _ = _cli(capsys, "inspect", str(path), "--json", "--targets", "weights,biases,qparams")
+    assert {r["tensor"] for r in json.loads(out)["sites"]} == {"Wq", "B", "Ws", "Wz"}
+
+
+def test_inspect_names_each_parameter_that_is_not_a_site_and_why(tmp_path, capsys):
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,4] x) => (float[N,3] y) <float[4] mean, float[4,3] W, float[3] B, float half, int64[2] shape> {
+      c = Sub (x, mean)
+      h = MatMul (c, W)
+      a = Add (h, B)
+      s = Mul (a, half)
+      y = Reshape (s, shape)
+    }"""
+    tensors = [numpy_helper.from_array(a, n) for a, n in ((_array(4), "mean"), (_array(4, 3), "W"), (_array(3), "B"),
+                                                          (np.array(0.5, np.float32), "half"),
+                                                          (np.array([-1, 3], np.int64), "shape"))]
+    path = tmp_path / "m.onnx"
+    onnx.save(model_from_text(text, tensors), str(path))
+    code, out, _ = _cli(capsys, "inspect", str(path), "--exclude", "^B$")
+    assert code == 0
+    lines = out.splitlines()
+    reasons = {line.split()[0]: line for line in lines if line.startswith("  ") and line.split()[0] in
+               ("mean", "half", "B", "shape")}
+    assert "input preprocessing" in reasons["mean"] and "scalar constant" in reasons["half"]
+    assert "excluded by the selection" in reasons["B"] and "shape" not in reasons  # shapes are no parameters
+    assert any(line.startswith("  all sites: ") and "12 " not in line for line in lines)
+    (totals,) = [line for line in lines if line.startswith("coverage of the")]
+    assert totals.startswith("coverage of the 4 stored parameter tensors (20 elements, 640 bits")
+
+
+def test_an_injected_model_records_its_coverage(tmp_path, capsys):
+    path = tmp_path / "classic.onnx"
+    onnx.save(_classic_cnn(7), str(path))
+    out = tmp_path / "injected.onnx"
+    assert _cli(capsys, "inject", str(path), "-o", str(out), "--targets", "weights", "--p", "1e-3")[0] == 0
+    record = json.loads(load_model(out).metadata_props[METADATA_KEY])
+    rows = {r["tensor"]: (r["target"], r["reason"]) for r in record["coverage"]["parameters"]}
+    assert rows == {"W1": ("weights", ""), "B1": (None, "target biases not selected"), "W2": ("weights", "")}
+    code, listing, _ = _cli(capsys, "inspect", str(out), "--json")
+    assert code == 0 and json.loads(listing)["coverage"] == record["coverage"]

@@ -435,7 +435,7 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @DATA_OPTION
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
               help="Number format the values are stored in [default: the injected model's, else int8 for a "
-                   "QDQ model, else float32].")
+                   "quantised model, else the float type it computes in].")
 @TARGETS_OPTION
 @BITS_OPTION
 @DIRECTION_OPTION

@@ -103,7 +103,7 @@ class Experiment:
 
 def resolve_format(model, requested: str | None) -> str:
     """The format to evaluate in: the one an injected model records, else the one asked for, else the model's
-    own (int8 for a QDQ model, else the float type it computes in)."""
+    own (int8 for a quantised model, else the float type it computes in)."""
     recorded = injected_format(model)
     if recorded is not None and requested is not None and requested != recorded:
         raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")

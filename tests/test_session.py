@@ -15,7 +15,7 @@ from onnxflip import OnnxflipError, make_session, session_providers
 from onnxflip.cli import main
 from onnxflip.graph.config import control_input_name
 from onnxflip.graph.inject import insert_flipbits
-from onnxflip.graph.sites import TARGETS
+from onnxflip.graph.sites import DEFAULT_TARGETS
 from onnxflip.modelio import save_model
 from onnxflip.runtime.session import IR_VERSION, runtime_bytes, runtime_proto, session_options
 
@@ -116,4 +116,4 @@ def test_the_readme_onnxruntime_recipe_runs_without_warnings(tmp_path, capfd, mo
     exec(compile(_readme_recipe(), "README.md", "exec"), namespace)  # the README's own code
     captured = capfd.readouterr()
     assert "appears in graph inputs" not in captured.err + captured.out, captured.err
-    assert set(namespace["controls"]) == {control_input_name(t, w) for t in TARGETS for w in ("p01", "p10", "seed", "s0", "s1", "stuck_seed")}
+    assert set(namespace["controls"]) == {control_input_name(t, w) for t in DEFAULT_TARGETS for w in ("p01", "p10", "seed", "s0", "s1", "stuck_seed")}

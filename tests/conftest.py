@@ -366,3 +366,14 @@ def write_photo_folder(root: pathlib.Path, *, classes: int, per_class: int) -> p
             else:
                 image.save(folder / f"{i:03d}.jpg", quality=90)
     return root
+
+
+# --- models written by real exporters (tests/real_exports.py), built on the spot ---------------
+
+
+@pytest.fixture(scope="session")
+def real_exports(tmp_path_factory):
+    """The corpus of real exports: ``real_exports[name]`` builds that model the first time a test asks for it."""
+    from real_exports import Corpus
+
+    return Corpus(tmp_path_factory.mktemp("real_exports"))

@@ -387,11 +387,12 @@ class LocalRunner:
     def _filled(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int | None]:
         """The feeds of a batch filled up to the model's fixed batch size, and the true length where it was
         shorter (None otherwise)."""
-        size = len(next(iter(feeds.values())))
+        size = len(next(a for a in feeds.values() if a.ndim))
         if self.fixed_batch is None or size >= self.fixed_batch:
             return dict(feeds), None
         extra = self.fixed_batch - size
-        return {name: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for name, a in feeds.items()}, size
+        return {name: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) if a.ndim else a
+                for name, a in feeds.items()}, size
 
     def _words(self, counts: list[dict[str, np.ndarray]], batch_sizes: list[int]) -> dict[str, dict] | None:
         """Per target with ECC: the words read corrected, detected and silently wrong, and the words read.

@@ -2,7 +2,8 @@
 
 Each array's first axis is the sample; any count of inputs and any dtype
 (float images, int64 token ids, attention masks), exactly as the model takes
-them.  ``labels`` are integer class indices, one per sample.  The file is
+them.  An input the model declares as a scalar (a Loop's trip count) is a
+0-d array, fed as it is with every batch.  ``labels`` are integer class indices, one per sample.  The file is
 read into memory whole (for image sets larger than memory, use an
 ImageFolder tree, which streams).
 
@@ -60,13 +61,17 @@ def open_npz(path: pathlib.Path, *, specs: list[InputSpec] | None) -> ArraySourc
     feeds = {name: arrays[name] for name in sorted(input_names)}
     if not feeds:
         raise OnnxflipError(f"{path} holds no input arrays")
+    scalar_inputs = {s.name for s in specs if s.shape is not None and len(s.shape) == 0} if specs is not None else set()
     for name, array in feeds.items():
-        if array.ndim == 0:
+        if array.ndim == 0 and name not in scalar_inputs:
             raise OnnxflipError(f"{path}: array {name!r} is a scalar; the first axis must be the sample")
         array.setflags(write=False)
     if specs is not None:
         feeds = {s.name: feeds[s.name] for s in specs}
-    source = ArraySource(feeds, labels, name=str(path))
+    constants = {name: feeds.pop(name) for name in scalar_inputs}
+    if not feeds:
+        raise OnnxflipError(f"{path}: every input is a scalar; at least one must hold samples (first axis)")
+    source = ArraySource(feeds, labels, name=str(path), constants=constants)
     if len(source) == 0:
         raise OnnxflipError(f"{path} holds no samples")
     return source

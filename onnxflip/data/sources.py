@@ -57,7 +57,7 @@ class Batch:
     labels: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(next(iter(self.feeds.values())))
+        return len(next(a for a in self.feeds.values() if a.ndim))
 
 
 @runtime_checkable
@@ -187,13 +187,17 @@ def _check_count(count: int, size: int) -> None:
 class ArraySource:
     """Samples held in memory as one array per input (npz files, cached sources)."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], labels: np.ndarray | None, *, name: str = "arrays") -> None:
+    def __init__(self, feeds: dict[str, np.ndarray], labels: np.ndarray | None, *, name: str = "arrays",
+                 constants: dict[str, np.ndarray] | None = None) -> None:
+        """``feeds``: one array per input, the first axis the sample; ``constants``: inputs without a sample axis
+        (a Loop's trip count), fed as they are with every batch."""
         sizes = {len(a) for a in feeds.values()} | ({len(labels)} if labels is not None else set())
         if not feeds or len(sizes) != 1:
             raise OnnxflipError(f"{name}: the arrays hold different numbers of samples ({sorted(sizes)})")
         self.feeds = feeds
         self.labels = labels
         self.name = name
+        self.constants = dict(constants or {})
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
@@ -209,7 +213,8 @@ class ArraySource:
         _check_count(count, len(self))
         keep = balanced_order(self.labels, len(self))[:count]
         labels = self.labels[keep] if self.labels is not None else None
-        return ArraySource({k: v[keep] for k, v in self.feeds.items()}, labels, name=self.name)
+        return ArraySource({k: v[keep] for k, v in self.feeds.items()}, labels, name=self.name,
+                           constants=self.constants)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         if batch_size < 1:
@@ -217,7 +222,7 @@ class ArraySource:
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
             labels = self.labels[start:stop] if self.labels is not None else None
-            yield Batch({k: v[start:stop] for k, v in self.feeds.items()}, labels)
+            yield Batch({**{k: v[start:stop] for k, v in self.feeds.items()}, **self.constants}, labels)
 
     def cached(self, max_bytes: int) -> ArraySource:
         return self

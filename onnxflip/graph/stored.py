@@ -257,7 +257,7 @@ def _classify(value: ir.Value, downstream: set[ir.Value]) -> StoredTensor:
         return stored(None, f"shape or index data ({readers[0][0].op_type} input {readers[0][1]})", data=False)
     if dtype == ir.DataType.INT32 and "biases" not in roles and not _dequantised(value):
         return stored(None, "shape or index data (int32)", data=False)
-    if not any(_in_model(node, downstream) for node, _ in readers):
+    if not _reaches_the_model(readers, downstream):
         return stored(None, "input preprocessing (read before any Conv, Gemm, MatMul or embedding)")
     role = "weights" if "weights" in roles else "biases"
     if elements == 1 and dtype.is_floating_point():
@@ -271,6 +271,32 @@ def _in_model(node: ir.Node, downstream: set[ir.Value]) -> bool:
     if _is_compute(node) or any(v in downstream for v in node.inputs if v is not None):
         return True
     return node.op_type == "DequantizeLinear" and bool(node.inputs) and _is_stored(node.inputs[0])
+
+
+def _reaches_the_model(readers: list[tuple[ir.Node, int]], downstream: set[ir.Value]) -> bool:
+    """Whether a tensor read by ``readers`` takes part in the network proper: a reader is part of it, or
+    what the tensor becomes meets a value the network computed (ViT's class token, expanded, then concatenated
+    with the patch embeddings), or is a compute op's weight.  Input normalisation (``Sub(x, mean)`` then
+    ``Mul(., inv_std)`` into the first Conv's data input) is not: it reaches the network only as its input."""
+    if any(_in_model(node, downstream) for node, _ in readers):
+        return True
+    seen: set[ir.Node] = set()
+    frontier = [node for node, _ in readers]
+    while frontier:
+        node = frontier.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for out in node.outputs:
+            for user, index in out.uses():
+                if _is_compute(user):
+                    if index != 0:
+                        return True  # a weight computed from the tensor
+                elif any(v in downstream for v in user.inputs if v is not None):
+                    return True
+                else:
+                    frontier.append(user)
+    return False
 
 
 def _chain_is_output(value: ir.Value) -> bool:

@@ -228,3 +228,22 @@ def test_an_injected_model_records_its_coverage(tmp_path, capsys):
     assert rows == {"W1": ("weights", ""), "B1": (None, "target biases not selected"), "W2": ("weights", "")}
     code, listing, _ = _cli(capsys, "inspect", str(out), "--json")
     assert code == 0 and json.loads(listing)["coverage"] == record["coverage"]
+
+
+def test_the_scales_and_zero_points_of_a_qdq_model_are_a_target_of_their_own(tmp_path, capsys):
+    """qparams: not flipped by default; asked for, every scale and zero point is a site and flips lower the
+    agreement of the shipped int8 VGG-11."""
+    model = pathlib.Path(__file__).parent.parent / "models" / "vgg11_int8.onnx"
+    code, out, _ = _cli(capsys, "inspect", str(model), "--json")
+    default = json.loads(out)
+    qparams = [r for r in default["coverage"]["parameters"] if r["reason"].startswith("target qparams not selected")]
+    assert code == 0 and qparams and not any(r["target"] == "qparams" for r in default["sites"])
+    code, out, _ = _cli(capsys, "inspect", str(model), "--json", "--targets", "qparams")
+    assert code == 0 and {r["tensor"] for r in json.loads(out)["sites"]} == {r["tensor"] for r in qparams}
+    data = tmp_path / "images.npz"
+    np.savez(data, input=RNG.random((32, 3, 32, 32), dtype=np.float32))
+    code, _, err = _cli(capsys, "evaluate", str(model), "--data", str(data), "--metric", "agreement", "--targets",
+                        "qparams", "--p", "0,1e-2", "--trials", "2", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    rows = {row["p"]: row["mean"] for row in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]}
+    assert rows[0.0] == 1.0 and rows[1e-2] < 1.0

@@ -216,6 +216,9 @@ def test_inspect_names_each_parameter_that_is_not_a_site_and_why(tmp_path, capsy
     assert any(line.startswith("  all sites: ") and "12 " not in line for line in lines)
     (totals,) = [line for line in lines if line.startswith("coverage of the")]
     assert totals.startswith("coverage of the 4 stored parameter tensors (20 elements, 640 bits")
+    code, out, _ = _cli(capsys, "inspect", str(path), "--json")
+    (shape,) = json.loads(out)["coverage"]["not_data"]
+    assert code == 0 and shape["tensor"] == "shape" and shape["reason"].startswith("shape, index or mask data")
 
 
 def test_an_injected_model_records_its_coverage(tmp_path, capsys):

@@ -8,7 +8,9 @@ their elements, and of their bits, that are sites, per target class and in
 all; each parameter that is not a site is listed with the reason (a target
 not selected, excluded by ``--include``/``--exclude``, a scalar operator
 constant, input preprocessing, an attribute FlipBits cannot reach, ...).
-Activations are written per sample and are not part of it.
+Activations are written per sample and are not part of it.  The stored
+tensors that hold shapes, indices or masks are listed apart, with their
+reason; they are no parameters and count in no share.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Coverage:
     """The stored parameters of a model and which are sites (JSON: ``to_json``/``from_json``)."""
 
     parameters: tuple[StoredRow, ...]
-    not_data: int  # stored tensors that hold shapes, indices or masks (not parameters)
+    not_data: tuple[StoredRow, ...] = ()  # stored tensors that hold shapes, indices or masks (no parameters)
 
     def totals(self) -> dict:
         """Elements and bits of the parameters, all and float, and the share of each that each target's sites
@@ -72,11 +74,11 @@ class Coverage:
 
     def to_json(self) -> dict:
         return {"totals": self.totals(), "parameters": [asdict(r) for r in self.parameters],
-                "not_data": self.not_data}
+                "not_data": [asdict(r) for r in self.not_data]}
 
     @classmethod
     def from_json(cls, data: dict) -> Coverage:
-        return cls(tuple(StoredRow(**r) for r in data["parameters"]), int(data["not_data"]))
+        return cls(tuple(StoredRow(**r) for r in data["parameters"]), tuple(StoredRow(**r) for r in data["not_data"]))
 
 
 def _is_float(dtype: str) -> bool:
@@ -95,11 +97,11 @@ def _reason(stored: StoredTensor, targets: tuple[str, ...]) -> str:
 def coverage_of(stored: list[StoredTensor], sites: list[Site], targets: tuple[str, ...]) -> Coverage:
     """The coverage of ``sites`` (found on the same prepared graph as ``stored``) over its stored parameters."""
     site_of = {id(s.value): s.target for s in sites if s.target in PARAMETER_ROLES}
-    rows, not_data = [], 0
+    rows, not_data = [], []
     for t in stored:
         if not t.data:
-            not_data += 1
+            not_data.append(StoredRow(t.name, t.dtype, t.elements, t.width, None, t.reason))
             continue
         target = site_of.get(id(t.value)) if t.value is not None else None
         rows.append(StoredRow(t.name, t.dtype, t.elements, t.width, target, "" if target else _reason(t, targets)))
-    return Coverage(tuple(rows), not_data)
+    return Coverage(tuple(rows), tuple(not_data))

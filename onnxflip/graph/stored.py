@@ -258,7 +258,7 @@ def _classify(value: ir.Value, downstream: set[ir.Value]) -> StoredTensor:
     if dtype == ir.DataType.INT32 and "biases" not in roles and not _dequantised(value):
         return stored(None, "shape or index data (int32)", data=False)
     if not _reaches_the_model(readers, downstream):
-        return stored(None, "input preprocessing (read before any Conv, Gemm, MatMul or embedding)")
+        return stored(None, "input preprocessing (it reaches the network only through its input)")
     role = "weights" if "weights" in roles else "biases"
     if elements == 1 and dtype.is_floating_point():
         return stored(None, "a scalar constant (an operator's constant, not a parameter tensor)")

@@ -88,6 +88,10 @@ def format_coverage(coverage: Coverage) -> str:
     if totals["unknown_size"]:
         lines.append(f"  {totals['unknown_size']} parameter tensor(s) of unknown size, in no share")
     missing = coverage.not_sites()
+    if coverage.not_data:
+        elements = sum(r.elements or 0 for r in coverage.not_data)
+        lines.append(f"  besides: {len(coverage.not_data)} stored shape, index or mask tensors ({elements:,} elements; "
+                     "no parameters, listed in --json)")
     if not missing:
         lines.append("every stored parameter is a site")
         return "\n".join(lines)

@@ -495,7 +495,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     """
     from onnxflip.campaign.design import Budget, SearchSettings
     from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
-    from onnxflip.campaign.trials import TrialSettings
+    from onnxflip.campaign.trials import TrialSettings, injected_settings
     from onnxflip.graph.inputs import batch_dimension
     from onnxflip.modelio import load_model
 
@@ -516,6 +516,9 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
                                  fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p, **memory)
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
+    context = click.get_current_context()
+    given = frozenset(name for name in ("targets", "bits") if context.get_parameter_source(name) != DEFAULT)
+    settings = injected_settings(clean_or_injected, settings, given=given)
     fmt = resolve_format(clean_or_injected, fmt)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(

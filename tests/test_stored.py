@@ -250,3 +250,24 @@ def test_the_scales_and_zero_points_of_a_qdq_model_are_a_target_of_their_own(tmp
     assert code == 0, err
     rows = {row["p"]: row["mean"] for row in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]}
     assert rows[0.0] == 1.0 and rows[1e-2] < 1.0
+
+
+def test_evaluate_of_an_injected_model_measures_and_records_what_it_holds(tmp_path, capsys):
+    """An injected model flips what it was injected with: other --targets or --bits are refused in one line,
+    and without them the results record the model's targets and bits, not evaluate's defaults."""
+    clean = tmp_path / "classic.onnx"
+    onnx.save(_classic_cnn(7), str(clean))
+    injected = tmp_path / "weights.onnx"
+    assert _cli(capsys, "inject", str(clean), "-o", str(injected), "--targets", "weights", "--bits", "mantissa")[0] == 0
+    data = tmp_path / "data.npz"
+    np.savez(data, x=RNG.random((8, 3, 8, 8), dtype=np.float32))
+    common = ["evaluate", str(injected), "--data", str(data), "--metric", "agreement", "--p", "0,1e-2", "--trials", "1"]
+    for extra in (["--targets", "activations"], ["--bits", "exponent"]):
+        code, _, err = _cli(capsys, *common, "--out", str(tmp_path / "refused"), *extra)
+        assert code == 1 and err.count("\n") == 1 and "the model is injected with" in err
+        assert not (tmp_path / "refused").exists()
+    code, _, err = _cli(capsys, *common, "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert result["settings"]["targets"] == ["weights"] and result["settings"]["bits"] == "mantissa"
+    assert result["exposure"]["sites"] == {"weights": 2}

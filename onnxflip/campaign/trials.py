@@ -29,6 +29,7 @@ costs what a warm session's does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -162,11 +163,36 @@ class _TrialSession(NamedTuple):
     parameters: dict[str, np.ndarray]
 
 
-def injected_format(model: ir.Model) -> str | None:
-    """The format an injected model was injected in (None for a clean model)."""
+def _injected_config(model: ir.Model) -> dict | None:
+    """The injection settings an injected model records (None for a clean model)."""
     if METADATA_KEY not in model.metadata_props:
         return None
-    return json.loads(model.metadata_props[METADATA_KEY])["config"]["format"]
+    return json.loads(model.metadata_props[METADATA_KEY])["config"]
+
+
+def injected_format(model: ir.Model) -> str | None:
+    """The format an injected model was injected in (None for a clean model)."""
+    config = _injected_config(model)
+    return None if config is None else config["format"]
+
+
+def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozenset[str]) -> TrialSettings:
+    """The settings of a campaign on ``model``: for an injected model, the targets and bits it flips (those in
+    ``given``, set by the user, must be the model's: an injected model flips what it holds, and the results
+    record what was measured); a clean model's settings as they are."""
+    config = _injected_config(model)
+    if config is None:
+        return settings
+    faults = {target: config[target] for target in TARGETS if config.get(target)}
+    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values()))["bits"] if faults else settings.bits}
+    for name, value in recorded.items():
+        asked = getattr(settings, name)
+        if name in given and asked != value:
+            shown = ",".join(value) if name == "targets" else value
+            raise OnnxflipError(f"the model is injected with --{name} {shown}, not "
+                                f"{','.join(asked) if name == 'targets' else asked}; leave --{name} out, or give "
+                                "the clean model")
+    return dataclasses.replace(settings, **recorded)
 
 
 def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:

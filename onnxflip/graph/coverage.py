@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
+import onnx_ir as ir
+
 from onnxflip.graph.sites import Site
 from onnxflip.graph.stored import PARAMETER_ROLES, StoredTensor
 
@@ -82,7 +84,7 @@ class Coverage:
 
 
 def _is_float(dtype: str) -> bool:
-    return dtype.startswith(("FLOAT", "BFLOAT", "DOUBLE"))
+    return ir.DataType[dtype].is_floating_point()
 
 
 def _reason(stored: StoredTensor, targets: tuple[str, ...]) -> str:

@@ -3,8 +3,8 @@
 Four target classes (the first three by default):
 
 * ``activations``: tensors a layer writes.  In a float graph, by default the
-  outputs of activation functions (Softmax too), LayerNormalization and
-  pooling layers, plus the graph outputs
+  outputs of activation functions (Softmax too), LayerNormalization, pooling
+  and recurrent layers, plus the graph outputs
   (the logits), so ``Conv -> Relu`` is one write, not two; or the outputs of
   chosen op types; or every intermediate float tensor.  In a QDQ graph, the
   outputs of QuantizeLinear; in a graph of integer operators (QOperator,
@@ -56,7 +56,7 @@ _QUANTISED = frozenset({ir.DataType.INT8, ir.DataType.UINT8})
 DEFAULT_ACTIVATION_OPS = (
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
     "Gelu", "Softplus", "Mish", "Clip", "Softmax", "LayerNormalization", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool",
+    "GlobalAveragePool", "GlobalMaxPool", "LSTM", "GRU", "RNN",
 )  # fmt: skip
 _BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 

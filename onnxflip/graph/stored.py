@@ -54,9 +54,10 @@ __all__ = [
 PARAMETER_ROLES = ("weights", "biases", "qparams")
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-_INTEGER_COMPUTE_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
-                                  "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedMatMul", "Attention",
-                                  "QAttention"})
+# Further ops that compute with weights: the quantised forms, fused attention, recurrent layers, Einsum.
+_MORE_COMPUTE_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
+                               "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedMatMul", "Attention",
+                               "QAttention", "LSTM", "GRU", "RNN", "Einsum"})
 # Views and casts: a tensor read through them is still the tensor stored at the start of the chain.
 _CHAIN_OPS = frozenset({"Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
                         "DequantizeLinear"})
@@ -70,7 +71,7 @@ _BIAS_SLOTS = {
     "LayerNormalization": (2,), "InstanceNormalization": (2,), "GroupNormalization": (2,),
     "BatchNormalization": (2, 3), "SkipLayerNormalization": (3, 4), "Attention": (2,), "QAttention": (2,),
     "MatMulIntegerToFloat": (6,), "DynamicQuantizeMatMul": (4,), "BiasGelu": (1,), "FastGelu": (1,),
-    "EmbedLayerNormalization": (6,),
+    "EmbedLayerNormalization": (6,), "LSTM": (3,), "GRU": (3,), "RNN": (3,),
 }  # fmt: skip
 # Input names of com.microsoft quantised operators (onnx.defs knows only the standard ones).
 _CONTRIB_INPUTS = {
@@ -109,10 +110,6 @@ class StoredTensor:
     data: bool = True  # False for shapes, indices and masks: no parameter, however it is read
 
     @property
-    def is_float(self) -> bool:
-        return ir.DataType[self.dtype].is_floating_point()
-
-    @property
     def width(self) -> int:
         return ir.DataType[self.dtype].bitwidth
 
@@ -134,8 +131,9 @@ def _subgraph_nodes(node: ir.Node) -> list[ir.Node]:
 
 
 def _is_compute(node: ir.Node) -> bool:
-    """A Conv, Gemm or MatMul (in any quantised form too), or a Gather from a stored table (an embedding)."""
-    if node.op_type in COMPUTE_OPS or node.op_type in _INTEGER_COMPUTE_OPS:
+    """A Conv, Gemm, MatMul (in any quantised form too), recurrent layer or Einsum, or a Gather from a stored
+    table (an embedding)."""
+    if node.op_type in COMPUTE_OPS or node.op_type in _MORE_COMPUTE_OPS:
         return True
     return node.op_type == "Gather" and bool(node.inputs) and stored_behind(node.inputs[0]) is not None
 

@@ -271,3 +271,18 @@ def test_evaluate_of_an_injected_model_measures_and_records_what_it_holds(tmp_pa
     result = json.loads((tmp_path / "r" / "results.json").read_text())
     assert result["settings"]["targets"] == ["weights"] and result["settings"]["bits"] == "mantissa"
     assert result["exposure"]["sites"] == {"weights": 2}
+
+
+LSTM_MODEL = """<ir_version: 10, opset_import: ["" : 21]>
+g (float[5,N,3] x) => (float[5,1,N,4] y, float[1,N,4] h) <float[1,16,3] W, float[1,16,4] R, float[1,32] B> {
+  y, h = LSTM <hidden_size = 4> (x, W, R, B)
+}"""
+
+
+def test_a_recurrent_layer_stores_its_weights_recurrences_and_biases():
+    tensors = [numpy_helper.from_array(a, n) for a, n in ((_array(1, 16, 3), "W"), (_array(1, 16, 4), "R"),
+                                                          (_array(1, 32), "B"))]
+    model = onnx_ir_model(model_from_text(LSTM_MODEL, tensors))
+    _, _, sites = plan_sites(model, InjectionConfig())
+    assert [(s.name, s.target) for s in sites] == [("W", "weights"), ("R", "weights"), ("B", "biases"),
+                                                   ("y", "activations"), ("h", "activations")]

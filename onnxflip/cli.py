@@ -611,9 +611,11 @@ def _exposure_line(exposure: dict) -> str:
     coverage = exposure.get("coverage")
     if not coverage or not coverage["all"]["elements"]:
         return f"sites: {sites}"
+    from onnxflip.report.sites_table import percent
+
     share = coverage["all"]["share_elements"]
     missing = "" if share == 1.0 else " (onnxflip inspect lists the others, with the reason)"
-    return f"sites: {sites}; {100 * share:.1f}% of the stored parameter elements are sites{missing}"
+    return f"sites: {sites}; {percent(share)} of the stored parameter elements are sites{missing}"
 
 
 def _summary(result: dict, out: pathlib.Path) -> str:

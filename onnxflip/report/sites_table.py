@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import defaultdict
 
@@ -15,7 +16,7 @@ from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import load_model
 
-__all__ = ["describe_sites", "format_coverage", "format_site_table"]
+__all__ = ["describe_sites", "format_coverage", "format_site_table", "percent"]
 
 
 def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> tuple[list[dict], Coverage | None]:
@@ -66,8 +67,9 @@ def format_site_table(rows: list[dict], coverage: Coverage | None = None) -> str
     return "\n".join(lines)
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def percent(share: float | None) -> str:
+    """A share as a percentage to 0.1, rounded down: a share short of all never reads 100.0%."""
+    return "-" if share is None else f"{math.floor(1000 * share) / 10:.1f}%"
 
 
 def format_coverage(coverage: Coverage) -> str:
@@ -79,11 +81,11 @@ def format_coverage(coverage: Coverage) -> str:
              f"{everything['bits']:,} bits; {floats['elements']:,} float elements):"]
     for target, t in sorted(everything["targets"].items(), key=lambda t: TARGETS.index(t[0])):
         f = floats["targets"].get(target)
-        lines.append(f"  {target}: {t['tensors']} tensors, {_share(t['share_elements'])} of the elements, "
-                     f"{_share(t['share_bits'])} of the bits"
-                     + (f" ({_share(f['share_elements'])} of the float elements)" if f else ""))
-    lines.append(f"  all sites: {_share(everything['share_elements'])} of the elements, "
-                 f"{_share(everything['share_bits'])} of the bits ({_share(floats['share_elements'])} of the float "
+        lines.append(f"  {target}: {t['tensors']} tensors, {percent(t['share_elements'])} of the elements, "
+                     f"{percent(t['share_bits'])} of the bits"
+                     + (f" ({percent(f['share_elements'])} of the float elements)" if f else ""))
+    lines.append(f"  all sites: {percent(everything['share_elements'])} of the elements, "
+                 f"{percent(everything['share_bits'])} of the bits ({percent(floats['share_elements'])} of the float "
                  "elements)")
     if totals["unknown_size"]:
         lines.append(f"  {totals['unknown_size']} parameter tensor(s) of unknown size, in no share")

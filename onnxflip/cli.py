@@ -347,12 +347,14 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     from onnxflip.graph.formats import model_format
     from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
+    from onnxflip.runtime.session import make_session
 
     check_output_path(output, inputs=(model,))
     clean = load_model(model)
     if config.format is None:
         config = dataclasses.replace(config, format=model_format(clean))
     injected = insert_flipbits(clean, config=config)
+    make_session(injected)  # a model ONNX Runtime cannot load is refused, not written
     save_model(injected, output)
     sites = len(json.loads(injected.metadata_props[METADATA_KEY])["sites"])  # int8 sign bits add nodes, not sites
     click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")

@@ -211,7 +211,7 @@ def test_inspect_names_each_parameter_that_is_not_a_site_and_why(tmp_path, capsy
     lines = out.splitlines()
     reasons = {line.split()[0]: line for line in lines if line.startswith("  ") and line.split()[0] in
                ("mean", "half", "B", "shape")}
-    assert "input preprocessing" in reasons["mean"] and "scalar constant" in reasons["half"]
+    assert "input preprocessing" in reasons["mean"] and "operator's constant" in reasons["half"]
     assert "excluded by the selection" in reasons["B"] and "shape" not in reasons  # shapes are no parameters
     assert any(line.startswith("  all sites: ") and "12 " not in line for line in lines)
     (totals,) = [line for line in lines if line.startswith("coverage of the")]

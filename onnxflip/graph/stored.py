@@ -5,7 +5,7 @@ body), after :class:`~onnxflip.graph.passes.stored_constants.LiftStoredConstants
 has turned ``Constant`` and constant ``ConstantOfShape`` outputs into
 initializers.  A tensor a node reads through a chain of views and casts
 (``Transpose``, ``Identity``, ``Cast``, ``Reshape``, ``Squeeze``,
-``Unsqueeze``, ``Flatten``, and ``DequantizeLinear``'s data input) is the
+``Unsqueeze``, ``Flatten``, ``Expand``, and ``DequantizeLinear``'s data input) is the
 tensor at the start of the chain: one memory, one site, however many nodes
 read it (a tied LM head and its embedding table are one tensor).
 
@@ -59,13 +59,13 @@ _MORE_COMPUTE_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", 
                                "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedMatMul", "Attention",
                                "QAttention", "LSTM", "GRU", "RNN", "Einsum"})
 # Views and casts: a tensor read through them is still the tensor stored at the start of the chain.
-_CHAIN_OPS = frozenset({"Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+_CHAIN_OPS = frozenset({"Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand",
                         "DequantizeLinear"})
 # Ops that compute products with a weight: an Add on their result adds a bias.
 _PRODUCT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "ConvInteger", "FusedMatMul",
                           "QLinearMatMul", "QLinearConv", "QGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"})
-# What an Add's other operand may pass through on its way from a product op (dynamic quantisation's rescaling).
-_RESCALE_OPS = frozenset({"Cast", "Mul", "Reshape", "Transpose", "Identity", "QuantizeLinear", "DequantizeLinear"})
+# What an Add's other operand may pass through on its way from a product op (besides a Mul by a scale).
+_RESCALE_OPS = frozenset({"Cast", "Reshape", "Transpose", "Identity", "QuantizeLinear", "DequantizeLinear"})
 _BIAS_SLOTS = {
     "Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "QLinearConv": (8,), "QGemm": (6,),
     "LayerNormalization": (2,), "InstanceNormalization": (2,), "GroupNormalization": (2,),
@@ -87,6 +87,10 @@ _CONTRIB_INPUTS = {
     "DynamicQuantizeMatMul": ("A", "B", "b_scale", "b_zero_point", "bias"),
 }
 _FLOAT_INDEX_SLOTS = {"Resize": (1, 2), "Upsample": (1,)}  # float inputs that say how, not what
+_NORMALISATIONS = frozenset({"BatchNormalization", "LayerNormalization", "InstanceNormalization",
+                             "GroupNormalization", "SkipLayerNormalization", "RMSNormalization"})
+_STATE_SLOTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # a recurrent layer's initial hidden (and cell) state
+_PARAMETER_SLOTS = {"PRelu": (1,)}  # a parameter even when it is a single number
 # Operators of the integer quantised forms (QOperator, dynamic quantisation), beside QDQ's Q/DQ pairs.
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
                          "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
@@ -197,14 +201,39 @@ def _input_name(node: ir.Node, index: int) -> str:
     return inputs[-1].name if inputs and inputs[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic else ""
 
 
+def _is_scale(value: ir.Value | None) -> bool:
+    """A constant scale, or dynamic quantisation's product of scales (its DynamicQuantizeLinear's y_scale)."""
+    if value is None:
+        return False
+    if stored_behind(value) is not None:
+        return True
+    producer = value.producer()
+    return producer is not None and producer.op_type == "Mul" and any(
+        v is not None and v.producer() is not None and v.producer().op_type == "DynamicQuantizeLinear"
+        and v.index() == 1 for v in producer.inputs)
+
+
 def _from_product(value: ir.Value | None, depth: int = 4) -> bool:
-    """Whether a value is a product op's result, possibly cast and rescaled (MatMulInteger -> Cast -> Mul)."""
+    """Whether a value is a product op's result, possibly cast, reshaped or rescaled by a constant or dynamic
+    quantisation's scale (MatMulInteger -> Cast -> Mul); not through a Mul by a computed value (a GELU)."""
     producer = value.producer() if value is not None else None
     if producer is None or depth == 0:
         return False
     if producer.op_type in _PRODUCT_OPS:
         return True
-    return producer.op_type in _RESCALE_OPS and any(_from_product(v, depth - 1) for v in producer.inputs[:2])
+    if producer.op_type == "Mul":
+        a, b = [*producer.inputs, None, None][:2]
+        return (_is_scale(b) and _from_product(a, depth - 1)) or (_is_scale(a) and _from_product(b, depth - 1))
+    return producer.op_type in _RESCALE_OPS and _from_product(producer.inputs[0], depth - 1)
+
+
+def _scaled(value: ir.Value | None) -> bool:
+    """Whether a value is something times a stored vector (a normalisation's scale, before its shift)."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "Mul":
+        return False
+    stored = [stored_behind(v) for v in producer.inputs]
+    return any(v is not None and (_elements(v) or 0) > 1 for v in stored)
 
 
 def _role(node: ir.Node, index: int, value: ir.Value) -> str | None:
@@ -222,8 +251,10 @@ def _role(node: ir.Node, index: int, value: ir.Value) -> str | None:
         return None
     if index in _BIAS_SLOTS.get(op, ()):
         return "biases"
-    if op in ("Add", "QLinearAdd") and any(v is not value and _from_product(v) for v in node.inputs):
-        return "biases"
+    if op in ("Add", "QLinearAdd") and any(v is not value and (_from_product(v) or _scaled(v)) for v in node.inputs):
+        return "biases"  # added to a product, or to a scaled normalisation (GroupNorm, a decomposed LayerNorm)
+    if index in _STATE_SLOTS.get(op, ()):
+        return None
     return "weights"
 
 
@@ -251,6 +282,8 @@ def _classify(value: ir.Value, downstream: set[ir.Value]) -> StoredTensor:
     roles = [_role(node, index, value) for node, index in readers]
     if "qparams" in roles:
         return stored("qparams")
+    if all(index in _STATE_SLOTS.get(node.op_type, ()) for node, index in readers):
+        return stored(None, "a recurrent layer's initial state (a constant, not a parameter)")
     if dtype.is_floating_point() and all(r is None for r in roles):
         return stored(None, f"shape or index data ({readers[0][0].op_type} input {readers[0][1]})", data=False)
     if dtype == ir.DataType.INT32 and "biases" not in roles and not _dequantised(value):
@@ -258,15 +291,16 @@ def _classify(value: ir.Value, downstream: set[ir.Value]) -> StoredTensor:
     if not _reaches_the_model(readers, downstream):
         return stored(None, "input preprocessing (it reaches the network only through its input)")
     role = "weights" if "weights" in roles else "biases"
-    if elements == 1 and dtype.is_floating_point():
-        return stored(None, "a scalar constant (an operator's constant, not a parameter tensor)")
+    parameter_slot = any(index in _PARAMETER_SLOTS.get(node.op_type, ()) for node, index in readers)
+    if elements == 1 and role == "weights" and not parameter_slot:
+        return stored(None, "a single number, taken for an operator's constant (GELU's 0.5, a Div's 8.0)")
     return stored(role)
 
 
 def _in_model(node: ir.Node, downstream: set[ir.Value]) -> bool:
-    """Whether a node is part of the network proper (a compute op, after one, or dequantising a stored weight),
-    not of the input preprocessing before it."""
-    if _is_compute(node) or any(v in downstream for v in node.inputs if v is not None):
+    """Whether a node is part of the network proper (a compute op or a normalisation layer, after one, or
+    dequantising a stored weight), not of the input preprocessing before it."""
+    if _is_compute(node) or node.op_type in _NORMALISATIONS or any(v in downstream for v in node.inputs if v is not None):
         return True
     return node.op_type == "DequantizeLinear" and bool(node.inputs) and _is_stored(node.inputs[0])
 

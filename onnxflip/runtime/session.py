@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -143,7 +144,7 @@ def make_session(
         source = model if isinstance(model, bytes) else str(model)
     wanted = PROVIDERS[provider]
     if provider == "cpu":
-        return ort.InferenceSession(source, opts, providers=list(wanted))
+        return _loaded(source, opts, wanted)
     if wanted[0] not in ort.get_available_providers():
         raise OnnxflipError(
             f"provider {provider}: this onnxruntime build has no {wanted[0]} (install onnxruntime-gpu), "
@@ -158,6 +159,17 @@ def make_session(
     return session
 
 
+def _loaded(source: bytes | str, options: ort.SessionOptions, providers: tuple[str, ...]) -> ort.InferenceSession:
+    """The session, or OnnxflipError with ONNX Runtime's reason in one line where it cannot load the model (a
+    model onnx.checker accepts may still be one ONNX Runtime refuses: a type its kernels lack, say)."""
+    try:
+        return ort.InferenceSession(source, options, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors (Fail, InvalidGraph, ...) share no base class
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc).strip().splitlines()[0] if str(exc).strip()
+                        else type(exc).__name__)
+        raise OnnxflipError(f"ONNX Runtime cannot load the model: {reason}") from None
+
+
 def _quiet_session(source: bytes | str, options: ort.SessionOptions, providers: tuple[str, ...]) -> ort.InferenceSession:
     """A session whose provider probing does not print: ONNX Runtime logs a failed provider in several
     multi-line messages on its process-wide logger, and the caller checks the providers instead."""
@@ -165,7 +177,7 @@ def _quiet_session(source: bytes | str, options: ort.SessionOptions, providers: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return ort.InferenceSession(source, options, providers=list(providers))
+            return _loaded(source, options, providers)
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
 

@@ -374,18 +374,19 @@ def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None
 
     For an injected model, the sites it has; for a clean model, the sites
     inject would create with the same options.  Each row: tensor, target
-    class, stored element type, elements (per sample for activations), bits
+    class, stored element type, elements (per sample for activations; per
+    batch where the model's inputs fix the batch size), bits
     per element and the mask of the bits that may flip.  Then the share of
     the stored parameters' elements and bits that are sites, per target, and
     every stored parameter that is not a site, with the reason.
     """
-    from onnxflip.report.sites_table import describe_sites, format_coverage, format_site_table
+    from onnxflip.report.sites_table import describe_sites, fixed_batch, format_coverage, format_site_table
 
     rows, coverage = describe_sites(model, config=config)
     if as_json:
         click.echo(json.dumps({"sites": rows, "coverage": coverage.to_json() if coverage else None}, indent=2))
         return
-    click.echo(format_site_table(rows, coverage))
+    click.echo(format_site_table(rows, coverage, batch=fixed_batch(model)))
     if coverage is not None:
         click.echo("")
         click.echo(format_coverage(coverage))

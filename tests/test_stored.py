@@ -286,3 +286,45 @@ def test_a_recurrent_layer_stores_its_weights_recurrences_and_biases():
     _, _, sites = plan_sites(model, InjectionConfig())
     assert [(s.name, s.target) for s in sites] == [("W", "weights"), ("R", "weights"), ("B", "biases"),
                                                    ("y", "activations"), ("h", "activations")]
+
+
+def _activation_names(text: str, tensors: list, *, format: str = "float32") -> list[str]:
+    model = onnx_ir_model(model_from_text(text, tensors))
+    _, _, sites = plan_sites(model, InjectionConfig.build(targets=("activations",), format=format))
+    return [s.name for s in sites]
+
+
+def test_each_written_activation_is_one_site_and_an_unread_one_none():
+    """A graph output that only renames a site (Identity) is the same memory; a recurrent layer's final state
+    that nothing reads cannot change any output; a float16 model's logits, cast to float32 as its output, are
+    stored in float16."""
+    identity = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,4] x) => (float[N,3] y) <float[4,3] W> {
+      h = MatMul (x, W)
+      s = Softmax (h)
+      y = Identity (s)
+    }"""
+    assert _activation_names(identity, [numpy_helper.from_array(_array(4, 3), "W")]) == ["s"]
+    unread = LSTM_MODEL.replace("(float[5,1,N,4] y, float[1,N,4] h)", "(float[5,1,N,4] y)")
+    tensors = [numpy_helper.from_array(a, n) for a, n in ((_array(1, 16, 3), "W"), (_array(1, 16, 4), "R"),
+                                                          (_array(1, 32), "B"))]
+    assert _activation_names(unread, tensors) == ["y"]
+    cast = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float16[N,4] x) => (float[N,3] y) <float16[4,3] W> {
+      h = MatMul (x, W)
+      y = Cast <to = 1> (h)
+    }"""
+    w16 = numpy_helper.from_array(_array(4, 3).astype(np.float16), "W")
+    assert _activation_names(cast, [w16], format="float16") == ["h"]
+
+
+def test_inspect_counts_the_activations_of_a_fixed_batch_model_per_batch(tmp_path, capsys):
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[4,6] x) => (float[4,3] y) <float[6,3] W> {
+      h = MatMul (x, W)
+      y = Relu (h)
+    }"""
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model_from_text(text, [numpy_helper.from_array(_array(6, 3), "W")]), str(path))
+    code, out, _ = _cli(capsys, "inspect", str(path))
+    assert code == 0 and "activations: 1 sites, 12 elements, 384 flippable bits (per batch of 4)" in out

@@ -187,13 +187,32 @@ def _wanted_outputs(node: ir.Node, selection: Selection, form: str | None,
     return [out for out in node.outputs if out.dtype == compute_dtype] if wanted else []
 
 
+def _view_source(value: ir.Value) -> ir.Value:
+    """The value a view (Identity, Reshape, ...) passes on, through any chain of views: the same memory."""
+    producer = value.producer()
+    while producer is not None and producer.op_type in _VIEW_OPS and producer.inputs and producer.inputs[0] is not None:
+        value = producer.inputs[0]
+        producer = value.producer()
+    return value
+
+
+def _stored_output(value: ir.Value) -> ir.Value:
+    """The value a graph output stores: the output itself, or what a Cast to the output's type read (a float16
+    model whose outputs are cast to float32 stores its logits in float16)."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Cast" and producer.inputs and producer.inputs[0] is not None:
+        return producer.inputs[0]
+    return value
+
+
 def _activation_sites(graph: ir.Graph, selection: Selection, form: str | None,
                       compute_dtype: ir.DataType) -> Iterable[Site]:
     downstream = downstream_of_compute(graph)
     chosen = [out for node in all_nodes(graph) for out in _wanted_outputs(node, selection, form, compute_dtype)
-              if out in downstream]
+              if out in downstream and (out.uses() or out.is_graph_output())]  # a value nothing reads is no site
     if form != "qdq":
-        chosen += [out for out in graph.outputs if out in downstream and out.dtype == compute_dtype]
+        chosen += [out for out in map(_stored_output, graph.outputs) if out in downstream and out.dtype == compute_dtype
+                   and _view_source(out) not in chosen]
     for value in _passed_on_by_control_flow(dict.fromkeys(chosen), downstream):
         producer = value.producer()
         yield Site(value, "activations", producer.name if producer is not None else "")

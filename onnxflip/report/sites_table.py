@@ -12,11 +12,17 @@ from onnxflip.graph.config import METADATA_KEY, InjectionConfig
 from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.formats import model_format
 from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
+from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import load_model
 
-__all__ = ["describe_sites", "format_coverage", "format_site_table", "percent"]
+__all__ = ["describe_sites", "fixed_batch", "format_coverage", "format_site_table", "percent"]
+
+
+def fixed_batch(path: str | os.PathLike[str]) -> int | None:
+    """The batch size a model's inputs fix (its activation sites' sizes hold that many samples), or None."""
+    return batch_dimension(load_model(path))
 
 
 def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> tuple[list[dict], Coverage | None]:
@@ -41,8 +47,9 @@ def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> 
     return [describe(site) for site in sites], coverage
 
 
-def format_site_table(rows: list[dict], coverage: Coverage | None = None) -> str:
-    """The rows as an aligned table, then totals per target class (a site of unknown size is said so)."""
+def format_site_table(rows: list[dict], coverage: Coverage | None = None, *, batch: int | None = None) -> str:
+    """The rows as an aligned table, then totals per target class (a site of unknown size is said so; the
+    activations of a model whose inputs fix the batch size are counted per batch of that size)."""
     if not rows:
         return "no sites" + (f": {why_no_sites(coverage)}" if coverage is not None else "")
     header = ("tensor", "target", "dtype", "elements", "bits", "mask")
@@ -62,7 +69,8 @@ def format_site_table(rows: list[dict], coverage: Coverage | None = None) -> str
     lines.append("")
     for target, (count, elements, flippable, unknown) in sorted(totals.items(), key=lambda t: TARGETS.index(t[0])):
         lines.append(f"{target}: {count} sites, {elements:,} elements, {flippable:,} flippable bits"
-                     + (" (per sample)" if target == "activations" else "")
+                     + ((" (per sample)" if batch is None else f" (per batch of {batch})")
+                        if target == "activations" else "")
                      + (f"; {unknown} site(s) of unknown size (symbolic shape) not counted" if unknown else ""))
     return "\n".join(lines)
 

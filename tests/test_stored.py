@@ -328,3 +328,39 @@ def test_inspect_counts_the_activations_of_a_fixed_batch_model_per_batch(tmp_pat
     onnx.save(model_from_text(text, [numpy_helper.from_array(_array(6, 3), "W")]), str(path))
     code, out, _ = _cli(capsys, "inspect", str(path))
     assert code == 0 and "activations: 1 sites, 12 elements, 384 flippable bits (per batch of 4)" in out
+
+
+def test_gelu_and_layer_norm_written_out_are_the_same_sites_as_their_ops():
+    """An exporter before opset 17/20 spells LayerNormalization and GELU out in elementary ops: the value each
+    ends with is the activation site the fused op's output would be."""
+    fused = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,4] x) => (float[N,4] y) <float[4,4] W, float[4] gamma, float[4] beta> {
+      h = MatMul (x, W)
+      n = LayerNormalization <axis = -1> (h, gamma, beta)
+      y = Gelu (n)
+    }"""
+    spelled = """<ir_version: 10, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <float[4,4] W, float[4] gamma, float[4] beta, float two, float eps,
+                                        float root2, float one, float half> {
+      h = MatMul (x, W)
+      mean = ReduceMean <axes = [-1]> (h)
+      d = Sub (h, mean)
+      sq = Pow (d, two)
+      var = ReduceMean <axes = [-1]> (sq)
+      ve = Add (var, eps)
+      sd = Sqrt (ve)
+      z = Div (d, sd)
+      zs = Mul (z, gamma)
+      n = Add (zs, beta)
+      a = Div (n, root2)
+      e = Erf (a)
+      e1 = Add (e, one)
+      m = Mul (n, e1)
+      y = Mul (m, half)
+    }"""
+    arrays = {"W": _array(4, 4), "gamma": _array(4), "beta": _array(4)}
+    scalars = {"two": 2.0, "eps": 1e-5, "root2": 2**0.5, "one": 1.0, "half": 0.5}
+    tensors = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    assert _activation_names(fused, tensors) == ["n", "y"]
+    scalar_tensors = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in scalars.items()]
+    assert _activation_names(spelled, tensors + scalar_tensors) == ["n", "y"]

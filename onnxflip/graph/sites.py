@@ -38,7 +38,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.stored import all_nodes, downstream_of_compute, quantised_form, stored_tensors
+from onnxflip.graph.stored import all_nodes, downstream_of_compute, quantised_form, stored_behind, stored_tensors
 
 __all__ = [
     "DEFAULT_ACTIVATION_OPS",
@@ -183,8 +183,77 @@ def _wanted_outputs(node: ir.Node, selection: Selection, form: str | None,
     if selection.every_intermediate:
         wanted = node.op_type not in ("Constant", "Cast")
     else:
-        wanted = node.op_type in selection.activation_ops
+        wanted = node.op_type in selection.activation_ops or _decomposed_as(node) in selection.activation_ops
     return [out for out in node.outputs if out.dtype == compute_dtype] if wanted else []
+
+
+# --- activation functions and normalisations that an exporter wrote out in elementary ops ---------------
+
+
+def _producer(value: ir.Value | None, *skip: str) -> ir.Node | None:
+    """The node that computes a value, looking through the op types in ``skip`` (Cast, say)."""
+    node = value.producer() if value is not None else None
+    while node is not None and node.op_type in skip and node.inputs:
+        node = node.inputs[0].producer() if node.inputs[0] is not None else None
+    return node
+
+
+def _reaches(node: ir.Node, op_type: str, depth: int) -> bool:
+    """Whether ``op_type`` computes one of the node's inputs within ``depth`` steps of Mul, Add and Div."""
+    for value in node.inputs:
+        producer = _producer(value)
+        if producer is None:
+            continue
+        if producer.op_type == op_type:
+            return True
+        if depth > 1 and producer.op_type in ("Mul", "Add", "Div") and _reaches(producer, op_type, depth - 1):
+            return True
+    return False
+
+
+def _is_gelu_end(node: ir.Node) -> bool:
+    """The last Mul of GELU written out (``x * 0.5 * (1 + Erf(x / sqrt 2))``, TorchScript before opset 20)."""
+    if node.op_type != "Mul" or not _reaches(node, "Erf", 3):
+        return False
+    return not any(user.op_type == "Mul" and _reaches(user, "Erf", 3) for user, _ in node.outputs[0].uses())
+
+
+def _is_normalised(value: ir.Value | None) -> bool:
+    """Whether a value is divided by a square root (LayerNorm's (x - mean) / sqrt(var + eps)) or multiplied by
+    its reciprocal (RMSNorm's x * 1 / sqrt(mean(x^2) + eps)), as exporters write them out before opset 17."""
+    producer = _producer(value, "Cast")
+    if producer is None:
+        return False
+    if producer.op_type == "Div":
+        return _producer(producer.inputs[1], "Cast") is not None and _producer(producer.inputs[1], "Cast").op_type == "Sqrt"
+    if producer.op_type == "Mul":
+        return any((p := _producer(v, "Cast")) is not None and p.op_type == "Reciprocal" for v in producer.inputs)
+    return False
+
+
+def _scales_a_normalised_value(node: ir.Node) -> bool:
+    if node.op_type != "Mul":
+        return False
+    stored = [stored_behind(v) is not None for v in node.inputs]
+    return any(stored) and any(_is_normalised(v) for v, s in zip(node.inputs, stored) if not s)
+
+
+def _is_norm_end(node: ir.Node) -> bool:
+    """The last op of a normalisation written out: the shift's Add after the scale's Mul, or that Mul when no
+    Add of a stored tensor follows."""
+    if node.op_type == "Add":
+        return any(_scales_a_normalised_value(p) for p in map(_producer, node.inputs) if p is not None) and any(
+            stored_behind(v) is not None for v in node.inputs)
+    if not _scales_a_normalised_value(node):
+        return False
+    return not any(user.op_type == "Add" and _is_norm_end(user) for user, _ in node.outputs[0].uses())
+
+
+def _decomposed_as(node: ir.Node) -> str | None:
+    """The op type a node ends when an exporter wrote that op out in elementary ops (Gelu, LayerNormalization)."""
+    if _is_gelu_end(node):
+        return "Gelu"
+    return "LayerNormalization" if _is_norm_end(node) else None
 
 
 def _view_source(value: ir.Value) -> ir.Value:

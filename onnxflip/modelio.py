@@ -76,6 +76,16 @@ def _check_proto(proto: onnx.ModelProto, path: pathlib.Path, *, external: bool) 
         logger.warning("%s does not pass onnx.checker: %s", path, first)
 
 
+def _refuse_sparse(graph: onnx.GraphProto, path: pathlib.Path) -> None:
+    """Refuse a sparse tensor (a sparse initializer, a Constant's sparse_value) in one line: onnx_ir reads none."""
+    sparse = [t.values.name or "a sparse initializer" for t in graph.sparse_initializer]
+    sparse += [node.name or node.output[0] for node in graph.node if node.op_type == "Constant"
+               and any(a.name == "sparse_value" for a in node.attribute)]
+    if sparse:
+        raise OnnxflipError(f"{path} holds a sparse tensor ({sparse[0]}), which onnxflip cannot read; store it as "
+                            "a dense tensor")
+
+
 def _holds_maps(type_proto: onnx.TypeProto) -> bool:
     if type_proto.HasField("map_type"):
         return True
@@ -110,6 +120,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         raise OnnxflipError(f"{path} has an empty graph (no nodes): there is nothing to run")
     external = _check_external_files(proto, path)
     _check_proto(proto, path, external=external)
+    _refuse_sparse(proto.graph, path)
     _untype_maps(proto.graph)
     serde_logger = logging.getLogger("onnx_ir.serde")
     level = serde_logger.level

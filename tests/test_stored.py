@@ -364,3 +364,38 @@ def test_gelu_and_layer_norm_written_out_are_the_same_sites_as_their_ops():
     assert _activation_names(fused, tensors) == ["n", "y"]
     scalar_tensors = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in scalars.items()]
     assert _activation_names(spelled, tensors + scalar_tensors) == ["n", "y"]
+
+
+def test_a_sparse_constant_is_refused_in_one_line_with_the_reason(tmp_path, capsys):
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "Wv")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 5], np.int64)), [3, 3])
+    nodes = [helper.make_node("Constant", [], ["W"], sparse_value=sparse), helper.make_node("MatMul", ["x", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["N", 3])],
+                              [helper.make_tensor_value_info("y", 1, ["N", 3])])
+    path = tmp_path / "sparse.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    for command in ("inspect", "inject"):
+        code, _, err = _cli(capsys, command, str(path), *(["-o", str(tmp_path / "o.onnx")] if command == "inject" else []))
+        assert code == 1 and err.count("\n") == 1 and "holds a sparse tensor" in err
+
+
+def test_a_model_onnx_runtime_cannot_load_is_refused_with_its_reason(tmp_path, capsys):
+    """onnx.checker accepts it, ONNX Runtime has no kernel for it: inject writes nothing, evaluate says why."""
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (double[N,4] x) => (double[N,3] y) <double[4,3] W> {
+      h = MatMul (x, W)
+      a = Acosh (h)
+      y = Relu (a)
+    }"""
+    proto = model_from_text(text, [numpy_helper.from_array(_array(4, 3).astype(np.float64), "W")])
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, str(path))
+    out = tmp_path / "injected.onnx"
+    code, _, err = _cli(capsys, "inject", str(path), "-o", str(out), "--p", "1e-3")
+    assert code == 1 and err.count("\n") == 1 and "ONNX Runtime cannot load the model" in err and not out.exists()
+    data = tmp_path / "x.npz"
+    np.savez(data, x=RNG.random((4, 4)))
+    code, _, err = _cli(capsys, "evaluate", str(path), "--data", str(data), "--metric", "rel-error", "--p", "1e-3",
+                        "--trials", "1", "--out", str(tmp_path / "r"))
+    assert code == 1 and err.count("\n") == 1 and "ONNX Runtime cannot load the model" in err

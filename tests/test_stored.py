@@ -399,3 +399,21 @@ def test_a_model_onnx_runtime_cannot_load_is_refused_with_its_reason(tmp_path, c
     code, _, err = _cli(capsys, "evaluate", str(path), "--data", str(data), "--metric", "rel-error", "--p", "1e-3",
                         "--trials", "1", "--out", str(tmp_path / "r"))
     assert code == 1 and err.count("\n") == 1 and "ONNX Runtime cannot load the model" in err
+
+
+def test_inspect_says_how_many_batch_norms_it_folded(tmp_path, capsys):
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,3,8,8] x) => (float[N,4,8,8] y) <float[4,3,3,3] W, float[4] scale, float[4] shift, float[4] mean,
+                                                 float[4] var> {
+      c = Conv <pads = [1, 1, 1, 1]> (x, W)
+      n = BatchNormalization (c, scale, shift, mean, var)
+      y = Relu (n)
+    }"""
+    arrays = {"W": _array(4, 3, 3, 3), "scale": _array(4), "shift": _array(4), "mean": _array(4),
+              "var": np.abs(_array(4)) + 0.5}
+    path = tmp_path / "bn.onnx"
+    onnx.save(model_from_text(text, [numpy_helper.from_array(a, n) for n, a in arrays.items()]), str(path))
+    code, out, _ = _cli(capsys, "inspect", str(path))
+    assert code == 0 and "1 BatchNormalization layers are folded into the Conv before them" in out
+    code, out, _ = _cli(capsys, "inspect", str(path), "--no-fold-batchnorm")
+    assert code == 0 and "folded" not in out and "var " in out.split("coverage of")[0]

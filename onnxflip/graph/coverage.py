@@ -44,6 +44,7 @@ class Coverage:
 
     parameters: tuple[StoredRow, ...]
     not_data: tuple[StoredRow, ...] = ()  # stored tensors that hold shapes, indices or masks (no parameters)
+    folded_batchnorms: int = 0  # BatchNormalization nodes folded into the Conv before them (their parameters with it)
 
     def totals(self) -> dict:
         """Elements and bits of the parameters, all and float, and the share of each that each target's sites
@@ -76,11 +77,12 @@ class Coverage:
 
     def to_json(self) -> dict:
         return {"totals": self.totals(), "parameters": [asdict(r) for r in self.parameters],
-                "not_data": [asdict(r) for r in self.not_data]}
+                "not_data": [asdict(r) for r in self.not_data], "folded_batchnorms": self.folded_batchnorms}
 
     @classmethod
     def from_json(cls, data: dict) -> Coverage:
-        return cls(tuple(StoredRow(**r) for r in data["parameters"]), tuple(StoredRow(**r) for r in data["not_data"]))
+        return cls(tuple(StoredRow(**r) for r in data["parameters"]), tuple(StoredRow(**r) for r in data["not_data"]),
+                   int(data.get("folded_batchnorms", 0)))
 
 
 def _is_float(dtype: str) -> bool:
@@ -96,7 +98,8 @@ def _reason(stored: StoredTensor, targets: tuple[str, ...]) -> str:
     return "excluded by the selection (--include/--exclude)"
 
 
-def coverage_of(stored: list[StoredTensor], sites: list[Site], targets: tuple[str, ...]) -> Coverage:
+def coverage_of(stored: list[StoredTensor], sites: list[Site], targets: tuple[str, ...], *,
+                folded_batchnorms: int = 0) -> Coverage:
     """The coverage of ``sites`` (found on the same prepared graph as ``stored``) over its stored parameters."""
     site_of = {id(s.value): s.target for s in sites if s.target in PARAMETER_ROLES}
     rows, not_data = [], []
@@ -106,4 +109,4 @@ def coverage_of(stored: list[StoredTensor], sites: list[Site], targets: tuple[st
             continue
         target = site_of.get(id(t.value)) if t.value is not None else None
         rows.append(StoredRow(t.name, t.dtype, t.elements, t.width, target, "" if target else _reason(t, targets)))
-    return Coverage(tuple(rows), tuple(not_data))
+    return Coverage(tuple(rows), tuple(not_data), folded_batchnorms)

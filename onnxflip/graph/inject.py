@@ -41,6 +41,7 @@ from onnxflip.graph.passes import (
     StoreInFormatPass,
     StoreInt8AsUint8Pass,
 )
+from onnxflip.graph.passes.fold_batchnorm import FOLDED_KEY
 from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
 from onnxflip.graph.stored import stored_tensors
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
@@ -111,7 +112,8 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, Stor
 
 def site_coverage(prepared: ir.Model, sites: list[Site], config: InjectionConfig) -> Coverage:
     """Which stored parameters of a prepared model (:func:`plan_sites`) the sites expose, before any pass runs."""
-    return coverage_of(stored_tensors(prepared.graph), sites, config.targets)
+    return coverage_of(stored_tensors(prepared.graph), sites, config.targets,
+                       folded_batchnorms=prepared.graph.meta.get(FOLDED_KEY, 0))
 
 
 def why_no_sites(coverage: Coverage) -> str:

@@ -95,6 +95,9 @@ def format_coverage(coverage: Coverage) -> str:
     lines.append(f"  all sites: {percent(everything['share_elements'])} of the elements, "
                  f"{percent(everything['share_bits'])} of the bits ({percent(floats['share_elements'])} of the float "
                  "elements)")
+    if coverage.folded_batchnorms:
+        lines.append(f"  {coverage.folded_batchnorms} BatchNormalization layers are folded into the Conv before them "
+                     "and stored in its weights and biases (--no-fold-batchnorm keeps them apart)")
     if totals["unknown_size"]:
         lines.append(f"  {totals['unknown_size']} parameter tensor(s) of unknown size, in no share")
     missing = coverage.not_sites()

@@ -179,6 +179,24 @@ PROBABILITY_OPTIONS = [
     _option("--p01", type=PROBABILITY, help="Probability that a 0 bit becomes 1."),
     _option("--p10", type=PROBABILITY, help="Probability that a 1 bit becomes 0."),
 ]
+class ClassNames(click.ParamType):
+    """Class names: a comma list, or a file with one name per line."""
+
+    name = "NAMES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        path = pathlib.Path(value).expanduser()
+        text = path.read_text(encoding="utf-8") if path.is_file() else value
+        names = tuple(n.strip() for n in (text.splitlines() if path.is_file() else text.split(",")) if n.strip())
+        if not names:
+            self.fail(f"{value!r} names no class", param, ctx)
+        if len({n.lower() for n in names}) != len(names):
+            self.fail(f"{value!r} names a class twice", param, ctx)
+        return names
+
+
 class _FaultChoice(click.Choice):
     """A choice of the fault model: a value it does not know is an input error (exit 1), as ``s0 + s1 > 1`` is."""
 
@@ -467,6 +485,10 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @click.option("--preprocess", default=None,
               help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
                    "[default: the model's onnxflip.preprocess metadata].")
+@click.option("--classes", "class_names", type=ClassNames(), default=None,
+              help="The model's class names in output order: a comma list, or a file with one per line; class "
+                   "folders are matched to them by name [default: the model's onnxflip.model metadata, else the "
+                   "folders' sorted order].")
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="Samples per ONNX Runtime run (a model with a fixed batch size: that size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
@@ -479,8 +501,8 @@ def DATA_OPTION(fn):  # a decorator, named like the option constants
 @SELECTION
 @FOLD_OPTION
 def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, midpoint, p_range,
-             precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, batch_size, seed,
-             provider, out, resume, overwrite, executor, ray_address, selection, no_fold_batchnorm):
+             precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, class_names,
+             batch_size, seed, provider, out, resume, overwrite, executor, ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
     MODEL may be clean (it is injected with these options) or injected (its
@@ -528,7 +550,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
         trials=dataclasses.replace(settings, format=fmt),
         search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
         trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
-        preprocess=preprocess)
+        preprocess=preprocess, classes=class_names)
     out = out or pathlib.Path("results") / f"{model.stem}-{fmt}"
     progress = _Progress(executor)
     try:

@@ -29,7 +29,14 @@ from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
 from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
 from onnxflip.data.preprocess import Preprocess
-from onnxflip.data.sources import check_labels, model_outputs, open_source, resolve_data
+from onnxflip.data.sources import (
+    check_labels,
+    match_classes,
+    model_class_names,
+    model_outputs,
+    open_source,
+    resolve_data,
+)
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.formats import model_format
 from onnxflip.metrics import Metric, metric_from_spec
@@ -82,6 +89,7 @@ class Experiment:
     output: str | None = None
     floor: float | None = None
     preprocess: str | None = None
+    classes: tuple[str, ...] | None = None  # the model's class names in output order (else its metadata's)
     cache_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
@@ -97,7 +105,7 @@ class Experiment:
             "probabilities": list(self.probabilities) if self.probabilities is not None else None,
             "trials_per_point": self.trials_per_point if self.probabilities is not None else None,
             "samples": self.samples, "metric": self.metric, "output": self.output, "floor": self.floor,
-            "preprocess": self.preprocess,
+            "preprocess": self.preprocess, "classes": list(self.classes) if self.classes else None,
         }
 
 
@@ -211,6 +219,12 @@ def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_bat
     metric = metric_from_spec(experiment.metric)
     outputs = list(model_outputs(model))
     chosen = next((o for o in outputs if o.name == experiment.output), outputs[0]) if outputs else None
+    classes = experiment.classes or model_class_names(model)
+    if experiment.classes and chosen is not None and chosen.shape and isinstance(chosen.shape[-1], int) and (
+            chosen.shape[-1] != len(experiment.classes)):
+        raise OnnxflipError(f"--classes names {len(experiment.classes)} classes but the model's output "
+                            f"{chosen.name!r} has {chosen.shape[-1]}")
+    source = match_classes(source, classes, where=str(data_path))
     if metric.needs_labels:
         if not source.has_labels:
             raise OnnxflipError(f"metric {metric.name} needs labels, and {data_path} has none; "

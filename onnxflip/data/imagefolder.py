@@ -85,6 +85,14 @@ class ImageSource:
             workers=self.workers,
         )
 
+    def relabelled(self, mapping: np.ndarray, classes: tuple[str, ...]) -> ImageSource:
+        """The same images with label i read as ``mapping[i]``, of classes ``classes``."""
+        labels = mapping[self.labels] if self.labels is not None else None
+        if labels is not None:
+            labels.setflags(write=False)
+        return ImageSource(self.items, labels, load=self.load, spec=self.spec, preprocess=self.preprocess,
+                           name=self.name, classes=classes, workers=self.workers)
+
     def _assemble(self, pixels: list[np.ndarray], start: int) -> np.ndarray:
         shapes = {p.shape for p in pixels}
         if len(shapes) != 1:

@@ -18,10 +18,11 @@ metadata is used unless one is given.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +41,8 @@ __all__ = [
     "balanced_order",
     "check_arrays",
     "check_labels",
+    "match_classes",
+    "model_class_names",
     "model_inputs",
     "model_outputs",
     "open_source",
@@ -47,6 +50,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MODEL_METADATA_KEY = "onnxflip.model"  # JSON: what the model is (its class names in output order, ...)
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,36 @@ def check_labels(source: DataSource, output: InputSpec, *, where: str) -> None:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         logger.warning("%s has %d class folders (%s) but the model's output %r has %d classes: its labels are "
                        "their sorted order; check --data", where, len(names), shown, output.name, classes)
+
+
+def model_class_names(model: ir.Model | onnx.ModelProto) -> tuple[str, ...] | None:
+    """The class names a model records (``onnxflip.model`` metadata, key ``classes``, in output order), or None."""
+    text = _metadata(model).get(MODEL_METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        names = json.loads(text).get("classes")
+    except (ValueError, AttributeError):
+        return None
+    return tuple(str(n) for n in names) if isinstance(names, list) and names else None
+
+
+def match_classes(source: DataSource, model_classes: Sequence[str] | None, *, where: str) -> DataSource:
+    """The source with its class folders matched to the model's classes by name (case aside), so that label i
+    is the model's output i whatever folders the data has; a folder that is none of the model's classes is an
+    error.  Without class names (the model records none and --classes is not given), the source as it is."""
+    folders = getattr(source, "classes", None)
+    if not folders or not model_classes or tuple(folders) == tuple(model_classes):
+        return source
+    index = {name.lower(): i for i, name in enumerate(model_classes)}
+    unknown = [f for f in folders if f.lower() not in index]
+    if unknown:
+        shown = ", ".join(model_classes[:6]) + (", ..." if len(model_classes) > 6 else "")
+        raise OnnxflipError(f"{where}: class folder {unknown[0]!r} is none of the model's classes ({shown}); "
+                            "name the folders as the classes, or give the model's class names with --classes")
+    mapping = np.array([index[f.lower()] for f in folders], dtype=np.int64)
+    logger.info("%s: %d class folders matched to the model's classes by name", where, len(folders))
+    return source.relabelled(mapping, tuple(model_classes))
 
 
 def resolve_data(data: str | os.PathLike[str] | None) -> pathlib.Path:

@@ -18,13 +18,12 @@ import torch
 from torch import nn
 
 from onnxflip.data import CLASSES, PREPROCESS_METADATA_KEY, Preprocess
+from onnxflip.data.sources import MODEL_METADATA_KEY
 from onnxflip.modelio import save_model
 from onnxflip.runtime.session import runtime_proto
 from onnxflip.zoo.vgg import VGG
 
 __all__ = ["MODEL_METADATA_KEY", "export_onnx", "fold_batchnorm_torch"]
-
-MODEL_METADATA_KEY = "onnxflip.model"
 
 
 def fold_batchnorm_torch(model: VGG) -> VGG:

@@ -619,6 +619,16 @@ class _Progress:
             self.bar.close()
 
 
+def _score_table(rows: list[dict], swept: str) -> list[str]:
+    """A grid's scores: per point, the trials, the mean score and its 95% interval over the trials."""
+    lines = [f"{swept:>9}  {'trials':>6}  {'mean':>6}  95% interval"]
+    for r in rows:
+        span = (f"[{r['low']:.4f}, {r['high']:.4f}]" if r.get("low") is not None
+                else "(the clean model)" if r["p"] == 0 else "- (one trial)")
+        lines.append(f"{r['p']:9.3g}  {r['trials']:6d}  {r['mean']:6.4f}  {span}")
+    return lines
+
+
 def _word_table(rows: list[dict], swept: str) -> list[str]:
     """With ECC: per point, the fractions of words read corrected, detected and silently wrong."""
     rows = [r for r in rows if "corrected" in r and r["p"] > 0]
@@ -649,6 +659,8 @@ def _summary(result: dict, out: pathlib.Path) -> str:
     lines = [f"clean {result['metric']} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
              f"samples (those each trial scores); {result['evaluations']} trials in "
              f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
+             *(_score_table(result["rows"], "rate" if swept != "p" else "p")
+               if result["experiment"]["mode"] == "grid" else []),
              *_word_table(result["rows"], "rate" if swept != "p" else "p")]
     exposure = result.get("exposure")
     if exposure:

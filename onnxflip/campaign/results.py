@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import pathlib
 import shutil
 import sys
@@ -22,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from onnxflip.campaign.design import TrialOutcome
 from onnxflip.errors import OnnxflipError
@@ -29,7 +31,8 @@ from onnxflip.modelio import write_atomically
 
 __all__ = ["check_inputs_outside", "prepare_output", "rows_of", "versions", "write_results"]
 
-CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "sd", "min", "max", "nonfinite")
+CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "low", "high", "sd", "min", "max",
+               "nonfinite")
 WORD_COLUMNS = ("corrected", "detected", "silent")  # with ECC: fractions of the words read
 
 
@@ -104,8 +107,22 @@ def _word_fractions(group: Sequence[TrialOutcome]) -> dict:
     return {**fractions, "words": by_target}
 
 
+def mean_interval(scores: np.ndarray) -> tuple[float | None, float | None]:
+    """The 95% interval of the mean score at one probability: Student's t over the trials' scores (each trial
+    one draw of the faults; it assumes their scores are roughly normal), clipped to [0, 1]; (None, None) for
+    fewer than two trials, and the mean itself when every trial scored the same."""
+    if len(scores) < 2:
+        return None, None
+    mean, sd = float(scores.mean()), float(scores.std(ddof=1))
+    if sd == 0.0:
+        return mean, mean
+    half = float(stats.t.ppf(0.975, len(scores) - 1)) * sd / math.sqrt(len(scores))
+    return max(mean - half, 0.0), min(mean + half, 1.0)
+
+
 def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
-    """One row per probability: its rates, trials, samples, mean score, spread between trials, extremes,
+    """One row per probability: its rates, trials, samples, mean score and its 95% interval
+    (:func:`mean_interval`), spread between trials, extremes,
     non-finite share, and with ECC the word fractions.  ``rates_of(p)`` is (p01, p10, s0, s1)."""
     by_p: dict[float, list[TrialOutcome]] = defaultdict(list)
     for o in outcomes:
@@ -115,10 +132,12 @@ def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
         group = by_p[p]
         scores = np.array([o.score for o in group])
         p01, p10, s0, s1 = rates_of(p)
+        low, high = mean_interval(scores)
         rows.append({
             "p": p, "p01": p01, "p10": p10, "s0": s0, "s1": s1, "trials": len(group),
             "samples": sorted({o.samples for o in group}),
-            "mean": float(scores.mean()), "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+            "mean": float(scores.mean()), "low": low, "high": high,
+            "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
             "min": float(scores.min()), "max": float(scores.max()),
             "nonfinite": float(np.mean([o.nonfinite for o in group])),
             **_word_fractions(group),

@@ -1,0 +1,51 @@
+"""What a new user tripped over, each as the user ran it: the grid's table, a failed run's folder, ..."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from onnxflip.cli import main
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _images(tmp_path: pathlib.Path, count: int = 40) -> pathlib.Path:
+    rng = np.random.default_rng(1)
+    path = tmp_path / "images.npz"
+    np.savez(path, input=rng.random((count, 3, 32, 32), dtype=np.float32), labels=rng.integers(0, 10, count))
+    return path
+
+
+def test_a_grid_prints_the_score_of_each_probability_with_its_interval(vgg_path, tmp_path, capsys):
+    code, out, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
+                          "--p", "0,1e-3", "--trials", "3", "--out", tmp_path / "r")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.split()[:3] == ["p", "trials", "mean"]))
+    clean, faulty = lines[header + 1].split(), lines[header + 2].split()
+    assert clean[:3] == ["0", "1", "1.0000"] and "clean model" in lines[header + 1]
+    assert faulty[:3] == ["0.001", "3", f"{rows[1]['mean']:.4f}"]
+    assert lines[header + 2].endswith(f"[{rows[1]['low']:.4f}, {rows[1]['high']:.4f}]")
+    assert rows[1]["low"] <= rows[1]["mean"] <= rows[1]["high"]
+
+
+def test_the_interval_of_a_grid_point_covers_the_mean_95_percent_of_the_time():
+    """Student's t over 3 trials' scores: simulated trials (normal, mean 0.6, sd 0.1, far from the clip at 0
+    and 1), 4,000 seeded replications; coverage within 0.93..0.97 (the binomial sd at 0.95 is 0.0034)."""
+    from onnxflip.campaign.results import mean_interval
+
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(4000):
+        low, high = mean_interval(rng.normal(0.6, 0.1, size=3))
+        hits += low <= 0.6 <= high
+    assert 0.93 <= hits / 4000 <= 0.97
+    assert mean_interval(np.array([0.5])) == (None, None) and mean_interval(np.array([0.5, 0.5])) == (0.5, 0.5)

@@ -26,7 +26,14 @@ import numpy as np
 from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, has_fall, search_midpoint
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.executors import Executor, LocalExecutor
-from onnxflip.campaign.results import outcomes_from, prepare_output, rows_of, versions, write_results
+from onnxflip.campaign.results import (
+    outcomes_from,
+    prepare_output,
+    removed_if_left_empty,
+    rows_of,
+    versions,
+    write_results,
+)
 from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import (
@@ -205,7 +212,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
     """
     model_path = pathlib.Path(model_path)
     local, data_path, metric = _local_runner(experiment, model_path, data, on_batch)
-    with (executor or LocalExecutor()).bind(local) as runner:
+    with removed_if_left_empty(out), (executor or LocalExecutor()).bind(local) as runner:
         return _run(experiment, runner, metric, model_path=model_path, data_path=data_path, out=out, resume=resume,
                     overwrite=overwrite, on_step=on_step)
 

@@ -12,6 +12,7 @@ back, so an interrupted campaign continues with the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -20,7 +21,7 @@ import pathlib
 import shutil
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -29,7 +30,7 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import write_atomically
 
-__all__ = ["check_inputs_outside", "prepare_output", "rows_of", "versions", "write_results"]
+__all__ = ["check_inputs_outside", "prepare_output", "removed_if_left_empty", "rows_of", "versions", "write_results"]
 
 CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "low", "high", "sd", "min", "max",
                "nonfinite")
@@ -44,6 +45,19 @@ def check_inputs_outside(out: pathlib.Path, inputs: Sequence[pathlib.Path | str]
             raise OnnxflipError(f"results folder {out} holds the input {source}; choose another --out")
         if source_path in out.resolve().parents:
             raise OnnxflipError(f"results folder {out} lies inside the input {source}; choose another --out")
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(out: pathlib.Path) -> Iterator[None]:
+    """Around a campaign: a results folder it created and left empty, because it failed before writing
+    anything (a provider that cannot start, say), is removed again; a folder that was there is kept."""
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool, inputs: Sequence[pathlib.Path | str] = (),

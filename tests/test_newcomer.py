@@ -74,3 +74,18 @@ def test_a_run_that_fails_before_any_result_leaves_no_results_folder(tmp_path, c
                             "--trials", "1", "--out", out)
         assert code == 1 and "ONNX Runtime cannot load the model" in err
         assert out.is_dir() == existed
+
+
+def test_a_build_that_cannot_fetch_the_headers_says_what_to_do_in_one_line(tmp_path):
+    """Without Debian's archive keyring (or apt-get), the header fetch the build runs fails in one line that
+    names ONNXRUNTIME_INCLUDE_DIR; nothing is fetched."""
+    import os
+    import subprocess
+
+    script = pathlib.Path(__file__).parent.parent / "custom_ops" / "cmake" / "fetch_onnxruntime_headers.sh"
+    env = {**os.environ, "ONNXFLIP_ORT_DEB_KEYRING": str(tmp_path / "no-keyring.gpg")}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "headers")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert "keyring" in done.stderr and "-DONNXRUNTIME_INCLUDE_DIR=" in done.stderr
+    assert not (tmp_path / "headers").exists()

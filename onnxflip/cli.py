@@ -197,29 +197,16 @@ class ClassNames(click.ParamType):
         return names
 
 
-class _FaultChoice(click.Choice):
-    """A choice of the fault model: a value it does not know is an input error (exit 1), as ``s0 + s1 > 1`` is."""
-
-    def __init__(self, option: str, choices: Sequence[str]) -> None:
-        super().__init__(choices)
-        self.option = option
-
-    def convert(self, value, param, ctx):
-        if value not in self.choices:
-            raise OnnxflipError(f"{self.option} {value!r} is not one of {', '.join(self.choices)}")
-        return value
-
-
 # Stuck-at cells and ECC, for every command that builds fault models (inject; evaluate may reuse them).
 MEMORY_FAULT_OPTIONS = [
     _option("--stuck-at0", "s0", type=PROBABILITY, default=0.0, show_default=True,
             help="Probability that a cell is stuck at 0 (the same cells at every run; a new --seed, a new memory)."),
     _option("--stuck-at1", "s1", type=PROBABILITY, default=0.0, show_default=True,
             help="Probability that a cell is stuck at 1 (--stuck-at0 + --stuck-at1 <= 1)."),
-    _option("--ecc", type=_FaultChoice("--ecc", ECC_MODES), default="none", show_default=True,
+    _option("--ecc", type=click.Choice(ECC_MODES), default="none", show_default=True,
             help="secded: each value stored with a Hamming SECDED code; secded64: values packed into "
                  "(72,64) words, like DRAM."),
-    _option("--on-detected", type=_FaultChoice("--on-detected", ON_DETECTED), default="keep", show_default=True,
+    _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
             help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
 ]
 FAULT_OPTIONS = [

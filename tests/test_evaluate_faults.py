@@ -117,11 +117,8 @@ def test_stuck_cells_add_to_every_faulty_point_of_a_flip_sweep(source):
     assert clean.score > 0.9 and stuck.score < 0.5
 
 
-_BAD_OPTIONS = [
-    (["--stuck-at0", "0.6", "--stuck-at1", "0.5"], "exceeds 1"),
-    (["--on-detected", "trap"], "--on-detected"),
-    (["--ecc", "parity"], "--ecc"),
-]
+_BAD_OPTIONS = [(["--stuck-at0", "0.6", "--stuck-at1", "0.5"], "exceeds 1")]
+_BAD_CHOICES = [(["--on-detected", "trap"], "--on-detected"), (["--ecc", "parity"], "--ecc")]
 _BAD_SWEEPS = [
     (["--sweep", "stuck-at", "--stuck-at1", "1e-3"], "give no fixed stuck-at rates"),
     (["--flip-p", "1e-3"], "a fixed one is for a stuck-at sweep"),
@@ -129,12 +126,13 @@ _BAD_SWEEPS = [
 
 
 @pytest.mark.parametrize(("command", "options", "message", "status"),
-                         [("evaluate", *case, 1) for case in _BAD_OPTIONS] + [("evaluate", *case, 2) for case in _BAD_SWEEPS]
-                         + [("reproduce", *case, 1) for case in _BAD_OPTIONS])
+                         [(command, *case, 1) for command in ("evaluate", "reproduce") for case in _BAD_OPTIONS]
+                         + [(command, *case, 2) for command in ("evaluate", "reproduce") for case in _BAD_CHOICES]
+                         + [("evaluate", *case, 2) for case in _BAD_SWEEPS])
 def test_bad_memory_fault_options_are_one_line_errors(classifier_path, tmp_path, capsys, command, options, message,
                                                       status):
-    # Parameters the fault model refuses are input errors (exit 1); options that contradict each other, usage
-    # errors (exit 2).
+    # Parameters the fault model refuses are input errors (exit 1); values outside a choice list and options that
+    # contradict each other, usage errors (exit 2).
     model = [str(classifier_path)] if command == "evaluate" else []
     code = main([command, *model, "--out", str(tmp_path / "out"), *options])
     err = capsys.readouterr().err.strip().splitlines()

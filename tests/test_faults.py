@@ -358,15 +358,15 @@ def test_ecc_on_a_width_it_cannot_protect_is_an_input_error(monkeypatch, tmp_pat
     assert len(err) == 1 and "cannot protect" in err[0]
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (["--stuck-at0", "0.6", "--stuck-at1", "0.5"], "exceeds 1"),
-    (["--ecc", "parity"], "--ecc"),
-    (["--on-detected", "trap"], "--on-detected"),
+@pytest.mark.parametrize(("options", "message", "status"), [
+    (["--stuck-at0", "0.6", "--stuck-at1", "0.5"], "exceeds 1", 1),
+    (["--ecc", "parity"], "--ecc", 2),  # a value outside a choice list: a usage error, as for every choice
+    (["--on-detected", "trap"], "--on-detected", 2),
 ])
-def test_bad_fault_options_are_one_line_input_errors(tmp_path, capsys, options, message):
+def test_bad_fault_options_are_one_line_errors(tmp_path, capsys, options, message, status):
     path = tmp_path / "model.onnx"
     save_model(template_classifier(), path)
-    assert main(["inject", str(path), "-o", str(tmp_path / "out.onnx"), *options]) == 1
+    assert main(["inject", str(path), "-o", str(tmp_path / "out.onnx"), *options]) == status
     assert not (tmp_path / "out.onnx").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnxflip: error:") and message in err[0]

@@ -329,7 +329,24 @@ def cli(verbose: bool) -> None:
     biases, in the number format under study, and measure accuracy as flips
     become more likely.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogLines())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+class _LogLines(logging.Formatter):
+    """Warnings and errors as the commands' own lines (``onnxflip: warning: ...``); details (-v) with the module
+    they come from."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return f"onnxflip: {record.levelname.lower()}: {record.getMessage()}"
+        return f"onnxflip: {record.name}: {record.getMessage()}"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 trial``, ``3 trials``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _warn(message: str) -> None:
@@ -644,7 +661,7 @@ def _summary(result: dict, out: pathlib.Path) -> str:
     mid = result["midpoint"]
     swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
     lines = [f"clean {result['metric']} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
-             f"samples (those each trial scores); {result['evaluations']} trials in "
+             f"samples (those each trial scores); {_count(result['evaluations'], 'trial')} in "
              f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
              *(_score_table(result["rows"], "rate" if swept != "p" else "p")
                if result["experiment"]["mode"] == "grid" else []),
@@ -801,7 +818,8 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
     with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:
         report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
                           overwrite=overwrite, executor=runs_trials)
-    click.echo(f"{len(report['cells'])} cells in {report['wall_seconds'] / 60:.1f} min; report in {out / 'report.md'}")
+    click.echo(f"{_count(len(report['cells']), 'cell')} in {report['wall_seconds'] / 60:.1f} min; report in "
+               f"{out / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,3 +89,44 @@ def test_a_build_that_cannot_fetch_the_headers_says_what_to_do_in_one_line(tmp_p
     assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1
     assert "keyring" in done.stderr and "-DONNXRUNTIME_INCLUDE_DIR=" in done.stderr
     assert not (tmp_path / "headers").exists()
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's first Python example (inject, a session, flip_bits on an array, ECC counts) runs on a model
+    named model.onnx, every name it uses defined."""
+    import re
+
+    from conftest import template_classifier
+
+    from onnxflip.modelio import save_model
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("From Python:")
+    code = re.search(r"```python\n(.*?)```", readme[start:], re.DOTALL).group(1)
+    save_model(template_classifier(), tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert (tmp_path / "noisy.onnx").is_file() and namespace["y"].shape == namespace["x"].shape
+
+
+def test_warnings_and_counts_read_like_the_command_s_own_lines(vgg_path, tmp_path):
+    """A module's warning is printed as ``onnxflip: warning: ...`` like the commands' own, and one trial is
+    "1 trial" (the command run as a user runs it, in its own process)."""
+    import subprocess
+    import sys
+
+    split = tmp_path / "train"
+    for name in ("cat", "dog"):
+        (split / name).mkdir(parents=True)
+        for i in range(2):
+            from PIL import Image
+
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(split / name / f"{i}.png")
+    done = subprocess.run([sys.executable, "-m", "onnxflip.cli", "evaluate", str(vgg_path), "--data", str(split),
+                           "--p", "0", "--trials", "1", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert warnings and all(line.startswith("onnxflip: warning: ") for line in warnings), done.stderr
+    assert "; 1 trial in " in done.stdout

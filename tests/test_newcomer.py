@@ -130,3 +130,23 @@ def test_warnings_and_counts_read_like_the_command_s_own_lines(vgg_path, tmp_pat
     warnings = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
     assert warnings and all(line.startswith("onnxflip: warning: ") for line in warnings), done.stderr
     assert "; 1 trial in " in done.stdout
+
+
+def test_the_figure_says_what_was_measured_and_names_each_element(vgg_path, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    from onnxflip.report.plots import figure
+
+    code, _, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
+                        "--p", "0,1e-5,1e-4,1e-3,1e-2", "--trials", "2", "--out", tmp_path / "r")
+    assert code == 0, err
+    result = json.loads((tmp_path / "r" / "results.json").read_text())
+    fig = figure([result])
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "fitted curve" in legend and "its 95% band" in legend
+    assert any(t.startswith("clean (p = 0) 1.0000") for t in legend)
+    if result["midpoint"]["p"]:
+        assert any(t.startswith(f"midpoint {result['midpoint']['p']:.3g}") for t in legend)
+    assert "vgg.onnx" in ax.get_title() and "40 samples per trial, 9 trials" in ax.get_title()
+    plt.close(fig)

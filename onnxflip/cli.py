@@ -599,15 +599,16 @@ class _Progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(unit="batch" if executor == "local" else "trial", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(desc="evaluating", unit=" batches" if executor == "local" else " trials", file=sys.stderr,
+                            dynamic_ncols=True)
         self.on_batch = self.bar.update if self.bar is not None and executor == "local" else None
 
     def on_step(self, entry: dict) -> None:
-        if self.bar is not None:
-            self.bar.set_description(f"{entry['trials']} trials")
-            return
         width = f", Wald width {entry['width']:.2f} decades" if entry.get("width") else ""  # the result's is the profile's
         where = f" at log10 p = {entry['x']:.2f}" if entry.get("x") is not None else ""
+        if self.bar is not None:  # the same estimate and width the lines of a log show
+            self.bar.set_description(f"{entry['event']}{where}: {entry['trials']} trials{width}")
+            return
         tasks = f"; tasks {self.tasks}" if self.tasks else ""
         click.echo(f"onnxflip: {entry['event']}{where}: {entry['trials']} trials, {entry['seconds']:.0f} s{width}"
                    f"{tasks}", err=True)

@@ -150,3 +150,22 @@ def test_the_figure_says_what_was_measured_and_names_each_element(vgg_path, tmp_
         assert any(t.startswith(f"midpoint {result['midpoint']['p']:.3g}") for t in legend)
     assert "vgg.onnx" in ax.get_title() and "40 samples per trial, 9 trials" in ax.get_title()
     plt.close(fig)
+
+
+def test_the_terminal_bar_shows_the_estimate_and_width_a_log_shows(monkeypatch, capsys):
+    import io
+    import sys
+
+    from onnxflip.cli import _Progress
+
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = _Progress("local")
+    for _ in range(3):
+        progress.on_batch()
+    progress.on_step({"event": "fit", "x": -5.52, "trials": 35, "seconds": 12.0, "width": 0.18})
+    progress.bar.refresh()
+    progress.close()
+    shown = terminal.getvalue()
+    assert "fit at log10 p = -5.52: 35 trials, Wald width 0.18 decades" in shown and "3 batches" in shown

@@ -443,16 +443,24 @@ def _data_folder(ctx, param, value):
     return value
 
 
-def DATA_OPTION(fn):  # a decorator, named like the option constants
-    """--data and --download, shared by every command that reads data."""
-    fn = click.option(
-        "--data", type=click.Path(path_type=pathlib.Path), default=None, callback=_data_folder,
-        help="An ImageFolder tree, a CIFAR-10 folder (ImageFolder or cifar-10-batches-py) or an .npz of the "
-             "model's inputs; default $ONNXFLIP_DATA, then ~/.cache/onnxflip/cifar10.",
-    )(fn)
-    return click.option("--download", is_flag=True, is_eager=True, expose_value=False,
-                        callback=lambda ctx, param, value: ctx.ensure_object(dict).update(download=value),
-                        help="Download the official CIFAR-10 release into the data folder first (needs internet).")(fn)
+def _data_option(what: str):
+    """--data and --download, shared by every command that reads data; ``what`` says which data it takes."""
+
+    def decorate(fn):
+        fn = click.option("--data", type=click.Path(path_type=pathlib.Path), default=None, callback=_data_folder,
+                          help=f"{what}; default $ONNXFLIP_DATA, then ~/.cache/onnxflip/cifar10.")(fn)
+        return click.option("--download", is_flag=True, is_eager=True, expose_value=False,
+                            callback=lambda ctx, param, value: ctx.ensure_object(dict).update(download=value),
+                            help="Download the official CIFAR-10 release into the data folder first (needs "
+                                 "internet).")(fn)
+
+    return decorate
+
+
+DATA_OPTION = _data_option("An ImageFolder tree, a CIFAR-10 folder (ImageFolder or cifar-10-batches-py) or an .npz "
+                           "of the model's inputs")
+CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageFolder copy (train/, test/) or "
+                              "cifar-10-batches-py")
 
 
 @cli.command()
@@ -729,7 +737,7 @@ def zoo() -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where torch trains.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
-@DATA_OPTION
+@CIFAR10_OPTION
 @OUTPUT_OPTION("the ONNX model")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
@@ -750,7 +758,8 @@ def train(name, width, epochs, batch_size, lr, seed, device, threads, data, outp
         raise OnnxflipError("--device cuda: torch finds no usable CUDA GPU here; use --device cpu")
     config = TrainConfig(model=name, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, threads=threads)
-    result = train_model(config, data_dir=data, checkpoint=checkpoint or output.with_suffix(".ckpt"))
+    result = train_model(config, data_dir=data, checkpoint=checkpoint or output.with_suffix(".ckpt"),
+                         progress=sys.stderr.isatty())  # a bar on a terminal; a log gets no bar lines
     params = sum(p.numel() for p in result.model.parameters())
     export_onnx(result.model, output, info={"model": name, "width": width, "epochs": epochs, "seed": seed,
                                             "parameters": params, "test_accuracy": result.test_accuracy,

@@ -169,3 +169,25 @@ def test_the_terminal_bar_shows_the_estimate_and_width_a_log_shows(monkeypatch, 
     progress.close()
     shown = terminal.getvalue()
     assert "fit at log10 p = -5.52: 35 trials, Wald width 0.18 decades" in shown and "3 batches" in shown
+
+
+def test_zoo_train_promises_only_the_data_it_reads_and_draws_no_bar_into_a_log(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    from onnxflip import cli
+    from onnxflip.errors import OnnxflipError
+
+    pytest.importorskip("torch", reason="needs the zoo extra")
+    option = next(p for p in cli.zoo.commands["train"].params if p.name == "data")
+    assert "CIFAR-10" in option.help and ".npz" not in option.help and "ImageFolder tree" not in option.help
+    seen = {}
+
+    def stop(config, **kwargs):
+        seen.update(kwargs)
+        raise OnnxflipError("stopped")
+
+    import onnxflip.zoo.train
+
+    monkeypatch.setattr(onnxflip.zoo.train, "train", stop)
+    code, _, err = _cli(capsys, "zoo", "train", "--epochs", "1", "-o", tmp_path / "m.onnx")
+    assert code == 1 and "stopped" in err and seen["progress"] is False  # stderr is no terminal here

@@ -29,7 +29,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from onnxflip.data.sources import ArraySource, DataSource, InputSpec, check_arrays, model_inputs
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.inject import converted_format, is_injected
+from onnxflip.graph.formats import converted_format
+from onnxflip.graph.inject import is_injected
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.modelio import has_external_data, load_model, save_model
 from onnxflip.runtime.session import runtime_proto

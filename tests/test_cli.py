@@ -65,11 +65,18 @@ def test_convert_writes_a_clean_model(vgg_path, tmp_path, capsys):
     code, _, _ = run(capsys, "convert", str(vgg_path), "-o", str(out), "--format", "float16")
     assert code == 0
     assert not any(n.op_type == "FlipBits" for n in onnx.load(out).graph.node)
-    # its stored values already pass through float16: injecting it again would store them twice
-    for command in (["inspect"], ["inject", "-o", str(tmp_path / "x.onnx")], ["convert", "-o", str(tmp_path / "y.onnx")]):
-        code, _, err = run(capsys, command[0], str(out), *command[1:], "--format", "float16")
-        assert code == 1 and err.strip() == ("onnxflip: error: the model is already converted to float16 (onnxflip "
-                                             "convert); inject or evaluate the original model with --format float16")
+    # its stored values already pass through float16: it is inspected as the original in float16, never converted
+    # again, and another format is refused
+    def sites(*args):  # the site rows without the tensor names (convert names its values <name>_float16)
+        code, listing, _ = run(capsys, "inspect", *args, "--json")
+        assert code == 0
+        return [{k: v for k, v in row.items() if k != "tensor"} for row in json.loads(listing)["sites"]]
+
+    assert sites(str(out)) == sites(str(vgg_path), "--format", "float16")
+    code, _, err = run(capsys, "convert", str(out), "-o", str(tmp_path / "y.onnx"), "--format", "float16")
+    assert code == 1 and err.strip() == "onnxflip: error: the model is already converted to float16; convert the original model"
+    code, _, err = run(capsys, "inject", str(out), "-o", str(tmp_path / "x.onnx"), "--format", "bfloat16")
+    assert code == 1 and "the model is converted to float16 (onnxflip convert)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f16.onnx"]
 
 

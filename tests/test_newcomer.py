@@ -191,3 +191,19 @@ def test_zoo_train_promises_only_the_data_it_reads_and_draws_no_bar_into_a_log(t
     monkeypatch.setattr(onnxflip.zoo.train, "train", stop)
     code, _, err = _cli(capsys, "zoo", "train", "--epochs", "1", "-o", tmp_path / "m.onnx")
     assert code == 1 and "stopped" in err and seen["progress"] is False  # stderr is no terminal here
+
+
+def test_a_converted_model_is_evaluated_as_the_original_in_its_format(vgg_path, tmp_path, capsys):
+    """The clean baseline of a format: evaluate scores a model convert wrote, clean and with flips, to the
+    numbers of the original evaluated with --format (the same sites, in the same order, the same flips)."""
+    converted = tmp_path / "f16.onnx"
+    assert _cli(capsys, "convert", vgg_path, "-o", converted, "--format", "float16")[0] == 0
+    data = _images(tmp_path)
+    rows = []
+    for model, extra in ((converted, []), (vgg_path, ["--format", "float16"])):
+        out = tmp_path / f"r{len(rows)}"
+        code, _, err = _cli(capsys, "evaluate", model, "--data", data, "--metric", "agreement", "--p", "0,1e-4",
+                            "--trials", "2", "--out", out, *extra)
+        assert code == 0, err
+        rows.append([(r["p"], r["mean"]) for r in json.loads((out / "results.json").read_text())["rows"]])
+    assert rows[0] == rows[1] and rows[0][0] == (0.0, 1.0) and rows[0][1][1] < 1.0

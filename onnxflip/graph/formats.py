@@ -16,8 +16,9 @@
   MatMulInteger) their int8/uint8 weights and activations, int32 biases and
   the float tensors they keep (dynamic quantisation's float biases).
 
-A model may already store its values in a format (a float16 export, say):
-then that format is native, its activations and parameters are flipped as
+A model may already store its values in a format (a float16 export, or a
+model ``onnxflip convert`` wrote: its values pass through the format where
+they are stored): then that format is native, its activations and parameters are flipped as
 they are, and any other format is refused rather than mislabelled (convert
 the float32 original instead).
 """
@@ -33,10 +34,12 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.graph.stored import COMPUTE_OPS, all_nodes, quantised_form
 from onnxflip.runtime.contract import ElementType, element_type
 
-__all__ = ["FORMATS", "StorageFormat", "is_qdq", "is_quantised", "model_format", "native_float_type", "require_format_fits",
+__all__ = ["FORMATS", "FORMAT_METADATA_KEY", "StorageFormat", "converted_format", "is_qdq", "is_quantised",
+           "model_format", "native_float_type", "require_format_fits",
            "storage_format"]
 
 _BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
+FORMAT_METADATA_KEY = "onnxflip.format"  # the format `onnxflip convert` stored a model's values in
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,19 @@ def native_float_type(model: ir.Model) -> ir.DataType:
     return ir.DataType.FLOAT
 
 
+def converted_format(model: ir.Model) -> str | None:
+    """The format ``convert`` stored the model's values in, where that is not float32 (a float32 conversion only
+    folds BatchNorm); None otherwise."""
+    converted = model.metadata_props.get(FORMAT_METADATA_KEY, "float32")
+    return None if converted == "float32" else converted
+
+
 def model_format(model: ir.Model) -> str:
-    """The format a clean model stores its values in: int8 for a QDQ graph, else the float type it computes in."""
+    """The format a clean model stores its values in: the one ``convert`` stored it in, int8 for a quantised
+    graph, else the float type it computes in."""
+    converted = converted_format(model)
+    if converted is not None:
+        return converted
     return "int8" if is_quantised(model) else _FLOAT_TYPES[native_float_type(model)].name
 
 
@@ -106,6 +120,12 @@ def require_format_fits(model: ir.Model, fmt: StorageFormat) -> StorageFormat:
     another float type, only that type's format fits, and it is native (not
     emulated): the values are flipped as stored.
     """
+    converted = converted_format(model)
+    if converted is not None:  # its values already pass through the format where they are stored
+        if fmt.name != converted:
+            raise OnnxflipError(f"the model is converted to {converted} (onnxflip convert): its values are stored in "
+                                f"{converted}; use --format {converted}, or the original model for {fmt.name}")
+        return StorageFormat(converted, False)
     qdq = is_quantised(model)
     native = native_float_type(model)
     if not qdq and native != ir.DataType.FLOAT:

@@ -9,8 +9,11 @@
 ``convert_format`` runs the same sequence up to StoreInFormatPass: the clean
 model in a format, what an injected model computes at p = 0.  Both work on a
 copy; the caller's model is not changed.  A model that already carries the
-``onnxflip.injection`` metadata is refused (inject the original again), and
-so is one converted to another format than float32.
+``onnxflip.injection`` metadata is refused (inject the original again).  A
+model ``convert`` wrote stores its values in its format already: its sites
+are the values its casts store and its initializers of that format, flipped
+as they are (the same sites, in the same order, as the original injected in
+that format); converting it again is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from onnxflip.faults import ecc_word
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
 from onnxflip.graph.coverage import Coverage, coverage_of
 from onnxflip.graph.formats import (
+    FORMAT_METADATA_KEY,
     StorageFormat,
+    converted_format,
     is_qdq,
     is_quantised,
     native_float_type,
@@ -46,12 +51,9 @@ from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
 from onnxflip.graph.stored import stored_tensors
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
 
-__all__ = ["FORMAT_METADATA_KEY", "convert_format", "converted_format", "insert_flipbits", "is_injected",
-           "plan_sites", "site_coverage", "why_no_sites"]
+__all__ = ["convert_format", "insert_flipbits", "is_injected", "plan_sites", "site_coverage", "why_no_sites"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT_METADATA_KEY = "onnxflip.format"
 
 
 def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> ir.Model:
@@ -72,20 +74,9 @@ def is_injected(model: ir.Model) -> bool:
     return METADATA_KEY in model.metadata_props or any(n.domain == DOMAIN for n in all_nodes(model.graph))
 
 
-def converted_format(model: ir.Model) -> str | None:
-    """The format ``convert`` stored the model's values in, where that is not float32 (a float32 conversion only
-    folds BatchNorm); None otherwise."""
-    converted = model.metadata_props.get(FORMAT_METADATA_KEY, "float32")
-    return None if converted == "float32" else converted
-
-
 def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
     if is_injected(model):
         raise OnnxflipError("the model is already injected; inject the original model instead")
-    converted = converted_format(model)
-    if converted is not None:  # its stored values pass through the format: its sites would be stored twice
-        raise OnnxflipError(f"the model is already converted to {converted} (onnxflip convert); inject or evaluate "
-                            f"the original model with --format {converted}")
     check_graph(model)
     passes = [LiftStoredConstantsPass(), *([FoldBatchNormPass()] if config.fold_batchnorm else [])]
     prepared = _run([*passes, InferShapesPass()], model.clone())
@@ -97,8 +88,9 @@ def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, Stor
     """A prepared copy of the model (BN folded, shapes inferred), the format as it applies, and the sites."""
     prepared = _prepare(model, config)
     fmt = require_format_fits(prepared, storage_format(config.format))
+    converted = converted_format(prepared) is not None  # its stored values are the outputs of convert's casts
     sites = find_sites(prepared, targets=config.targets, selection=config.selection,
-                       compute_dtype=native_float_type(prepared))
+                       compute_dtype=fmt.dtype if converted else native_float_type(prepared), stored_casts=converted)
     for site in sites:
         if fmt.emulated:
             site.stored_dtype = fmt.dtype
@@ -163,6 +155,9 @@ def convert_format(model: ir.Model, *, format: str, selection: Selection | None 
     """
     if format == "int8":
         raise OnnxflipError("int8 models come from `onnxflip quantize`, not from convert")
+    converted = converted_format(model)
+    if converted is not None:
+        raise OnnxflipError(f"the model is already converted to {converted}; convert the original model")
     if is_quantised(model):
         raise OnnxflipError("the model is quantised: convert writes float formats of a float model; inject or "
                             "evaluate the int8 model as it is")

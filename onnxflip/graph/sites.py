@@ -172,9 +172,14 @@ def _passed_on_by_control_flow(chosen: dict[ir.Value, None], downstream: set[ir.
     return list(sites)
 
 
+STORE_PREFIX = "onnxflip/store/"  # the name of the Cast that stores a value in an emulated format
+
+
 def _wanted_outputs(node: ir.Node, selection: Selection, form: str | None,
                     compute_dtype: ir.DataType) -> list[ir.Value]:
     """The outputs of a node that are activation sites, if computed downstream of a compute op."""
+    if form == "converted":  # the values are stored where convert cast them to the format
+        return list(node.outputs) if node.op_type == "Cast" and (node.name or "").startswith(STORE_PREFIX) else []
     if form == "qdq":
         wanted = node.op_type == "QuantizeLinear" and not _requantises_a_view(node)
         return list(node.outputs) if wanted else []
@@ -293,8 +298,10 @@ def find_sites(
     targets: Iterable[str] = DEFAULT_TARGETS,
     selection: Selection = Selection(),
     compute_dtype: ir.DataType = ir.DataType.FLOAT,
+    stored_casts: bool = False,
 ) -> list[Site]:
-    """The sites of the requested target classes, in graph order (activations last)."""
+    """The sites of the requested target classes, in graph order (activations last); ``stored_casts``: the model
+    stores its activations where its casts to an emulated format write them (a model ``convert`` wrote)."""
     wanted = set(targets)
     unknown = wanted - set(TARGETS)
     if unknown:
@@ -302,7 +309,8 @@ def find_sites(
     graph = model.graph
     sites = list(_parameter_sites(graph, wanted))
     if "activations" in wanted:
-        sites += list(_activation_sites(graph, selection, quantised_form(graph), compute_dtype))
+        form = "converted" if stored_casts else quantised_form(graph)
+        sites += list(_activation_sites(graph, selection, form, compute_dtype))
     sites = [s for s in sites if _matches(s, selection)]
     for site in sites:
         site.stored_dtype = site.value.dtype or ir.DataType.UNDEFINED

@@ -15,7 +15,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from onnxflip.graph.formats import StorageFormat
-from onnxflip.graph.sites import Site
+from onnxflip.graph.sites import STORE_PREFIX, Site
 
 __all__ = ["StoreInFormatPass", "take_over_output"]
 
@@ -55,7 +55,7 @@ class StoreInFormatPass(ir.passes.InPlacePass):
         if value.is_initializer() and not value.is_graph_input():
             stored = self._converted(graph, value)
         else:
-            cast = ir.node("Cast", [value], {"to": int(self.fmt.dtype)}, name=f"onnxflip/store/{site.name}")
+            cast = ir.node("Cast", [value], {"to": int(self.fmt.dtype)}, name=f"{STORE_PREFIX}{site.name}")
             stored = cast.outputs[0]
             stored.name, stored.dtype, stored.shape = f"{site.name}_{self.fmt.name}", self.fmt.dtype, value.shape
             nodes.append(cast)

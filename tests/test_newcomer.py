@@ -207,3 +207,25 @@ def test_a_converted_model_is_evaluated_as_the_original_in_its_format(vgg_path, 
         assert code == 0, err
         rows.append([(r["p"], r["mean"]) for r in json.loads((out / "results.json").read_text())["rows"]])
     assert rows[0] == rows[1] and rows[0][0] == (0.0, 1.0) and rows[0][1][1] < 1.0
+
+
+def test_resume_extends_a_finished_grid_with_more_trials_and_points(vgg_path, tmp_path, capsys):
+    """--resume with more --trials and another point keeps the recorded trials (bit for bit) and adds the new
+    ones: the result is the campaign run at once with those settings; another seed is still refused."""
+    data = _images(tmp_path)
+    common = ["evaluate", vgg_path, "--data", data, "--metric", "agreement"]
+    out, whole = tmp_path / "grown", tmp_path / "whole"
+    assert _cli(capsys, *common, "--p", "0,1e-4", "--trials", "2", "--out", out)[0] == 0
+    first = json.loads((out / "results.json").read_text())["trials"]
+    code, _, err = _cli(capsys, *common, "--p", "0,1e-4,1e-3", "--trials", "4", "--out", out, "--resume")
+    assert code == 0, err
+    assert _cli(capsys, *common, "--p", "0,1e-4,1e-3", "--trials", "4", "--out", whole)[0] == 0
+
+    def scored(folder):
+        return sorted((t["p"], t["trial"], t["score"]) for t in json.loads((folder / "results.json").read_text())["trials"])
+
+    grown = scored(out)
+    assert grown == scored(whole) and len(grown) == 1 + 4 + 4
+    assert {(t["p"], t["trial"], t["score"]) for t in first} <= set(grown)
+    code, _, err = _cli(capsys, *common, "--p", "0,1e-4", "--trials", "2", "--seed", "3", "--out", out, "--resume")
+    assert code == 1 and "seed: 0 -> 3" in err

@@ -248,13 +248,26 @@ def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_bat
     return runner, data_path, metric
 
 
+# How much a campaign measures: a resumed campaign may ask for more (its recorded trials are kept, each being the
+# same whatever else is measured: a trial is fixed by its probability, index, samples and the seed).
+_EXTENT = frozenset({"trials_per_point", "probabilities"})
+_SEARCH_EXTENT = frozenset({"precision", "budget"})
+
+
 def _differences(previous: dict, header: dict) -> list[str]:
-    """What a recorded campaign and this one set differently: ``the model``, or ``key: recorded -> now``."""
+    """What a recorded campaign and this one set differently, beyond how much they measure: ``the model``, or
+    ``key: recorded -> now``."""
     differ = {"model": "the model"} if previous.get("model_sha256") != header["model_sha256"] else {}
     pairs = [(key, previous.get(key), header[key]) for key in ("metric", "samples")]
     for group in ("settings", "experiment"):
         before, now = previous.get(group) or {}, header[group]
-        pairs += [(key, before.get(key), now.get(key)) for key in sorted(set(before) | set(now))]
+        for key in sorted(set(before) | set(now)):
+            was, asked = before.get(key), now.get(key)
+            if group == "experiment" and key in _EXTENT:
+                continue
+            if group == "experiment" and key == "search" and was and asked:
+                was, asked = ({k: v for k, v in d.items() if k not in _SEARCH_EXTENT} for d in (was, asked))
+            pairs.append((key, was, asked))
     for key, was, now in pairs:
         if was != now and key not in differ:  # a key named twice (samples: used, asked for) is shown once
             differ[key] = f"{key}: {was} -> {now}"

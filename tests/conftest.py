@@ -377,3 +377,19 @@ def real_exports(tmp_path_factory):
     from real_exports import Corpus
 
     return Corpus(tmp_path_factory.mktemp("real_exports"))
+
+
+UNLOADABLE = """<ir_version: 10, opset_import: ["" : 21]>
+g (double[N,4] x) => (double[N,3] y) <double[4,3] W> {
+  h = MatMul (x, W)
+  a = Acosh (h)
+  y = Relu (a)
+}"""
+
+
+def write_unloadable_model(path: pathlib.Path) -> pathlib.Path:
+    """A model onnx.checker accepts and ONNX Runtime cannot load (it has no double Acosh kernel), input x (N, 4)."""
+    proto = model_from_text(UNLOADABLE, [onnx.numpy_helper.from_array(np.ones((4, 3)), "W")])
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    return path

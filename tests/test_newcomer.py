@@ -54,17 +54,9 @@ def test_the_interval_of_a_grid_point_covers_the_mean_95_percent_of_the_time():
 def test_a_run_that_fails_before_any_result_leaves_no_results_folder(tmp_path, capsys):
     """A model ONNX Runtime cannot load fails at the first trial, after the folder is made: it is removed
     again; a folder that was there before is kept."""
-    import onnx
-    from conftest import model_from_text
+    from conftest import write_unloadable_model
 
-    text = """<ir_version: 10, opset_import: ["" : 21]>
-    g (double[N,4] x) => (double[N,3] y) <double[4,3] W> {
-      h = MatMul (x, W)
-      a = Acosh (h)
-      y = Relu (a)
-    }"""
-    model = tmp_path / "m.onnx"
-    onnx.save(model_from_text(text, [onnx.numpy_helper.from_array(np.ones((4, 3)), "W")]), str(model))
+    model = write_unloadable_model(tmp_path / "m.onnx")
     data = tmp_path / "x.npz"
     np.savez(data, x=np.ones((4, 4)))
     for out, existed in ((tmp_path / "new" / "results", False), (tmp_path / "kept", True)):

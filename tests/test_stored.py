@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 import onnx
 import pytest
-from conftest import model_from_text, popcount, raw, run_model
+from conftest import model_from_text, popcount, raw, run_model, write_unloadable_model
 from onnx import helper, numpy_helper
 
 from onnxflip.cli import main
@@ -381,16 +381,7 @@ def test_a_sparse_constant_is_refused_in_one_line_with_the_reason(tmp_path, caps
 
 def test_a_model_onnx_runtime_cannot_load_is_refused_with_its_reason(tmp_path, capsys):
     """onnx.checker accepts it, ONNX Runtime has no kernel for it: inject writes nothing, evaluate says why."""
-    text = """<ir_version: 10, opset_import: ["" : 21]>
-    g (double[N,4] x) => (double[N,3] y) <double[4,3] W> {
-      h = MatMul (x, W)
-      a = Acosh (h)
-      y = Relu (a)
-    }"""
-    proto = model_from_text(text, [numpy_helper.from_array(_array(4, 3).astype(np.float64), "W")])
-    onnx.checker.check_model(proto, full_check=True)
-    path = tmp_path / "m.onnx"
-    onnx.save(proto, str(path))
+    path = write_unloadable_model(tmp_path / "m.onnx")
     out = tmp_path / "injected.onnx"
     code, _, err = _cli(capsys, "inject", str(path), "-o", str(out), "--p", "1e-3")
     assert code == 1 and err.count("\n") == 1 and "ONNX Runtime cannot load the model" in err and not out.exists()

@@ -84,7 +84,8 @@ def figure(results: Sequence[dict], labels: Sequence[str] | None = None):
     stuck = all(result.get("settings", {}).get("sweep") == "stuck-at" for result in results)
     ax.set_xlabel("stuck-at rate r (s0 = s1 = r / 2)" if stuck else "bit-flip probability p")
     ax.set_ylabel(results[0].get("metric", "top1") + " score")
-    ax.set_title(_title(results[0]) if len(results) == 1 else "score against flip probability", fontsize=8)
+    whole = len(results) == 1 and labels is None  # a result's own figure (results.json), not a grid's curves
+    ax.set_title(_title(results[0]) if whole else "score against flip probability", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[1]:  # matplotlib warns about a legend with nothing in it
         ax.legend(fontsize=7, loc="lower left")

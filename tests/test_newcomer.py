@@ -221,3 +221,14 @@ def test_resume_extends_a_finished_grid_with_more_trials_and_points(vgg_path, tm
     assert {(t["p"], t["trial"], t["score"]) for t in first} <= set(grown)
     code, _, err = _cli(capsys, *common, "--p", "0,1e-4", "--trials", "2", "--seed", "3", "--out", out, "--resume")
     assert code == 1 and "seed: 0 -> 3" in err
+
+
+def test_resume_never_shrinks_a_grid(vgg_path, tmp_path, capsys):
+    data = _images(tmp_path)
+    common = ["evaluate", vgg_path, "--data", data, "--metric", "agreement", "--out", tmp_path / "r"]
+    assert _cli(capsys, *common, "--p", "0,1e-4,1e-3", "--trials", "3")[0] == 0
+    before = (tmp_path / "r" / "results.json").read_text()
+    for fewer in (["--p", "0,1e-4", "--trials", "3"], ["--p", "0,1e-4,1e-3", "--trials", "2"]):
+        code, _, err = _cli(capsys, *common, *fewer, "--resume")
+        assert code == 1 and err.count("\n") == 1 and "that these settings leave out" in err
+    assert (tmp_path / "r" / "results.json").read_text() == before

@@ -274,6 +274,19 @@ def _differences(previous: dict, header: dict) -> list[str]:
     return list(differ.values())
 
 
+def _check_grid_covers(experiment: Experiment, recorded: list[TrialOutcome]) -> None:
+    """A grid resumed with fewer points or trials than it recorded is refused: its results would hold trials its
+    settings leave out (resume extends, it never shrinks)."""
+    if experiment.probabilities is None:
+        return
+    points = sorted({o.p for o in recorded if o.p > 0} - set(experiment.probabilities))
+    trials = max((o.trial + 1 for o in recorded if o.p > 0), default=0)
+    if points or trials > experiment.trials_per_point:
+        held = f"points {', '.join(f'{p:g}' for p in points)}" if points else f"{trials} trials per point"
+        raise OnnxflipError(f"the results folder holds {held} that these settings leave out: resume with at least "
+                            "the recorded points and trials, or use --overwrite to start again")
+
+
 def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_path: pathlib.Path, data_path,
          out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None) -> dict:
     search = experiment.search
@@ -308,6 +321,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
             raise OnnxflipError(f"the results folder was made with other settings ({', '.join(differ)}); use "
                                 "--overwrite to start again")
         recorded = outcomes_from(previous)
+        _check_grid_covers(experiment, recorded)
         spent_before = float(previous.get("wall_seconds", 0.0))
         logger.info("resuming with %d recorded trials", len(recorded))
     began = time.perf_counter()

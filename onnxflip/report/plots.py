@@ -61,8 +61,9 @@ def figure(results: Sequence[dict], labels: Sequence[str] | None = None):
         if curve:
             ps = [10**x for x in curve["log10_p"]]
             ax.plot(ps, curve["score"], "-", color=colour, lw=1.5, label="fitted curve" if single else None)
+            banded = any(h > lo for lo, h in zip(curve["low"], curve["high"]))
             ax.fill_between(ps, curve["low"], curve["high"], color=colour, alpha=0.15, lw=0,
-                            label="its 95% band" if single else None)
+                            label="its 95% band" if single and banded else None)
         if clean is not None:
             name = f"clean (p = 0) {clean:.4f}" if single or not rows else None
             ax.axhline(clean, color=colour, ls=":", lw=1, label=name if single else (f"{label}: {name}" if name else None))

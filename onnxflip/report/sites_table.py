@@ -103,8 +103,9 @@ def format_coverage(coverage: Coverage) -> str:
     missing = coverage.not_sites()
     if coverage.not_data:
         elements = sum(r.elements or 0 for r in coverage.not_data)
-        lines.append(f"  besides: {len(coverage.not_data)} stored shape, index or mask tensors ({elements:,} elements; "
-                     "no parameters, listed in --json)")
+        count = len(coverage.not_data)
+        lines.append(f"  besides: {count} stored shape, index or mask tensor{'' if count == 1 else 's'} ({elements:,} "
+                     "elements; no parameters, listed in --json)")
     if not missing:
         lines.append("every stored parameter is a site")
         return "\n".join(lines)

@@ -402,13 +402,16 @@ def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None
     the stored parameters' elements and bits that are sites, per target, and
     every stored parameter that is not a site, with the reason.
     """
-    from onnxflip.report.sites_table import describe_sites, fixed_batch, format_coverage, format_site_table
+    from onnxflip.graph.inputs import batch_dimension
+    from onnxflip.modelio import load_model
+    from onnxflip.report.sites_table import describe_sites, format_coverage, format_site_table
 
-    rows, coverage = describe_sites(model, config=config)
+    loaded = load_model(model)
+    rows, coverage = describe_sites(loaded, config=config)
     if as_json:
         click.echo(json.dumps({"sites": rows, "coverage": coverage.to_json() if coverage else None}, indent=2))
         return
-    click.echo(format_site_table(rows, coverage, batch=fixed_batch(model)))
+    click.echo(format_site_table(rows, coverage, batch=batch_dimension(loaded)))
     if coverage is not None:
         click.echo("")
         click.echo(format_coverage(coverage))

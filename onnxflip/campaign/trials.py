@@ -197,7 +197,7 @@ def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozen
 
 def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
     """An injected model's ECC words are fixed in its nodes: they must be the ones the settings ask for."""
-    config = json.loads(model.metadata_props[METADATA_KEY])["config"]
+    config = _injected_config(model)
     for target in TARGETS:
         fault = config.get(target)
         if fault and (fault.get("ecc", "none"), fault.get("on_detected", "keep")) != (settings.ecc,

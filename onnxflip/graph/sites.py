@@ -230,7 +230,7 @@ def _is_normalised(value: ir.Value | None) -> bool:
     if producer is None:
         return False
     if producer.op_type == "Div":
-        return _producer(producer.inputs[1], "Cast") is not None and _producer(producer.inputs[1], "Cast").op_type == "Sqrt"
+        return (divisor := _producer(producer.inputs[1], "Cast")) is not None and divisor.op_type == "Sqrt"
     if producer.op_type == "Mul":
         return any((p := _producer(v, "Cast")) is not None and p.op_type == "Reciprocal" for v in producer.inputs)
     return False

@@ -8,25 +8,23 @@ import math
 import os
 from collections import defaultdict
 
+import onnx_ir as ir
+
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig
 from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.formats import model_format
 from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
-from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import load_model
 
-__all__ = ["describe_sites", "fixed_batch", "format_coverage", "format_site_table", "percent"]
+__all__ = ["describe_sites", "format_coverage", "format_site_table", "percent"]
 
 
-def fixed_batch(path: str | os.PathLike[str]) -> int | None:
-    """The batch size a model's inputs fix (its activation sites' sizes hold that many samples), or None."""
-    return batch_dimension(load_model(path))
-
-
-def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> tuple[list[dict], Coverage | None]:
-    """One row per site (tensor, target, dtype, elements, bits, mask), and the coverage of the stored parameters.
+def describe_sites(model: str | os.PathLike[str] | ir.Model, *,
+                   config: InjectionConfig) -> tuple[list[dict], Coverage | None]:
+    """One row per site (tensor, target, dtype, elements, bits, mask), and the coverage of the stored parameters
+    of a model (a path, or a model loaded already).
 
     For an injected model, the sites and coverage it records (``config`` is
     not used; a model injected before coverage was recorded has none); for a
@@ -34,7 +32,7 @@ def describe_sites(path: str | os.PathLike[str], *, config: InjectionConfig) -> 
     create with ``config`` (whose format None means the model's own,
     :func:`~onnxflip.graph.formats.model_format`).
     """
-    model = load_model(path)
+    model = model if isinstance(model, ir.Model) else load_model(model)
     if METADATA_KEY in model.metadata_props:
         record = json.loads(model.metadata_props[METADATA_KEY])
         coverage = Coverage.from_json(record["coverage"]) if "coverage" in record else None

@@ -34,6 +34,7 @@ from onnxflip.faults import check_ecc, check_stuck
 from onnxflip.graph.config import FaultModel, InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
+from onnxflip.protection import Protection, read_plan
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
@@ -163,6 +164,10 @@ BITS_OPTION = _option(
     "--bits", default="all", show_default=True,
     help="Bits that may flip: all, sign, a mask like 0x7f80; float formats also exponent, mantissa; int8 also low:K, high:K.",
 )
+PROTECT_OPTION = _option(
+    "--protect", type=click.Path(path_type=pathlib.Path), default=None,
+    help="A protection plan (plan.json from `onnxflip sensitivity --plan-budget`): its bits never flip.",
+)
 FOLD_OPTION = _option("--no-fold-batchnorm", is_flag=True,
                       help="Keep BatchNormalization nodes instead of folding them into Conv.")
 SELECTION_OPTIONS = [
@@ -277,8 +282,14 @@ def _refuse_with(mode: str, names, needs: str) -> None:
                                f"for {needs}")
 
 
-def _injection_config(*, fmt, faults, selection, no_fold_batchnorm) -> InjectionConfig:
-    return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm, **faults)
+def _protection(path: pathlib.Path | None) -> Protection:
+    """The protection of --protect (none without it)."""
+    return Protection() if path is None else read_plan(path)
+
+
+def _injection_config(*, fmt, faults, selection, no_fold_batchnorm, protect=None) -> InjectionConfig:
+    return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm,
+                           protection=_protection(protect), **faults)
 
 
 # Option groups: each command takes the object, never the options.
@@ -286,7 +297,7 @@ SELECTION = OptionGroup("selection", SELECTION_OPTIONS, _selection)
 MEMORY_FAULTS = OptionGroup("memory", MEMORY_FAULT_OPTIONS, _memory_faults, usage_errors=False)
 FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS, MEMORY_FAULTS], _fault_models)
 SITE_FAULTS = OptionGroup("faults", [TARGETS_OPTION, BITS_OPTION], _site_fault_models)
-INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION], _injection_config)
+INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION, PROTECT_OPTION], _injection_config)
 SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
 
 DIRECTION_OPTION = click.option(
@@ -480,6 +491,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @SWEEP_OPTION
 @FLIP_P_OPTION
 @MEMORY_FAULTS
+@PROTECT_OPTION
 @click.option("--midpoint", is_flag=True,
               help="Find the midpoint by the sequential design to --precision, instead of measuring the --p grid.")
 @P_RANGE_OPTION
@@ -515,7 +527,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @_apply(EXECUTOR_OPTIONS)
 @SELECTION
 @FOLD_OPTION
-def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, midpoint, p_range,
+def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, protect, midpoint, p_range,
              precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, class_names,
              batch_size, seed, provider, out, resume, overwrite, executor, ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
@@ -553,7 +565,8 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     try:  # options that contradict each other (a fixed stuck-at rate in a stuck-at sweep): a usage error
         settings = TrialSettings(targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
                                  batch_size=batch_size, seed=seed, provider=provider, selection=selection,
-                                 fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p, **memory)
+                                 fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p,
+                                 protection=_protection(protect), **memory)
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
     context = click.get_current_context()
@@ -702,6 +715,110 @@ def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
     from onnxflip.report.compare import compare_results
 
     click.echo(compare_results(list(results), output))
+
+
+def _time_budget(text: str) -> float:
+    """Seconds of a --budget given as a time (300s, 5m)."""
+    from onnxflip.campaign.design import Budget
+
+    parsed = Budget.parse(text)
+    if parsed.seconds is None:
+        raise OnnxflipError(f"the budget {text!r} is a number of trials; give a time (300s, 5m)")
+    return parsed.seconds
+
+
+@cli.command()
+@MODEL_ARG
+@DATA_OPTION
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
+              help="Number format the values are stored in [default: int8 for a quantised model, else the float "
+                   "type it computes in].")
+@TARGETS_OPTION
+@BITS_OPTION
+@click.option("--samples", type=click.IntRange(1), default=100, show_default=True,
+              help="The first N samples (classes kept balanced) every flip is scored on.")
+@click.option("--metric", default="top1", show_default=True,
+              help="top1, topK (top5...), agreement, rel-error, nonfinite, or package.module:function.")
+@click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
+@click.option("--floor", type=float, default=None,
+              help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
+@click.option("--preprocess", default=None,
+              help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
+                   "[default: the model's onnxflip.preprocess metadata].")
+@click.option("--classes", "class_names", type=ClassNames(), default=None,
+              help="The model's class names in output order: a comma list, or a file with one per line.")
+@click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
+              help="Samples per ONNX Runtime run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the elements and bits drawn.")
+@click.option("--budget", default="240s", show_default=True, callback=_checked_by(_time_budget),
+              help="Stop giving trials after this time (300s, 5m).")
+@click.option("--width", type=click.FloatRange(0, 2, min_open=True), default=0.2, show_default=True,
+              help="A (site, bit) needs no more trials once its 95% interval is this narrow.")
+@click.option("--plan-budget", "plan_budgets", type=CommaList(), default=None,
+              help="Also write a protection plan per share of the stored bits (0.05, or 0.01,0.02,0.05).")
+@click.option("--measure", "measure_plans", is_flag=True,
+              help="Measure each plan's midpoint (evaluate --midpoint --protect) and the unprotected one.")
+@click.option("--out", type=click.Path(path_type=pathlib.Path), default=None,
+              help="Results folder (default results/<model>-<format>-sensitivity).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
+@SELECTION
+@FOLD_OPTION
+def sensitivity(model, data, fmt, targets, bits, samples, metric, output_name, floor, preprocess, class_names,
+                batch_size, seed, budget, width, plan_budgets, measure_plans, out, overwrite, selection,
+                no_fold_batchnorm):
+    """Map how much one flip of each bit of each site costs, and where to protect.
+
+    For every site and bit position: the vulnerability (the expected loss of
+    score, as a share of clean - floor, from one flip of that bit in one
+    element drawn at random) with its 95% interval.  Writes sensitivity.csv,
+    sensitivity.json, sensitivity.png (sites x bits) and sites.png (sites
+    ranked by damage) to the results folder; with --plan-budget, plan.json
+    files for `evaluate --protect`.
+    """
+    from onnxflip.campaign.experiment import resolve_format
+    from onnxflip.campaign.sensitivity import SensitivitySettings, run
+    from onnxflip.modelio import load_model
+    from onnxflip.report.sensitivity import summary_lines
+
+    if measure_plans and not plan_budgets:
+        raise click.UsageError("--measure needs --plan-budget: it measures the plans")
+    try:
+        budgets = [float(b) for b in plan_budgets or ()]
+    except ValueError:
+        raise click.UsageError(f"--plan-budget: {','.join(plan_budgets)} is not a list of shares") from None
+    if any(not 0 < b <= 1 for b in budgets):
+        raise click.UsageError("--plan-budget: a share of the stored bits is in (0, 1]")
+    fmt = resolve_format(load_model(model), fmt)
+    settings = SensitivitySettings(format=fmt, targets=tuple(targets), bits=bits, seed=seed, batch_size=batch_size,
+                                   width=width, budget=_time_budget(budget), selection=selection,
+                                   fold_batchnorm=not no_fold_batchnorm)
+    out = out or pathlib.Path("results") / f"{model.stem}-{fmt}-sensitivity"
+
+    shown = [0.0]
+
+    def on_round(entry: dict) -> None:  # a line every 15 s at most
+        if entry["seconds"] - shown[0] < 15:
+            return
+        shown[0] = entry["seconds"]
+        click.echo(f"onnxflip: round {entry['round']}: {entry['seconds']:.0f} s, {entry['wide']} of {entry['cells']} "
+                   "cells wider than --width", err=True)
+
+    def on_plan(row: dict) -> None:
+        mid = f"{row['midpoint']:.3g}" if row["midpoint"] else "not found"
+        click.echo(f"onnxflip: {row['plan']}: midpoint {mid}", err=True)
+
+    result = run(model, data=data, out=out, settings=settings, metric=metric, samples=samples, output=output_name,
+                 floor=floor, preprocess=preprocess, classes=class_names, overwrite=overwrite, plan_budgets=budgets,
+                 measure_plans=measure_plans, on_round=on_round, on_plan=on_plan)
+    lines = summary_lines(result)
+    for name in result.get("plans", []):
+        lines.append(f"wrote {out / name}")
+    for row in result.get("measured_plans", []):
+        span = f" [{row['low']:.3g}, {row['high']:.3g}]" if row.get("low") and row.get("high") else ""
+        mid = f"{row['midpoint']:.3g}{span}" if row["midpoint"] else "not found"
+        lines.append(f"{row['plan']:<20} budget {row['budget']:>5.1%}  midpoint {mid}")
+    lines.append(f"wrote {out}/sensitivity.csv, sensitivity.json, sensitivity.png, sites.png")
+    click.echo("\n".join(lines))
 
 
 @cli.command()

@@ -18,10 +18,11 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx_ir as ir
 
 from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, has_fall, search_midpoint
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
@@ -37,6 +38,7 @@ from onnxflip.campaign.results import (
 from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import (
+    DataSource,
     check_labels,
     match_classes,
     model_class_names,
@@ -220,32 +222,43 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
 def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_batch) -> tuple[LocalRunner, object, Metric]:
     """The model injected, the data source opened and checked, the metric: the runner of the experiment's trials."""
     model = load_model(model_path)
-    data_path = resolve_data(data)
-    preprocess = Preprocess.parse(experiment.preprocess) if experiment.preprocess else None
-    source = open_source(data_path, model=model, preprocess=preprocess, split="test")
     metric = metric_from_spec(experiment.metric)
+    source, data_path = scored_source(model, data, metric=metric, output=experiment.output,
+                                      preprocess=experiment.preprocess, classes=experiment.classes,
+                                      samples=experiment.samples, cache_bytes=experiment.cache_bytes)
+    runner = LocalRunner(model, source, metric, experiment.trials, output=experiment.output, floor=experiment.floor,
+                         on_batch=on_batch)
+    return runner, data_path, metric
+
+
+def scored_source(model: ir.Model, data, *, metric: Metric, output: str | None = None, preprocess: str | None = None,
+                  classes: Sequence[str] | None = None, samples: int | None = None,
+                  cache_bytes: int = 0) -> tuple[DataSource, pathlib.Path]:
+    """The data a metric scores the model on: opened for the model, its class folders matched to the model's
+    classes, its labels checked against the scored output, the first ``samples`` samples, cached in memory up
+    to ``cache_bytes``; and where it was read from."""
+    data_path = resolve_data(data)
+    parsed = Preprocess.parse(preprocess) if preprocess else None
+    source = open_source(data_path, model=model, preprocess=parsed, split="test")
     outputs = list(model_outputs(model))
-    chosen = next((o for o in outputs if o.name == experiment.output), outputs[0]) if outputs else None
-    classes = experiment.classes or model_class_names(model)
-    if experiment.classes and chosen is not None and chosen.shape and isinstance(chosen.shape[-1], int) and (
-            chosen.shape[-1] != len(experiment.classes)):
-        raise OnnxflipError(f"--classes names {len(experiment.classes)} classes but the model's output "
+    chosen = next((o for o in outputs if o.name == output), outputs[0]) if outputs else None
+    names = classes or model_class_names(model)
+    if classes and chosen is not None and chosen.shape and isinstance(chosen.shape[-1], int) and (
+            chosen.shape[-1] != len(classes)):
+        raise OnnxflipError(f"--classes names {len(classes)} classes but the model's output "
                             f"{chosen.name!r} has {chosen.shape[-1]}")
-    source = match_classes(source, classes, where=str(data_path))
+    source = match_classes(source, names, where=str(data_path))
     if metric.needs_labels:
         if not source.has_labels:
             raise OnnxflipError(f"metric {metric.name} needs labels, and {data_path} has none; "
                                 "use a label-free metric (agreement, rel-error, nonfinite)")
         if chosen is not None:
             check_labels(source, chosen, where=str(data_path))
-    if experiment.samples is not None:
-        if experiment.samples > len(source):
-            raise OnnxflipError(f"asked for {experiment.samples} samples but {data_path} has only {len(source)}")
-        source = source.subset(experiment.samples)
-    source = source.cached(experiment.cache_bytes)
-    runner = LocalRunner(model, source, metric, experiment.trials, output=experiment.output, floor=experiment.floor,
-                         on_batch=on_batch)
-    return runner, data_path, metric
+    if samples is not None:
+        if samples > len(source):
+            raise OnnxflipError(f"asked for {samples} samples but {data_path} has only {len(source)}")
+        source = source.subset(samples)
+    return source.cached(cache_bytes), data_path
 
 
 # How much a campaign measures: a resumed campaign may ask for more (its recorded trials are kept, each being the

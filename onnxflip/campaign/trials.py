@@ -53,6 +53,7 @@ from onnxflip.graph.passes.materialize import materialize_parameters, parameter_
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.metrics import Metric
+from onnxflip.protection import Protection
 from onnxflip.runtime.flip import as_ortvalue
 from onnxflip.runtime.session import (
     PROVIDERS,
@@ -109,6 +110,7 @@ class TrialSettings:
     flip_p: float = 0.0  # flip probability (in ``direction``) of every trial of a stuck-at sweep
     ecc: str = "none"
     on_detected: str = "keep"
+    protection: Protection = field(default_factory=Protection)  # bits that never flip, per site
 
     def __post_init__(self) -> None:
         if self.sweep not in SWEEPS:
@@ -135,6 +137,9 @@ class TrialSettings:
         data = asdict(self)
         data["targets"] = list(self.targets)
         data["selection"]["activation_ops"] = list(self.selection.activation_ops)
+        data.pop("protection")
+        if self.protection.masks:  # recorded where given (results without it stay comparable)
+            data["protection"] = self.protection.to_json()
         return data
 
     def rates(self, x: float) -> tuple[float, float, float, float]:
@@ -151,7 +156,7 @@ class TrialSettings:
         return InjectionConfig.build(format=self.format, targets=self.targets, bits=self.bits,
                                      nonfinite=self.nonfinite, activation_randomness="fixed",
                                      selection=self.selection, fold_batchnorm=self.fold_batchnorm,
-                                     ecc=self.ecc, on_detected=self.on_detected)
+                                     ecc=self.ecc, on_detected=self.on_detected, protection=self.protection)
 
 
 class _TrialSession(NamedTuple):
@@ -183,6 +188,9 @@ def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozen
     config = _injected_config(model)
     if config is None:
         return settings
+    if settings.protection.masks:
+        raise OnnxflipError("the model is injected already: protect its bits when injecting (inject --protect), or "
+                            "give the clean model")
     faults = {target: config[target] for target in TARGETS if config.get(target)}
     recorded = {"targets": tuple(faults), "bits": next(iter(faults.values()))["bits"] if faults else settings.bits}
     for name, value in recorded.items():

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import check_ecc, check_stuck
 from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
+from onnxflip.protection import Protection
 from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 
@@ -75,6 +76,7 @@ class InjectionConfig:
     qparams: FaultModel | None = None  # quantisation scales and zero points: only when asked for
     selection: Selection = field(default_factory=Selection)
     fold_batchnorm: bool = True
+    protection: Protection = field(default_factory=Protection)  # bits that never flip, per site
 
     @classmethod
     def build(
@@ -95,6 +97,7 @@ class InjectionConfig:
         on_detected: str = "keep",
         selection: Selection | None = None,
         fold_batchnorm: bool = True,
+        protection: Protection | None = None,
     ) -> InjectionConfig:
         """One fault model shared by the chosen target classes (activations with their own randomness)."""
         targets = tuple(targets)
@@ -110,7 +113,8 @@ class InjectionConfig:
                               s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
         return cls(format=format, activations=fault("activations"), weights=fault("weights"),
-                   biases=fault("biases"), qparams=fault("qparams"), selection=selection or Selection(), fold_batchnorm=fold_batchnorm)
+                   biases=fault("biases"), qparams=fault("qparams"), selection=selection or Selection(), fold_batchnorm=fold_batchnorm,
+                   protection=protection or Protection())
 
     def fault_model(self, target: str) -> FaultModel | None:
         return getattr(self, target)
@@ -122,4 +126,7 @@ class InjectionConfig:
     def to_json(self) -> dict:
         data = asdict(self)
         data["selection"]["activation_ops"] = list(self.selection.activation_ops)
+        data.pop("protection")
+        if self.protection.masks:  # recorded where given (results without it stay comparable)
+            data["protection"] = self.protection.to_json()
         return data

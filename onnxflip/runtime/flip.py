@@ -117,7 +117,7 @@ def flip_bits(
 
     ``p`` flips every allowed bit with that probability; ``p01``/``p10`` give
     the 0->1 and 1->0 probabilities separately.  ``bits`` names the field that
-    may change (see :mod:`onnxflip.bits`).  ``s0``/``s1`` stick cells at 0/1
+    may change (see :mod:`onnxflip.bits`; the mask 0: none, a site protected whole).  ``s0``/``s1`` stick cells at 0/1
     (after the flips), the same cells for the same ``stuck_seed`` (default:
     ``seed``) and ``stream``; ``ecc`` (``none``, ``secded``, ``secded64``) stores the
     values in SECDED words, and ``on_detected`` (``keep``, ``zero``) says what
@@ -134,7 +134,8 @@ def flip_bits(
     check_stuck(s0, s1)
     words = stored_words(ecc, etype, arr.size)  # checks ecc and that it fits the type
     check_ecc(ecc, on_detected)
-    session = _session(etype.name, field_mask(etype, bits), int(stream), "fixed", nonfinite, ecc, on_detected,
+    mask = 0 if isinstance(bits, int) and bits == 0 else field_mask(etype, bits)  # 0: a site protected whole
+    session = _session(etype.name, mask, int(stream), "fixed", nonfinite, ecc, on_detected,
                        bool(return_counts), threads)
     out = run_flipbits_session(session, arr, p01=prob01, p10=prob10, seed=seed, s0=float(s0), s1=float(s1),
                                stuck_seed=stuck_seed)

@@ -21,8 +21,10 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.runtime.library import get_library_path
 
 __all__ = [
+    "BOUND_PER_SESSION",
     "IR_VERSION",
     "PROVIDERS",
+    "bound_per_session",
     "external_data_folder",
     "make_session",
     "read_external_data_from",
@@ -40,6 +42,8 @@ PROVIDERS: Mapping[str, tuple[str, ...]] = {
     "cpu": ("CPUExecutionProvider",),
     "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
 }
+# Where a model's initializers bound per session say their data lies: nowhere to read, each session binds its own.
+BOUND_PER_SESSION = "onnxflip-bound-per-session"
 _ORT_DEFAULT_SEVERITY = 2  # ONNX Runtime's own default for its process-wide logger: warnings
 
 
@@ -60,6 +64,19 @@ def runtime_proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
 def runtime_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
     """The serialised model at an IR version ONNX Runtime reads."""
     return runtime_proto(model).SerializeToString()
+
+
+def bound_per_session(proto: onnx.ModelProto, names: set[str]) -> bytes:
+    """The serialised model with the named main-graph initializers left without data: each session binds its
+    own arrays to them (``SessionOptions.add_external_initializers``) before ONNX Runtime optimises the
+    graph, so they stay constants it may pre-pack.  ``proto`` is changed."""
+    for init in proto.graph.initializer:
+        if init.name in names:
+            placeholder = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
+                                           data_location=onnx.TensorProto.EXTERNAL)
+            placeholder.external_data.add(key="location", value=BOUND_PER_SESSION)
+            init.CopyFrom(placeholder)
+    return proto.SerializeToString()
 
 
 def external_data_folder(model: ir.Model) -> str | None:

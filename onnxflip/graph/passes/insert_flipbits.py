@@ -61,6 +61,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        self.config.protection.check_sites(s.name for s in self.sites)
         rows = [self.describe(s) for s in self.sites]
         controls = {t: self._add_controls(graph, t) for t in self.config.targets}
         counts: dict[str, list[ir.Value]] = {}
@@ -113,8 +114,9 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
         graph.outputs.append(total)
 
     def _mask(self, site: Site) -> int:
+        """The bits that may flip: the fault model's field, less the bits the protection keeps."""
         etype = element_type(int(site.stored_dtype))
-        return field_mask(etype, self.config.fault_model(site.target).bits)
+        return field_mask(etype, self.config.fault_model(site.target).bits) & ~self.config.protection.mask(site.name)
 
     def describe(self, site: Site) -> dict:
         etype = element_type(int(site.stored_dtype))

@@ -158,7 +158,8 @@ FORMAT_OPTION = _option(
 TARGETS_OPTION = _option(
     "--targets", type=CommaList(TARGETS), default=",".join(DEFAULT_TARGETS), show_default=True,
     help="Which stored values flip (comma-separated): activations, weights, biases, and qparams (quantisation "
-         "scales and zero points, not in the default).",
+         "scales and zero points) and kv-cache (the keys and values a decoder writes into its cache), not in the "
+         "default.",
 )
 BITS_OPTION = _option(
     "--bits", default="all", show_default=True,
@@ -288,8 +289,9 @@ def _protection(path: pathlib.Path | None) -> Protection:
 
 
 def _injection_config(*, fmt, faults, selection, no_fold_batchnorm, protect=None) -> InjectionConfig:
+    fields = {target.replace("-", "_"): fault for target, fault in faults.items()}  # kv-cache: kv_cache
     return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm,
-                           protection=_protection(protect), **faults)
+                           protection=_protection(protect), **fields)
 
 
 # Option groups: each command takes the object, never the options.
@@ -505,7 +507,8 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @click.option("--samples", type=click.IntRange(1), default=None,
               help="The first N samples (classes kept balanced) define the measurement [default: all].")
 @click.option("--metric", default="top1", show_default=True,
-              help="top1, topK (top5...), agreement, rel-error, nonfinite, or package.module:function.")
+              help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, greedy:N, or "
+                   "package.module:function.")
 @click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
 @click.option("--floor", type=float, default=None,
               help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
@@ -738,7 +741,8 @@ def _time_budget(text: str) -> float:
 @click.option("--samples", type=click.IntRange(1), default=100, show_default=True,
               help="The first N samples (classes kept balanced) every flip is scored on.")
 @click.option("--metric", default="top1", show_default=True,
-              help="top1, topK (top5...), agreement, rel-error, nonfinite, or package.module:function.")
+              help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, or "
+                   "package.module:function.")
 @click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
 @click.option("--floor", type=float, default=None,
               help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")

@@ -76,14 +76,15 @@ def stored_words(ecc: str, etype: ElementType, elements: int) -> int:
 def words_per_run(sites: list[dict], target: str, *, batch: int = 1) -> int:
     """Words one run reads at a target class's ECC sites, from the site list of the injection metadata
     (``json.loads(model.metadata_props["onnxflip.injection"])["sites"]``): the denominator of the fractions
-    of ``onnxflip_<target>_counts``.  Activation sites hold one sample's elements: ``batch`` samples per run."""
+    of ``onnxflip_<target>_counts``.  Sites written per sample (activations, the cache) hold one sample's
+    elements: the caller gives ``batch``, the samples a run stores (1 for the parameters, stored once)."""
     total = 0
     for site in sites:
         if site["target"] != target or "ecc" not in site:
             continue
         if site["elements"] is None:
             raise OnnxflipError(f"site {site['tensor']} has no static size; count its words from its tensor")
-        elements = site["elements"] * (batch if target == "activations" else 1)
+        elements = site["elements"] * batch
         total += stored_words(site["ecc"], element_type(site["dtype"]), elements)
     return total
 

@@ -10,6 +10,8 @@ the clean score and the floor) means the same on every metric.
 | ``agreement`` | 1 if the top-1 class equals the clean model's (for (batch, ..., classes) outputs, such as a language model's (batch, positions, vocabulary) logits: the share of positions that agree) | clean | 1 / classes |
 | ``rel-error`` | 1 if ``||faulty - clean|| / ||clean|| <= threshold`` (L2 over the sample, default 0.1) | clean | 0 |
 | ``nonfinite`` | 1 if every output value is finite (the mean is 1 - the NaN/inf rate) | - | 0 |
+| ``perplexity`` | ``(log V - nll) / (log V - nll_clean)`` in [0, 1] of a decoder's next-token likelihood (:mod:`onnxflip.language`) | clean, input_ids | 0 |
+| ``greedy:N`` | the share of N greedily generated tokens equal to the clean model's (a decode loop over the cache) | clean, a cache | 1 / V |
 | ``package.module:function`` or ``file.py:function`` | what the function returns | - | 0 |
 
 Classification metrics read (batch, classes) outputs; ``classes`` is the
@@ -57,16 +59,22 @@ __all__ = [
     "metric_from_spec",
     "nan_argmax",
     "relative_errors",
+    "targets_of",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REL_ERROR_THRESHOLD = 0.1
-METRIC_NAMES = ("top1", "topK (top5, ...)", "agreement", "rel-error", "nonfinite", "package.module:function")
+METRIC_NAMES = ("top1", "topK (top5, ...)", "agreement", "rel-error", "nonfinite", "perplexity", "greedy:N",
+                "package.module:function")
 
 
 @runtime_checkable
 class Metric(Protocol):
+    """Scores a batch's outputs.  Optional attributes: ``reads_input`` (the name of a model input the metric
+    scores against instead of the labels, see :func:`targets_of`) and ``generate`` (a method that drives the
+    model through a decode loop and returns what ``scores`` reads, see :class:`onnxflip.language.Greedy`)."""
+
     name: str
     needs_labels: bool
     needs_clean: bool
@@ -302,6 +310,17 @@ def _user_metric(spec: str) -> UserMetric:
                       floor_value=float(floor))
 
 
+def targets_of(metric: Metric, batch) -> np.ndarray | None:
+    """What a metric scores a batch against: its labels, or for a metric that reads a model input (perplexity:
+    the token ids, whose next tokens it predicts) that input."""
+    name = getattr(metric, "reads_input", None)  # an optional attribute of the protocol
+    if name is None:
+        return batch.labels
+    if name not in batch.feeds:
+        raise OnnxflipError(f"{metric.name} reads the model input {name!r}, which the model does not take")
+    return batch.feeds[name]
+
+
 def metric_from_spec(spec: str, *, threshold: float | None = None, k: int | None = None) -> Metric:
     """The metric a spec names: top1, top5 / topK (with ``k``), agreement, rel-error, nonfinite, or a
     user function ``package.module:function``; ``threshold`` is rel-error's (default 0.1)."""
@@ -323,6 +342,17 @@ def metric_from_spec(spec: str, *, threshold: float | None = None, k: int | None
         return RelError() if threshold is None else RelError(threshold=threshold)
     if lower == "nonfinite":
         return Nonfinite()
+    if lower == "perplexity":
+        from onnxflip.language import Perplexity
+
+        return Perplexity()
+    if lower.startswith("greedy:"):
+        from onnxflip.language import Greedy
+
+        count = lower.partition(":")[2]
+        if not count.isdigit() or int(count) < 1:
+            raise OnnxflipError(f"greedy:N needs a whole number of tokens N >= 1, not {text!r}")
+        return Greedy(tokens=int(count))
     if ":" in text:
         return _user_metric(text)
     raise OnnxflipError(f"unknown metric {spec!r}; choose {', '.join(METRIC_NAMES)}")

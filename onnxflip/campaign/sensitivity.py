@@ -58,8 +58,8 @@ from onnxflip.data.sources import DataSource
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.probes import Probes, ProbeSite, insert_probes
-from onnxflip.graph.sites import DEFAULT_TARGETS, Selection
-from onnxflip.metrics import Metric
+from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, Selection
+from onnxflip.metrics import Metric, targets_of
 from onnxflip.modelio import write_atomically
 from onnxflip.protection import Protection, choose_plan
 from onnxflip.runtime.flip import as_ortvalue
@@ -202,7 +202,7 @@ class _Scorer:
         self.threads = threads
         self.session = make_session(probes.probed, threads=threads)
         self.batches = list(source.batches(batch_size))
-        self.activations = [s for s in probes.sites if s.target == "activations" and s.unprobed is None]
+        self.activations = [s for s in probes.sites if s.target in PER_SAMPLE_TARGETS and s.unprobed is None]
         self.parameters = {s.stored_name: s.value for s in probes.sites if s.stored_name is not None}
         self.empty = {}
         for site in self.activations:
@@ -218,7 +218,7 @@ class _Scorer:
         for batch in self.batches:
             out, values = self._clean_run(batch)
             self.clean_outputs.append(out)
-            self.clean_scores.append(np.asarray(metric.scores(out, out, batch.labels), dtype=np.float64))
+            self.clean_scores.append(np.asarray(metric.scores(out, out, targets_of(metric, batch)), dtype=np.float64))
             stored += sum(v.nbytes for v in values.values())
             if self._values is not None:
                 self._values.append(values)
@@ -251,7 +251,8 @@ class _Scorer:
     def losses(self, b: int, outputs: np.ndarray) -> np.ndarray:
         """Per sample of batch b: clean score - score of these outputs."""
         batch = self.batches[b]
-        scores = np.asarray(self.metric.scores(outputs, self.clean_outputs[b], batch.labels), dtype=np.float64)
+        scores = np.asarray(self.metric.scores(outputs, self.clean_outputs[b], targets_of(self.metric, batch)),
+                            dtype=np.float64)
         return self.clean_scores[b] - scores
 
     def probed_run(self, b: int, writes: dict[ProbeSite, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -289,6 +290,8 @@ def measure(model, source: DataSource, metric: Metric, settings: SensitivitySett
             on_round: Callable[[dict], None] | None = None) -> SensitivityMap:
     """The vulnerability map of ``model`` on the samples of ``source`` (see the module docstring)."""
     began = time.perf_counter()
+    if hasattr(metric, "generate"):
+        raise OnnxflipError(f"a map scores single runs; {metric.name} generates over many: use perplexity or agreement")
     probes = insert_probes(model, format=settings.format, targets=settings.targets, bits=settings.bits,
                            selection=settings.selection, fold_batchnorm=settings.fold_batchnorm)
     fixed = batch_dimension(probes.probed)
@@ -317,8 +320,8 @@ def measure(model, source: DataSource, metric: Metric, settings: SensitivitySett
         wide = [c for c in cells if c.trials == 0 or c.width > settings.width]
         if not wide or time.perf_counter() >= deadline:
             break
-        by_run = [c for c in wide if c.site.target == "activations" and c.site.name not in scorer.shared]
-        by_trial = sorted((c for c in wide if c.site.target != "activations" or c.site.name in scorer.shared),
+        by_run = [c for c in wide if c.site.target in PER_SAMPLE_TARGETS and c.site.name not in scorer.shared]
+        by_trial = sorted((c for c in wide if c.site.target not in PER_SAMPLE_TARGETS or c.site.name in scorer.shared),
                           key=lambda c: (c.trials > 0, -c.width))
         started = time.perf_counter()
         if rounds == 0:  # every cell its first trials, in a random order (the budget may end the round)
@@ -358,7 +361,7 @@ def _cells(probes: Probes, scorer: _Scorer, scale: float) -> tuple[list[Cell], l
         if site.unprobed is not None:
             unmeasured.append({"site": site.name, "target": site.target, "reason": site.unprobed})
             continue
-        if site.target == "activations":
+        if site.target in PER_SAMPLE_TARGETS:
             values = scorer.values(0)[site.name]
             if values.ndim == 0 or values.shape[0] != len(scorer.batches[0]):
                 scorer.shared.add(site.name)
@@ -399,7 +402,7 @@ def _activation_round(scorer: _Scorer, cells: list[Cell], rng: np.random.Generat
 def _parameter_trial(scorer: _Scorer, cell: Cell, rng: np.random.Generator) -> float:
     """One flip of the cell's bit in one element of its site, scored over every sample."""
     site = cell.site
-    if site.target == "activations":  # shared by the batch: the same element of every batch
+    if site.target in PER_SAMPLE_TARGETS:  # shared by the batch: the same element of every batch
         shape = scorer.values(0)[site.name].shape
         element = np.unravel_index(int(rng.integers(math.prod(shape))), shape)
         losses = []

@@ -46,13 +46,14 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.data.sources import DataSource
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import WordCounts, check_ecc, check_stuck, words_per_run
+from onnxflip.graph.cache import cache_pairs
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
-from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
-from onnxflip.metrics import Metric
+from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
+from onnxflip.metrics import Metric, targets_of
 from onnxflip.protection import Protection
 from onnxflip.runtime.flip import as_ortvalue
 from onnxflip.runtime.session import (
@@ -306,7 +307,7 @@ class LocalRunner:
         for target in self.targets:
             for what, rate in zip(("p01", "p10", "s0", "s1"), (p01, p10, s0, s1)):
                 values[control_input_name(target, what)] = np.array(rate, np.float32)
-            if target != "activations":
+            if target not in PER_SAMPLE_TARGETS:
                 values[control_input_name(target, "seed")] = np.array(trial_seed, np.int64)
         return values
 
@@ -401,22 +402,44 @@ class LocalRunner:
         stored values are words read like any other (ECC counts cover them).
         """
         feeds, short = self._filled(feeds)
-        if activation_seed is not None and "activations" in self.targets:
+        written = [t for t in PER_SAMPLE_TARGETS if t in self.targets]  # flipped anew by every run
+        if activation_seed is not None and written:
             controls = [(w, np.array(r, np.float32)) for w, r in zip(("p01", "p10", "s0", "s1"), rates)]
             controls.append(("seed", np.array(activation_seed, np.int64)))
             if rates[2] or rates[3]:  # one memory per trial: every batch reads the trial's stuck cells
                 controls.append(("stuck_seed", np.array([trial_seed], np.int64)))
-            for what, value in controls:
-                name = control_input_name("activations", what)
-                if name in names:
-                    feeds[name] = value
-                elif any(rates):  # the activations' FlipBits would run on their defaults: nothing would flip
-                    raise OnnxflipError(f"ONNX Runtime does not let the trial feed the model's control input {name}, "
-                                        "so its activations would not flip; inject the original model again")
+            for target in written:
+                for what, value in controls:
+                    name = control_input_name(target, what)
+                    if name in names:
+                        feeds[name] = value
+                    elif any(rates):  # the target's FlipBits would run on their defaults: nothing would flip
+                        raise OnnxflipError(f"ONNX Runtime does not let the trial feed the model's control input "
+                                            f"{name}, so its {target} would not flip; inject the original model again")
         available = {o.name for o in session.get_outputs()}
         counted = [t for t in self.counted if counts_output_name(t) in available]
+        if hasattr(self.metric, "generate"):  # a decode loop: one run per token, each step its own activation seeds
+            out = self._generate(session, feeds, activation_seed, [t for t in written if t in self.targets])
+            return (out if short is None else out[:short]), {}
         out, *counts = session.run([self.output, *(counts_output_name(t) for t in counted)], feeds)
         return (out if short is None else out[:short]), dict(zip(counted, counts))
+
+    def _generate(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], activation_seed: int | None,
+                  written: list[str]) -> np.ndarray:
+        """What a generating metric reads: its decode loop, where step s > 0 feeds the targets written per run
+        the seed mix(batch seed, s) (step 0 the batch seed), so that each step's flips are its own."""
+        pairs = cache_pairs([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        names = [self.output, *(present for _, present in pairs)]
+
+        def run(step_feeds: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+            step_feeds = dict(step_feeds)
+            for target in written if activation_seed is not None and step else ():
+                name = control_input_name(target, "seed")
+                if name in step_feeds:
+                    step_feeds[name] = np.array(mix_seed(activation_seed, step), np.int64)
+            return dict(zip(names, session.run(names, step_feeds)))
+
+        return self.metric.generate(run, feeds, output=self.output, pairs=pairs)
 
     def _filled(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int | None]:
         """The feeds of a batch filled up to the model's fixed batch size, and the true length where it was
@@ -438,7 +461,7 @@ class LocalRunner:
         words = {}
         for target in self.counted:
             try:
-                if target == "activations":
+                if target in PER_SAMPLE_TARGETS:
                     # a fixed batch is in the sites' static shapes already: each run stores one whole batch
                     read = [words_per_run(self._sites, target, batch=1 if self.fixed_batch else n) for n in batch_sizes]
                 else:
@@ -449,7 +472,7 @@ class LocalRunner:
                     logger.warning("no word fractions for %s: %s", target, exc)
                 continue
             total = WordCounts(words=sum(read))
-            for c in counts if target == "activations" else counts[:1]:
+            for c in counts if target in PER_SAMPLE_TARGETS else counts[:1]:
                 if target in c:  # absent where the target's FlipBits were dropped (all rates 0): nothing read wrong
                     total += WordCounts.from_output(c[target], words=0)
             words[target] = asdict(total)
@@ -470,7 +493,8 @@ class LocalRunner:
             counts.append(batch_counts)
             sizes.append(len(batch))
             reference = clean[start : start + len(batch)] if clean is not None else None
-            batch_scores = np.asarray(self.metric.scores(out, reference, batch.labels), dtype=np.float64)
+            batch_scores = np.asarray(self.metric.scores(out, reference, targets_of(self.metric, batch)),
+                                      dtype=np.float64)
             scores.append(batch_scores)
             nonfinite += int((~np.isfinite(out.reshape(len(out), -1))).any(axis=1).sum())
             start += len(batch)

@@ -2,7 +2,8 @@
 
 Each array's first axis is the sample; any count of inputs and any dtype
 (float images, int64 token ids, attention masks), exactly as the model takes
-them.  An input the model declares as a scalar (a Loop's trip count) is a
+them; for a decoder with past key values, ``input_ids`` alone (the mask and
+an empty past are made, see :mod:`onnxflip.data.decoder`).  An input the model declares as a scalar (a Loop's trip count) is a
 0-d array, fed as it is with every batch.  ``labels`` are integer class indices, one per sample.  The file is
 read into memory whole (for image sets larger than memory, use an
 ImageFolder tree, which streams).
@@ -18,6 +19,7 @@ import zipfile
 
 import numpy as np
 
+from onnxflip.data.decoder import complete_arrays
 from onnxflip.data.sources import ArraySource, InputSpec, check_arrays
 from onnxflip.errors import OnnxflipError
 
@@ -54,6 +56,7 @@ def open_npz(path: pathlib.Path, *, specs: list[InputSpec] | None) -> ArraySourc
     if LABELS_KEY in arrays and LABELS_KEY not in input_names:
         labels = _labels(arrays.pop(LABELS_KEY), path)
     if specs is not None:
+        arrays = complete_arrays(arrays, specs, where=str(path))  # a decoder's mask and empty past
         check_arrays(arrays, specs, where=str(path))
         extra = sorted(set(arrays) - input_names)
         if extra:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import check_ecc, check_stuck
-from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
+from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
 from onnxflip.protection import Protection
 from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
@@ -74,6 +74,7 @@ class InjectionConfig:
     weights: FaultModel | None = field(default_factory=FaultModel)
     biases: FaultModel | None = field(default_factory=FaultModel)
     qparams: FaultModel | None = None  # quantisation scales and zero points: only when asked for
+    kv_cache: FaultModel | None = None  # the entries a decoder writes into its key-value cache: only when asked for
     selection: Selection = field(default_factory=Selection)
     fold_batchnorm: bool = True
     protection: Protection = field(default_factory=Protection)  # bits that never flip, per site
@@ -108,16 +109,17 @@ class InjectionConfig:
         def fault(target: str) -> FaultModel | None:
             if target not in targets:
                 return None
-            randomness = activation_randomness if target == "activations" else parameter_randomness
+            randomness = activation_randomness if target in PER_SAMPLE_TARGETS else parameter_randomness
             return FaultModel(p01=p01, p10=p10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness,
                               s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
         return cls(format=format, activations=fault("activations"), weights=fault("weights"),
-                   biases=fault("biases"), qparams=fault("qparams"), selection=selection or Selection(), fold_batchnorm=fold_batchnorm,
+                   biases=fault("biases"), qparams=fault("qparams"), kv_cache=fault("kv-cache"),
+                   selection=selection or Selection(), fold_batchnorm=fold_batchnorm,
                    protection=protection or Protection())
 
     def fault_model(self, target: str) -> FaultModel | None:
-        return getattr(self, target)
+        return getattr(self, target.replace("-", "_"))
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -127,6 +129,9 @@ class InjectionConfig:
         data = asdict(self)
         data["selection"]["activation_ops"] = list(self.selection.activation_ops)
         data.pop("protection")
+        kv_cache = data.pop("kv_cache")
+        if kv_cache is not None:  # recorded under the target's name, where targeted
+            data["kv-cache"] = kv_cache
         if self.protection.masks:  # recorded where given (results without it stay comparable)
             data["protection"] = self.protection.to_json()
         return data

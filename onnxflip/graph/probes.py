@@ -35,7 +35,7 @@ from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import _run, plan_sites
 from onnxflip.graph.passes import StoreInFormatPass
 from onnxflip.graph.passes.insert_probes import InsertProbesPass, probe_input_names, probe_value_name
-from onnxflip.graph.sites import DEFAULT_TARGETS, Selection, Site
+from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, Selection, Site
 from onnxflip.runtime.contract import ElementType, element_type
 from onnxflip.runtime.session import bound_per_session, runtime_proto
 
@@ -97,9 +97,8 @@ def insert_probes(model: ir.Model, *, format: str = "float32", targets: Iterable
     described = [_describe(converted.graph, index, site, bits) for index, site in enumerate(sites)]
     bound = {s.stored_name for s in described if s.stored_name is not None}
     template = bound_per_session(runtime_proto(converted), bound)
-    probed = [site for site, d in zip(sites, described) if d.target == "activations" and d.unprobed is None]
-    _run([InsertProbesPass(probed, indices=[d.index for d in described
-                                            if d.target == "activations" and d.unprobed is None])], converted)
+    written = [d for d in described if d.target in PER_SAMPLE_TARGETS and d.unprobed is None]
+    _run([InsertProbesPass([sites[d.index] for d in written], indices=[d.index for d in written])], converted)
     return Probes(converted, template, described)
 
 
@@ -110,7 +109,7 @@ def _describe(graph: ir.Graph, index: int, site: Site, bits: str | int) -> Probe
               "mask": field_mask(etype, bits), "elements": site.elements()}
     if stored.graph is not graph:
         return ProbeSite(**common, unprobed="inside an If/Loop/Scan body")
-    if site.target == "activations":
+    if site.target in PER_SAMPLE_TARGETS:
         return ProbeSite(**common)
     if not stored.is_initializer() or stored.is_graph_input() or stored.const_value is None:
         return ProbeSite(**common, unprobed="fed at run time (a graph input), not stored in the model")

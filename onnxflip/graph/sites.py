@@ -1,6 +1,6 @@
 """Where a model writes values to memory: the sites FlipBits is inserted at.
 
-Four target classes (the first three by default):
+Five target classes (the first three by default):
 
 * ``activations``: tensors a layer writes.  In a float graph, by default the
   outputs of activation functions (Softmax too), LayerNormalization, pooling
@@ -11,6 +11,11 @@ Four target classes (the first three by default):
   dynamic quantisation), their int8/uint8 outputs besides the float ones.
   Only values computed from some Conv, Gemm, MatMul (in any quantised form)
   or embedding lookup count, so input preprocessing is never a target.
+* ``kv-cache``: in a decoder export with past key values, the keys and
+  values a run writes into its cache: the entries ``present.*`` appends to
+  ``past_key_values.*`` (see :mod:`onnxflip.graph.cache`), one key and one
+  value site per layer.  The ``present.*`` outputs themselves are never
+  activation sites: their old entries a run only reads.
 * ``weights``, ``biases`` and ``qparams``: the stored tensors of those roles
   (see :mod:`onnxflip.graph.stored`): every numeric parameter a node
   computes with, embedding tables and normalisation parameters included,
@@ -38,11 +43,13 @@ import onnx
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
+from onnxflip.graph.cache import cache_outputs, new_entries
 from onnxflip.graph.stored import all_nodes, downstream_of_compute, quantised_form, stored_behind, stored_tensors
 
 __all__ = [
     "DEFAULT_ACTIVATION_OPS",
     "DEFAULT_TARGETS",
+    "PER_SAMPLE_TARGETS",
     "TARGETS",
     "Selection",
     "Site",
@@ -50,8 +57,9 @@ __all__ = [
     "find_sites",
 ]
 
-TARGETS = ("activations", "weights", "biases", "qparams")
-DEFAULT_TARGETS = ("activations", "weights", "biases")  # quantisation parameters only when asked for
+TARGETS = ("activations", "weights", "biases", "qparams", "kv-cache")
+DEFAULT_TARGETS = ("activations", "weights", "biases")  # quantisation parameters and the cache only when asked for
+PER_SAMPLE_TARGETS = ("activations", "kv-cache")  # written by every run, per sample (the others: stored once)
 _QUANTISED = frozenset({ir.DataType.INT8, ir.DataType.UINT8})
 DEFAULT_ACTIVATION_OPS = (
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -108,7 +116,7 @@ class Site:
         if shape is None:
             return None
         dims = list(shape)
-        if self.target == "activations" and dims and not isinstance(dims[0], int):
+        if self.target in PER_SAMPLE_TARGETS and dims and not isinstance(dims[0], int):
             dims = dims[1:]
         if not all(isinstance(d, int) for d in dims):
             return None
@@ -285,8 +293,9 @@ def _activation_sites(graph: ir.Graph, selection: Selection, form: str | None,
     chosen = [out for node in all_nodes(graph) for out in _wanted_outputs(node, selection, form, compute_dtype)
               if out in downstream and (out.uses() or out.is_graph_output())]  # a value nothing reads is no site
     if form != "qdq":
+        cache = cache_outputs(graph)  # the cache a run returns is read, not written, by the next: no activation
         chosen += [out for out in map(_stored_output, graph.outputs) if out in downstream and out.dtype == compute_dtype
-                   and _view_source(out) not in chosen]
+                   and _view_source(out) not in chosen and out not in cache]
     for value in _passed_on_by_control_flow(dict.fromkeys(chosen), downstream):
         producer = value.producer()
         yield Site(value, "activations", producer.name if producer is not None else "")
@@ -308,9 +317,13 @@ def find_sites(
         raise OnnxflipError(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
     graph = model.graph
     sites = list(_parameter_sites(graph, wanted))
+    kv = [Site(value, "kv-cache", present) for value, _, present in new_entries(graph)] \
+        if "kv-cache" in wanted else []
     if "activations" in wanted:
         form = "converted" if stored_casts else quantised_form(graph)
-        sites += list(_activation_sites(graph, selection, form, compute_dtype))
+        written = {site.value for site in kv}  # a cache entry is one write: its site is kv-cache's
+        sites += [s for s in _activation_sites(graph, selection, form, compute_dtype) if s.value not in written]
+    sites += kv
     sites = [s for s in sites if _matches(s, selection)]
     for site in sites:
         site.stored_dtype = site.value.dtype or ir.DataType.UNDEFINED

@@ -9,6 +9,7 @@ import math
 import pathlib
 from collections.abc import Sequence
 
+from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import write_atomically
 
 __all__ = ["CSV_COLUMNS", "plot_map", "plot_plans", "summary_lines", "write_map"]
@@ -64,14 +65,15 @@ def plot_map(result: dict, heat_path: pathlib.Path, ranked_path: pathlib.Path) -
     damage = result["damage"]
     fig, ax = plt.subplots(figsize=(7, max(3, len(sites) * 0.2 + 1.5)), dpi=110)
     values = [max(damage[s], 1e-12) for s in sites]
-    colours = [f"C{['activations', 'weights', 'biases', 'qparams'].index(_target(result, s)) % 10}" for s in sites]
+    colours = [f"C{TARGETS.index(_target(result, s))}" for s in sites]
     ax.barh(range(len(sites)), values, color=colours)
     ax.set_yticks(range(len(sites)), sites, fontsize=6)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("damage: loss per inference per unit of p (elements x sum of the bits' vulnerabilities)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(3)]
-    ax.legend(handles, ["activations", "weights", "biases"], fontsize=7, loc="lower right")
+    shown = [t for t in TARGETS if any(r["target"] == t for r in result["rows"])]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{TARGETS.index(t)}") for t in shown]
+    ax.legend(handles, shown, fontsize=7, loc="lower right")
     ax.set_title(_title(result), fontsize=8)
     fig.tight_layout()
     fig.savefig(ranked_path)

@@ -15,7 +15,7 @@ from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.formats import model_format
 from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
-from onnxflip.graph.sites import TARGETS
+from onnxflip.graph.sites import PER_SAMPLE_TARGETS, TARGETS
 from onnxflip.modelio import load_model
 
 __all__ = ["describe_sites", "format_coverage", "format_site_table", "percent"]
@@ -68,7 +68,7 @@ def format_site_table(rows: list[dict], coverage: Coverage | None = None, *, bat
     for target, (count, elements, flippable, unknown) in sorted(totals.items(), key=lambda t: TARGETS.index(t[0])):
         lines.append(f"{target}: {count} sites, {elements:,} elements, {flippable:,} flippable bits"
                      + ((" (per sample)" if batch is None else f" (per batch of {batch})")
-                        if target == "activations" else "")
+                        if target in PER_SAMPLE_TARGETS else "")
                      + (f"; {unknown} site(s) of unknown size (symbolic shape) not counted" if unknown else ""))
     return "\n".join(lines)
 

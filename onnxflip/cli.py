@@ -38,7 +38,7 @@ from onnxflip.protection import Protection, read_plan
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
-from onnxflip.zoo import MODELS, PAPER_NAMES
+from onnxflip.zoo import LANGUAGE_MODEL, MODELS, PAPER_NAMES
 
 __all__ = ["OptionGroup", "cli", "main"]
 
@@ -847,16 +847,43 @@ def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | Non
 
 @cli.group()
 def zoo() -> None:
-    """Train and export the VGG models of the zoo (needs the zoo extra: pip install 'onnxflip[zoo]')."""
+    """Train and export the zoo's VGG models and its small language model (needs the zoo extra: pip install
+    'onnxflip[zoo]')."""
+
+
+def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
+    """``zoo train --model lm``: the VGG-only options refused, the rest with the language model's defaults."""
+    _refuse_with(f"--model {LANGUAGE_MODEL}", ["width", "epochs", "data", "checkpoint"],
+                 "the VGG models; lm reads this Python's standard library source and trains for --steps")
+    import torch
+
+    from onnxflip.modelio import check_output_path
+    from onnxflip.zoo.lm import LMTrainConfig, parameter_count, train_and_export
+
+    check_output_path(output)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OnnxflipError("--device cuda: torch finds no usable CUDA GPU here; use --device cpu")
+    defaults = LMTrainConfig()
+    given = set(_given(["batch_size", "lr"]))
+    config = dataclasses.replace(defaults, steps=steps or defaults.steps, seed=seed, device=device, threads=threads,
+                                 batch_size=batch_size if "--batch-size" in given else defaults.batch_size,
+                                 lr=lr if "--lr" in given else defaults.lr)
+    result, eval_path = train_and_export(config, output, progress=sys.stderr.isatty())
+    click.echo(f"wrote {output} and {eval_path}: {parameter_count(result.model):,} parameters, "
+               f"held-out perplexity {result.heldout_perplexity:.3f} per byte, {result.wall_seconds / 60:.1f} min")
 
 
 @zoo.command()
-@click.option("--model", "name", type=click.Choice(MODELS), default=MODELS[0], show_default=True,
-              help=f"Which VGG: {', '.join(f'{m} ({PAPER_NAMES[m]})' for m in MODELS)}.")
+@click.option("--model", "name", type=click.Choice((*MODELS, LANGUAGE_MODEL)), default=MODELS[0], show_default=True,
+              help=f"Which VGG: {', '.join(f'{m} ({PAPER_NAMES[m]})' for m in MODELS)}; or {LANGUAGE_MODEL}, the "
+                   "byte-level language model, which trains on this Python's standard library source (no --data).")
 @click.option("--width", type=click.FloatRange(0.01, 4), default=0.25, show_default=True, help="Channel width multiplier.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Passes over the training set.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per training step.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True, help="Peak learning rate.")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
+              help="Images per training step (lm: windows per step, default 16).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="Peak learning rate (lm: default 3e-3).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Training steps of the lm model (default 700).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialisation and data order.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where torch trains.")
@@ -865,11 +892,16 @@ def zoo() -> None:
 @OUTPUT_OPTION("the ONNX model")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
-def train(name, width, epochs, batch_size, lr, seed, device, threads, data, output, checkpoint):
-    """Train a VGG on CIFAR-10 and export it to ONNX."""
+def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, data, output, checkpoint):
+    """Train a VGG on CIFAR-10, or the language model on the standard library's source, and export it to ONNX."""
     from onnxflip.zoo import require_extra
 
     require_extra("onnxflip zoo train")
+    if name == LANGUAGE_MODEL:
+        _train_lm(batch_size=batch_size, lr=lr, steps=steps, seed=seed, device=device, threads=threads,
+                  output=output)
+        return
+    _refuse_with(f"--model {name}", ["steps"], f"--model {LANGUAGE_MODEL}")
     from onnxflip.modelio import check_output_path
     from onnxflip.zoo.export import export_onnx
     from onnxflip.zoo.train import TrainConfig

@@ -1,4 +1,5 @@
-"""The model zoo: the VGG networks of the paper, adapted to CIFAR-10.
+"""The model zoo: the VGG networks of the paper, adapted to CIFAR-10, and a small byte-level language model
+(:mod:`onnxflip.zoo.lm`).
 
 Training and export need torch, torchvision and onnxscript, the ``zoo``
 extra (``pip install 'onnxflip[zoo]'``); the model names and configurations
@@ -12,9 +13,9 @@ import importlib
 import importlib.util
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.zoo.configs import CONFIGS, MODELS, PAPER_NAMES
+from onnxflip.zoo.configs import CONFIGS, LANGUAGE_MODEL, MODELS, PAPER_NAMES
 
-__all__ = ["CONFIGS", "EXTRA_MODULES", "MODELS", "PAPER_NAMES", "VGG", "build_vgg", "require_extra"]
+__all__ = ["CONFIGS", "EXTRA_MODULES", "LANGUAGE_MODEL", "MODELS", "PAPER_NAMES", "VGG", "build_vgg", "require_extra"]
 
 # What pyproject.toml's zoo extra installs (torch's ONNX exporter needs onnxscript).
 EXTRA_MODULES = ("torch", "torchvision", "onnxscript")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CONFIGS", "MODELS", "PAPER_NAMES"]
+__all__ = ["CONFIGS", "LANGUAGE_MODEL", "MODELS", "PAPER_NAMES"]
 
 # torchvision.models.vgg.cfgs, by the paper's names.
 CONFIGS: dict[str, list[int | str]] = {
@@ -13,3 +13,6 @@ CONFIGS: dict[str, list[int | str]] = {
 }
 MODELS: tuple[str, ...] = tuple(CONFIGS)
 PAPER_NAMES = {"vgg11": "VGG-A", "vgg13": "VGG-B", "vgg16": "VGG-D", "vgg19": "VGG-E"}
+
+# The small byte-level language model (onnxflip.zoo.lm), trained on the Python standard library's source.
+LANGUAGE_MODEL = "lm"

@@ -186,3 +186,25 @@ def test_an_injected_decoder_keeps_its_outputs_at_p0(real_exports):
     _, injected = _sites(model, ("kv-cache", "activations"))
     proto = onnx.load(str(real_exports["gpt2_past_optimum"].path))
     assert {o.name for o in injected.graph.outputs} >= {o.name for o in proto.graph.output}
+
+
+def test_the_shipped_language_model_is_exposed_whole_and_generates(tmp_path, capsys):
+    """models/lm.onnx: one key and one value site per layer, weight and biases sites >= 95% of its stored float
+    elements, and greedy:8 scores 1 clean and less at p = 1e-3."""
+    import pathlib
+
+    models = pathlib.Path(__file__).resolve().parent.parent / "models"
+    metadata = {p.key: p.value for p in onnx.load(str(models / "lm.onnx"), load_external_data=False).metadata_props}
+    layers = json.loads(metadata["onnxflip.model"])
+    model = load_model(models / "lm.onnx")
+    sites, _ = _sites(model, ("kv-cache",))
+    assert len(sites) == 2 * layers["architecture"]["layers"]
+    assert main(["inspect", str(models / "lm.onnx"), "--json"]) == 0
+    coverage = json.loads(capsys.readouterr().out)["coverage"]["totals"]["float"]
+    assert coverage["share_elements"] >= 0.95
+    data = tmp_path / "eval.npz"
+    np.savez(data, input_ids=np.load(models / "lm_eval.npz")["input_ids"][:32])
+    assert main(["evaluate", str(models / "lm.onnx"), "--data", str(data), "--metric", "greedy:8", "--p", "0,1e-3",
+                 "--trials", "2", "--out", str(tmp_path / "r")]) == 0
+    rows = {r["p"]: r["mean"] for r in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]}
+    assert rows[0.0] == 1.0 and rows[0.001] < 1.0

@@ -2,7 +2,7 @@
 
 Options that together describe one thing are an :class:`OptionGroup`: the
 command receives the object they build (a :class:`~onnxflip.graph.sites.Selection`,
-the :class:`~onnxflip.graph.config.FaultModel` of each target class, an
+the :class:`~onnxflip.faults.FaultModel` of each target class, an
 :class:`~onnxflip.graph.config.InjectionConfig`), not the options one by one.
 
 Exit status: 0 on success; 2 for a usage error (an unknown option, an option
@@ -30,12 +30,11 @@ from onnxflip.campaign.experiment import parse_probabilities
 from onnxflip.campaign.reproduce import TARGET_SETS, parse_target_sets
 from onnxflip.campaign.trials import DIRECTIONS, SWEEPS
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import check_ecc, check_stuck
-from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.faults import FaultModel, resolve_probabilities
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
-from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
 from onnxflip.zoo import MODELS, PAPER_NAMES
 
@@ -232,22 +231,21 @@ def _selection(ops, every_intermediate, include, exclude) -> Selection:
 
 
 def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness, parameter_randomness,
-                  memory) -> dict[str, FaultModel | None]:
+                  memory: FaultModel) -> dict[str, FaultModel | None]:
     """The FaultModel of each target class (None for a class not in --targets)."""
     prob01, prob10 = resolve_probabilities(p, p01, p10)
-    config = InjectionConfig.build(targets=targets, p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite,
-                                   activation_randomness=activation_randomness,
-                                   parameter_randomness=parameter_randomness, **memory)
+    fault = dataclasses.replace(memory, p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite)
+    config = InjectionConfig.build(targets=targets, fault=fault, activation_randomness=activation_randomness,
+                                   parameter_randomness=parameter_randomness)
     return {target: config.fault_model(target) for target in TARGETS}
 
 
-def _memory_faults(*, s0, s1, ecc, on_detected) -> dict:
-    """The stuck-at rates and ECC of evaluate and reproduce, as TrialSettings takes them."""
-    check_stuck(s0, s1)
-    check_ecc(ecc, on_detected)
+def _memory_faults(*, s0, s1, ecc, on_detected) -> FaultModel:
+    """The stuck-at rates and ECC (of every command that takes them) as a fault model; its refusal is an input
+    error."""
     if ecc == "none" and on_detected != "keep":
         raise click.UsageError("--on-detected needs --ecc: without a code no error is detected")
-    return {"s0": s0, "s1": s1, "ecc": ecc, "on_detected": on_detected}
+    return FaultModel(s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
 
 def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:
@@ -551,9 +549,10 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     if fixed is not None and click.get_current_context().get_parameter_source("batch_size") == DEFAULT:
         batch_size = fixed  # a model exported with a fixed batch runs in batches of that size
     try:  # options that contradict each other (a fixed stuck-at rate in a stuck-at sweep): a usage error
-        settings = TrialSettings(targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
-                                 batch_size=batch_size, seed=seed, provider=provider, selection=selection,
-                                 fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p, **memory)
+        settings = TrialSettings(targets=targets, fault=dataclasses.replace(memory, bits=bits, nonfinite=nonfinite),
+                                 direction=direction, batch_size=batch_size, seed=seed, provider=provider,
+                                 selection=selection, fold_batchnorm=not no_fold_batchnorm, sweep=sweep,
+                                 flip_p=flip_p)
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
     context = click.get_current_context()
@@ -825,7 +824,7 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
         raise click.UsageError("--target-sets compares float32 with int8 cells: give --formats with both")
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
                     samples=samples, extras=not no_extras, target_sets=target_sets,
-                    float_bias=not no_float_bias, **memory,
+                    float_bias=not no_float_bias, fault=memory,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:

@@ -11,7 +11,8 @@ from conftest import model_from_text, raw, run_model
 from onnx import TensorProto, helper
 
 from onnxflip import flip_bits, make_session
-from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig, control_input_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.runtime.contract import ELEMENT_TYPES

@@ -28,7 +28,8 @@ from onnxflip.data import (
 )
 from onnxflip.data.imagefolder import PREFETCH_BATCHES, ImageSource
 from onnxflip.data.sources import InputSpec, check_labels, model_outputs
-from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.metrics import Agreement, RelError, TopK
 from onnxflip.modelio import load_model, save_model

@@ -15,8 +15,8 @@ from conftest import TYPE_NAMES, popcount, random_array, raw, run_model, templat
 from onnxflip import OnnxflipError, flip_bits
 from onnxflip.bits import element_type, field_mask
 from onnxflip.cli import main
-from onnxflip.faults import words_per_run
-from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.faults import FaultModel, words_per_run
+from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.modelio import save_model

@@ -13,7 +13,8 @@ import pytest
 from conftest import model_from_text, needs_zoo_extra, run_model, save_model
 
 from onnxflip import OnnxflipError
-from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig, control_input_name
 from onnxflip.graph.inject import convert_format, insert_flipbits
 from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
 from onnxflip.graph.passes.materialize import materialize_parameters
@@ -127,8 +128,9 @@ def test_caller_model_is_not_mutated(injected, transform):
 
 def test_injection_config_build_shares_one_fault_model_across_the_chosen_targets():
     memory = {"s0": 0.01, "s1": 0.02, "ecc": "secded64", "on_detected": "zero"}
-    config = InjectionConfig.build(format="float16", targets=("activations", "weights"), p01=0.1, p10=0.2,
-                                   bits="exponent", seed=7, parameter_randomness="per_run", **memory)
+    fault = FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, **memory)
+    config = InjectionConfig.build(format="float16", targets=("activations", "weights"), fault=fault,
+                                   parameter_randomness="per_run")
     assert config.biases is None and config.targets == ("activations", "weights")
     assert config.weights == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
     assert config.activations == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)

@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -45,7 +45,7 @@ import onnxruntime as ort
 from onnxflip.campaign.design import TrialOutcome
 from onnxflip.data.sources import DataSource
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import WordCounts, check_ecc, check_stuck, words_per_run
+from onnxflip.faults import FaultModel, WordCounts, words_per_run
 from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.inputs import batch_dimension
@@ -91,31 +91,34 @@ def probabilities_for(p: float, direction: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """Everything that decides the numbers of a trial (recorded with the results)."""
+    """Everything that decides the numbers of a trial (recorded with the results).
+
+    ``fault``: the fault model of every target class (its bits, nonfinite
+    policy, stuck-at rates of a flip sweep, ECC); its flip probabilities and
+    seed are the trial's (:meth:`rates`, :func:`mix_seed`), so they stay 0
+    there.  ``direction``, ``sweep`` and ``flip_p`` say what the swept value
+    sets.
+    """
 
     format: str = "float32"
     targets: tuple[str, ...] = DEFAULT_TARGETS
-    bits: str = "all"
+    fault: FaultModel = field(default_factory=FaultModel)
     direction: str = "both"
-    nonfinite: str = "keep"
     batch_size: int = 500
     seed: int = 0
     provider: str = "cpu"
     selection: Selection = field(default_factory=Selection)
     fold_batchnorm: bool = True
     sweep: str = "flip"
-    s0: float = 0.0  # stuck-at rates of every trial of a flip sweep
-    s1: float = 0.0
     flip_p: float = 0.0  # flip probability (in ``direction``) of every trial of a stuck-at sweep
-    ecc: str = "none"
-    on_detected: str = "keep"
 
     def __post_init__(self) -> None:
         if self.sweep not in SWEEPS:
             raise OnnxflipError(f"sweep must be one of {', '.join(SWEEPS)}, not {self.sweep!r}")
-        check_stuck(self.s0, self.s1)
-        check_ecc(self.ecc, self.on_detected)
-        if self.sweep == "stuck-at" and (self.s0 or self.s1):
+        if self.fault.p01 or self.fault.p10 or self.fault.seed or self.fault.randomness != "fixed":
+            raise OnnxflipError("a trial sets the flip probabilities and seeds itself: the settings' fault model "
+                                "gives none")
+        if self.sweep == "stuck-at" and self.fault.stuck:
             raise OnnxflipError("a stuck-at sweep sets s0 = s1 = rate / 2 itself; give no fixed stuck-at rates")
         if self.sweep == "flip" and self.flip_p:
             raise OnnxflipError("a flip sweep sets the flip probability itself; a fixed one is for a stuck-at sweep")
@@ -131,11 +134,21 @@ class TrialSettings:
         if unknown or not self.targets:
             raise OnnxflipError(f"targets must be some of {', '.join(TARGETS)}")
 
+    @property
+    def bits(self) -> str | int:
+        """The bits that may flip (the fault model's)."""
+        return self.fault.bits
+
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["targets"] = list(self.targets)
-        data["selection"]["activation_ops"] = list(self.selection.activation_ops)
-        return data
+        """The settings as results.json records them: the fault model's fields among the others, in the order
+        that files written before the settings held a fault model have."""
+        fault = self.fault
+        return {"format": self.format, "targets": list(self.targets), "bits": fault.bits,
+                "direction": self.direction, "nonfinite": fault.nonfinite, "batch_size": self.batch_size,
+                "seed": self.seed, "provider": self.provider,
+                "selection": {**asdict(self.selection), "activation_ops": list(self.selection.activation_ops)},
+                "fold_batchnorm": self.fold_batchnorm, "sweep": self.sweep, "s0": fault.s0, "s1": fault.s1,
+                "flip_p": self.flip_p, "ecc": fault.ecc, "on_detected": fault.on_detected}
 
     def rates(self, x: float) -> tuple[float, float, float, float]:
         """(p01, p10, s0, s1) of a trial at swept value x; x = 0 is the fault-free model."""
@@ -143,15 +156,15 @@ class TrialSettings:
             return 0.0, 0.0, 0.0, 0.0
         if self.sweep == "stuck-at":
             return (*probabilities_for(self.flip_p, self.direction), x / 2, x / 2)
-        return (*probabilities_for(x, self.direction), self.s0, self.s1)
+        return (*probabilities_for(x, self.direction), self.fault.s0, self.fault.s1)
 
     def injection(self) -> InjectionConfig:
         """Activations flip with fixed randomness too: each batch is fed its own seed, so every number is
         reproducible from the run seed.  The rates are the trials' control inputs; ECC is the nodes'."""
-        return InjectionConfig.build(format=self.format, targets=self.targets, bits=self.bits,
-                                     nonfinite=self.nonfinite, activation_randomness="fixed",
-                                     selection=self.selection, fold_batchnorm=self.fold_batchnorm,
-                                     ecc=self.ecc, on_detected=self.on_detected)
+        return InjectionConfig.build(format=self.format, targets=self.targets,
+                                     fault=replace(self.fault, s0=0.0, s1=0.0) if self.fault.stuck else self.fault,
+                                     activation_randomness="fixed", selection=self.selection,
+                                     fold_batchnorm=self.fold_batchnorm)
 
 
 class _TrialSession(NamedTuple):
@@ -192,7 +205,8 @@ def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozen
             raise OnnxflipError(f"the model is injected with --{name} {shown}, not "
                                 f"{','.join(asked) if name == 'targets' else asked}; leave --{name} out, or give "
                                 "the clean model")
-    return dataclasses.replace(settings, **recorded)
+    return dataclasses.replace(settings, targets=recorded["targets"],
+                               fault=dataclasses.replace(settings.fault, bits=recorded["bits"]))
 
 
 def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
@@ -200,11 +214,11 @@ def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
     config = _injected_config(model)
     for target in TARGETS:
         fault = config.get(target)
-        if fault and (fault.get("ecc", "none"), fault.get("on_detected", "keep")) != (settings.ecc,
-                                                                                        settings.on_detected):
+        asked = settings.fault
+        if fault and (fault.get("ecc", "none"), fault.get("on_detected", "keep")) != (asked.ecc, asked.on_detected):
             raise OnnxflipError(f"the model's {target} are injected with ecc {fault.get('ecc', 'none')}, on-detected "
-                                f"{fault.get('on_detected', 'keep')}, not ecc {settings.ecc}, on-detected "
-                                f"{settings.on_detected}; give the same options or a clean model")
+                                f"{fault.get('on_detected', 'keep')}, not ecc {asked.ecc}, on-detected "
+                                f"{asked.on_detected}; give the same options or a clean model")
 
 
 def _describe_outputs(outputs: list[ir.Value]) -> str:
@@ -323,7 +337,7 @@ class LocalRunner:
         the int8 bits) are constants once flipped: stored as uint8 then, like the others, so that ONNX Runtime
         runs its exact integer kernels (see :mod:`onnxflip.graph.passes.qlinear`)."""
         model = materialize_parameters(self.injected, controls)
-        if self.settings.format == "int8" and self.settings.ecc != "none":
+        if self.settings.format == "int8" and self.settings.fault.ecc != "none":
             StoreInt8AsUint8Pass()(model)
         return model
 

@@ -13,9 +13,8 @@ import functools
 
 from onnxflip.bits import field_mask
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import WordCounts, check_ecc, check_stuck, stored_words
+from onnxflip.faults import WordCounts, check_ecc, check_stuck, resolve_probabilities, stored_words
 from onnxflip.runtime.contract import COUNT_NAMES, element_type, enum_code
-from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.library import load_library
 
 __all__ = ["cuda_flip_bits_raw", "flip_bits_torch", "has_cuda_kernels"]

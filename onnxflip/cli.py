@@ -363,7 +363,6 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     _seed and _stuck_seed that override them at run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
-    from onnxflip.graph.config import METADATA_KEY
     from onnxflip.graph.formats import model_format
     from onnxflip.graph.inject import insert_flipbits
     from onnxflip.modelio import check_output_path, load_model, save_model
@@ -376,7 +375,9 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     injected = insert_flipbits(clean, config=config)
     make_session(injected)  # a model ONNX Runtime cannot load is refused, not written
     save_model(injected, output)
-    sites = len(json.loads(injected.metadata_props[METADATA_KEY])["sites"])  # int8 sign bits add nodes, not sites
+    from onnxflip.graph.record import InjectionRecord
+
+    sites = len(InjectionRecord.read(injected).sites)  # int8 sign bits add nodes, not sites
     click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")
     ctx = click.get_current_context()
     if all(ctx.get_parameter_source(name) == DEFAULT for name in ("p", "p01", "p10")):

@@ -154,8 +154,8 @@ def stored_words(ecc: str, etype: ElementType, elements: int) -> int:
 
 
 def words_per_run(sites: list[dict], target: str, *, batch: int = 1) -> int:
-    """Words one run reads at a target class's ECC sites, from the site list of the injection metadata
-    (``json.loads(model.metadata_props["onnxflip.injection"])["sites"]``): the denominator of the fractions
+    """Words one run reads at a target class's ECC sites, from the site rows of an injected model's record
+    (:attr:`onnxflip.graph.record.InjectionRecord.sites`): the denominator of the fractions
     of ``onnxflip_<target>_counts``.  Activation sites hold one sample's elements: ``batch`` samples per run."""
     total = 0
     for site in sites:

@@ -19,6 +19,7 @@ from onnxflip.graph.inject import convert_format, insert_flipbits
 from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.modelio import load_model
 from onnxflip.runtime.session import runtime_proto
@@ -153,6 +154,18 @@ def test_controls_are_graph_inputs_with_defaults_and_settings_are_recorded():
     assert recorded["config"]["weights"]["p10"] == 2e-4
     assert {s["target"] for s in recorded["sites"]} == {"activations", "weights"}
     assert [v.name for v in injected.graph.outputs] == ["y"]
+    # The typed record reads what was written, and writes it back unchanged.
+    record = InjectionRecord.read(injected)
+    assert record.config == config and record.to_json() == recorded
+    assert record.coverage is not None and record.coverage.totals() == recorded["coverage"]["totals"]
+    assert InjectionRecord.read(conv_model()) is None
+
+
+def test_a_broken_injection_record_is_one_line():
+    model = conv_model()
+    model.metadata_props["onnxflip.injection"] = "{not json"
+    with pytest.raises(OnnxflipError, match="is not an injection record"):
+        InjectionRecord.read(model)
 
 
 def test_reinjection_is_refused():

@@ -20,8 +20,8 @@ from onnx import helper, numpy_helper
 from onnxflip.cli import main
 from onnxflip.faults import FaultModel
 from onnxflip.graph import InjectionConfig, control_input_name, insert_flipbits
-from onnxflip.graph.config import METADATA_KEY
 from onnxflip.graph.inject import plan_sites, site_coverage
+from onnxflip.graph.record import METADATA_KEY
 from onnxflip.modelio import load_model, save_model
 
 RNG = np.random.default_rng(5)

@@ -30,7 +30,6 @@ costs what a warm session's does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -46,11 +45,12 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.data.sources import DataSource
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel, WordCounts, words_per_run
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.metrics import Metric
 from onnxflip.runtime.flip import as_ortvalue
@@ -176,28 +176,21 @@ class _TrialSession(NamedTuple):
     parameters: dict[str, np.ndarray]
 
 
-def _injected_config(model: ir.Model) -> dict | None:
-    """The injection settings an injected model records (None for a clean model)."""
-    if METADATA_KEY not in model.metadata_props:
-        return None
-    return json.loads(model.metadata_props[METADATA_KEY])["config"]
-
-
 def injected_format(model: ir.Model) -> str | None:
     """The format an injected model was injected in (None for a clean model)."""
-    config = _injected_config(model)
-    return None if config is None else config["format"]
+    record = InjectionRecord.read(model)
+    return None if record is None else record.config.format
 
 
 def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozenset[str]) -> TrialSettings:
     """The settings of a campaign on ``model``: for an injected model, the targets and bits it flips (those in
     ``given``, set by the user, must be the model's: an injected model flips what it holds, and the results
     record what was measured); a clean model's settings as they are."""
-    config = _injected_config(model)
-    if config is None:
+    record = InjectionRecord.read(model)
+    if record is None:
         return settings
-    faults = {target: config[target] for target in TARGETS if config.get(target)}
-    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values()))["bits"] if faults else settings.bits}
+    faults = {target: record.config.fault_model(target) for target in record.config.targets}
+    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values())).bits if faults else settings.bits}
     for name, value in recorded.items():
         asked = getattr(settings, name)
         if name in given and asked != value:
@@ -209,15 +202,14 @@ def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozen
                                fault=dataclasses.replace(settings.fault, bits=recorded["bits"]))
 
 
-def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
+def _check_injected_ecc(record: InjectionRecord, settings: TrialSettings) -> None:
     """An injected model's ECC words are fixed in its nodes: they must be the ones the settings ask for."""
-    config = _injected_config(model)
-    for target in TARGETS:
-        fault = config.get(target)
-        asked = settings.fault
-        if fault and (fault.get("ecc", "none"), fault.get("on_detected", "keep")) != (asked.ecc, asked.on_detected):
-            raise OnnxflipError(f"the model's {target} are injected with ecc {fault.get('ecc', 'none')}, on-detected "
-                                f"{fault.get('on_detected', 'keep')}, not ecc {asked.ecc}, on-detected "
+    asked = settings.fault
+    for target in record.config.targets:
+        fault = record.config.fault_model(target)
+        if (fault.ecc, fault.on_detected) != (asked.ecc, asked.on_detected):
+            raise OnnxflipError(f"the model's {target} are injected with ecc {fault.ecc}, on-detected "
+                                f"{fault.on_detected}, not ecc {asked.ecc}, on-detected "
                                 f"{asked.on_detected}; give the same options or a clean model")
 
 
@@ -258,14 +250,15 @@ class LocalRunner:
         self.source = source
         self.samples = len(source)
         self.on_batch = on_batch
-        if METADATA_KEY in model.metadata_props:
+        record = InjectionRecord.read(model)
+        if record is not None:
             self.injected = model
-            recorded = injected_format(model)
-            if recorded != settings.format:
-                raise OnnxflipError(f"the model is injected in format {recorded}, not {settings.format}")
-            _check_injected_ecc(model, settings)
+            if record.config.format != settings.format:
+                raise OnnxflipError(f"the model is injected in format {record.config.format}, not {settings.format}")
+            _check_injected_ecc(record, settings)
         else:
             self.injected = insert_flipbits(model, config=settings.injection())
+            record = InjectionRecord.read(self.injected)
         self.fixed_batch = batch_dimension(self.injected)  # the batch size the model's inputs fix (None: any)
         if self.fixed_batch is not None and settings.batch_size != self.fixed_batch:
             raise OnnxflipError(f"the model takes batches of exactly {self.fixed_batch} (its inputs fix the batch "
@@ -274,11 +267,10 @@ class LocalRunner:
                         if any(v.name == control_input_name(t, "p01") for v in self.injected.graph.inputs)]
         output_names = {v.name for v in self.injected.graph.outputs}
         self.counted = [t for t in self.targets if counts_output_name(t) in output_names]  # targets with ECC words
-        record = json.loads(self.injected.metadata_props[METADATA_KEY])
-        self._sites = record["sites"]
+        self._sites = record.sites
         # What the injection exposes: sites per target, and the coverage of the stored parameters (where recorded).
         self.exposure = {"sites": {t: sum(1 for s in self._sites if s["target"] == t) for t in self.targets},
-                         "coverage": record["coverage"]["totals"] if "coverage" in record else None}
+                         "coverage": record.coverage.totals() if record.coverage is not None else None}
         self._uncounted: set[str] = set()  # ECC targets whose words cannot be counted (warned once)
         outputs = [v for v in self.injected.graph.outputs if not v.name.startswith("onnxflip_")]
         names = [v.name for v in outputs]

@@ -7,16 +7,18 @@
 * :mod:`~onnxflip.graph.inputs`: defined inputs and the batch dimension.
 * :mod:`~onnxflip.graph.passes`: fold_batchnorm, store_in_format, insert_flipbits, qlinear (int8),
   materialize.
+* :mod:`~onnxflip.graph.record`: what an injected model holds (its injection record).
 * :mod:`~onnxflip.graph.inject`: ``insert_flipbits`` and ``convert_format``, each a sequence of passes.
 """
 
 from __future__ import annotations
 
 from onnxflip.faults import FaultModel
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import convert_format, insert_flipbits, plan_sites
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.record import METADATA_KEY, InjectionRecord
 from onnxflip.graph.sites import TARGETS, Selection
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "TARGETS",
     "FaultModel",
     "InjectionConfig",
+    "InjectionRecord",
     "Selection",
     "batch_dimension",
     "control_input_name",

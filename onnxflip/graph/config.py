@@ -9,15 +9,13 @@ settings alike.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel
 from onnxflip.graph.sites import DEFAULT_TARGETS, TARGETS, Selection
 
-__all__ = ["METADATA_KEY", "InjectionConfig", "control_input_name", "counts_output_name"]
-
-METADATA_KEY = "onnxflip.injection"
+__all__ = ["InjectionConfig", "control_input_name", "counts_output_name"]
 
 
 def control_input_name(target: str, what: str) -> str:
@@ -83,3 +81,19 @@ class InjectionConfig:
         data = asdict(self)
         data["selection"]["activation_ops"] = list(self.selection.activation_ops)
         return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> InjectionConfig:
+        """The configuration ``to_json`` wrote (fields a record written before them lacks take their defaults)."""
+        known = {f.name for f in fields(FaultModel)}
+
+        def fault(target: str) -> FaultModel | None:
+            values = data.get(target)
+            return None if values is None else FaultModel(**{k: v for k, v in values.items() if k in known})
+
+        selection = dict(data.get("selection") or {})
+        if "activation_ops" in selection:
+            selection["activation_ops"] = tuple(selection["activation_ops"])
+        return cls(format=data["format"], activations=fault("activations"), weights=fault("weights"),
+                   biases=fault("biases"), qparams=fault("qparams"), selection=Selection(**selection),
+                   fold_batchnorm=data.get("fold_batchnorm", True))

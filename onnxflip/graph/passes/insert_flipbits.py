@@ -25,13 +25,12 @@ ECC also gets a graph output ``onnxflip_<target>_counts`` (int64[3]): the
 words of that run read corrected, detected and silently wrong, summed over
 its sites (:class:`onnxflip.faults.WordCounts` turns it into fractions).
 The settings, the site rows and the coverage of the stored parameters
-(:mod:`onnxflip.graph.coverage`) are recorded as JSON under the
-``onnxflip.injection`` metadata key.
+(:mod:`onnxflip.graph.coverage`) are the model's
+:class:`~onnxflip.graph.record.InjectionRecord`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -39,9 +38,10 @@ import onnx_ir as ir
 
 from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.faults import ecc_word, stored_words
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.passes.store_in_format import take_over_output
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import Site
 from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, ElementType, element_type
 
@@ -72,10 +72,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             self._add_counts_output(graph, target, values)
         graph.sort()
         model.opset_imports[DOMAIN] = 1
-        record = {"config": self.config.to_json(), "sites": rows}
-        if self.coverage is not None:
-            record["coverage"] = self.coverage.to_json()
-        model.metadata_props[METADATA_KEY] = json.dumps(record)
+        InjectionRecord(self.config, rows, self.coverage).write(model)
         return ir.passes.PassResult(model, modified=bool(self.sites))
 
     def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ...]:

@@ -43,7 +43,7 @@ from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.passes.store_in_format import take_over_output
 from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import Site
-from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, ElementType, element_type
+from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, INPUT_NAMES, OP_TYPE, ElementType, element_type
 
 __all__ = ["InsertFlipBitsPass"]
 
@@ -77,15 +77,17 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
 
     def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ...]:
         fault = self.config.fault_model(target)
+        defaults = {
+            "p01": np.array(fault.p01, dtype=np.float32),
+            "p10": np.array(fault.p10, dtype=np.float32),
+            "seed": np.array(fault.seed, dtype=np.int64),
+            "s0": np.array(fault.s0, dtype=np.float32),
+            "s1": np.array(fault.s1, dtype=np.float32),
+            "stuck_seed": np.zeros(0, dtype=np.int64),  # empty: absent, the seed keys the stuck cells
+        }
         values = []
-        for what, array in (  # in the operator's input order: p01, p10, seed, s0, s1, stuck_seed
-            ("p01", np.array(fault.p01, dtype=np.float32)),
-            ("p10", np.array(fault.p10, dtype=np.float32)),
-            ("seed", np.array(fault.seed, dtype=np.int64)),
-            ("s0", np.array(fault.s0, dtype=np.float32)),
-            ("s1", np.array(fault.s1, dtype=np.float32)),
-            ("stuck_seed", np.zeros(0, dtype=np.int64)),  # empty: absent, the seed keys the stuck cells
-        ):
+        for what in INPUT_NAMES[1:]:  # the operator's control inputs, in its input order
+            array = defaults[what]
             name = control_input_name(target, what)
             # Scalars, but stuck_seed is a vector: empty by default, one element when fed.
             shape = ir.Shape(array.shape) if array.ndim == 0 else ir.Shape([f"{name}_length"])
@@ -139,7 +141,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
     def _flipbits_node(self, site: Site, source: ir.Value, controls, stream: int) -> ir.Node:
         fault = self.config.fault_model(site.target)
         node = ir.node(
-            "FlipBits",
+            OP_TYPE,
             [source, *controls],
             {  # p01, p10, seed, s0 and s1 are the control inputs only: an input takes precedence over an attribute
                 "stream": stream,

@@ -35,15 +35,9 @@ from onnxflip.campaign.results import (
     write_results,
 )
 from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
+from onnxflip.data.base import model_outputs
 from onnxflip.data.preprocess import Preprocess
-from onnxflip.data.sources import (
-    check_labels,
-    match_classes,
-    model_class_names,
-    model_outputs,
-    open_source,
-    resolve_data,
-)
+from onnxflip.data.sources import check_labels, match_classes, model_class_names, open_source, resolve_data
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.formats import model_format
 from onnxflip.metrics import Metric, metric_from_spec

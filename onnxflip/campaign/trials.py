@@ -42,7 +42,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxflip.campaign.design import TrialOutcome
-from onnxflip.data.sources import DataSource
+from onnxflip.data.base import DataSource
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel, WordCounts, words_per_run
 from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name

@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from onnxflip.data.sources import ArraySource, InputSpec, check_arrays
+from onnxflip.data.base import ArraySource, InputSpec, check_arrays
 from onnxflip.errors import OnnxflipError
 
 __all__ = ["LABELS_KEY", "open_npz"]

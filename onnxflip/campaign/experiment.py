@@ -1,4 +1,4 @@
-"""One experiment: settings in, results out.  ``onnxflip evaluate``, ``reproduce`` and the benchmarks call :func:`run`.
+"""One experiment: settings in, results out.  ``onnxflip evaluate``, ``reproduce`` and a benchmark call :func:`run`.
 
 The path: load the model -> open the data source and the metric -> a trial
 runner (:mod:`~onnxflip.campaign.trials`) -> either a grid of probabilities

@@ -1,4 +1,7 @@
-"""A campaign's results folder: results.json and results.csv, written atomically after every batch of trials.
+"""A campaign's results folder: results.json and results.csv, written atomically as trials finish.
+
+:func:`onnxflip.campaign.experiment.run` writes them after a batch of trials
+when two seconds have passed since the last write, and when the campaign ends.
 
 ``results.json`` holds everything needed to reproduce and to judge the
 numbers: the settings, versions, seed scheme, every trial (probability, trial

@@ -22,7 +22,7 @@ memory), activations summed over the batches.
 Cost: a session per trial (milliseconds: the parameters are flipped with the
 kernel and bound as the trial's constants into a model materialised once) and
 one pass over the samples, which are decoded once and held in memory when
-they fit (``--cache``).  The trial's session runs in the process's shared
+they fit (``Experiment.cache_bytes``, 2 GiB).  The trial's session runs in the process's shared
 arena (:func:`~onnxflip.runtime.session.session_options`), so its first pass
 costs what a warm session's does.
 """

@@ -1,4 +1,13 @@
-"""The ``onnxflip`` command line: argument parsing only; the work is in the Python API.
+"""The ``onnxflip`` command line: each command parses its options, calls the Python API and prints what it
+returns; the work is in the API, and the longer listings are rendered in :mod:`onnxflip.report` (evaluate's
+summary, inspect's tables, compare's midpoints).
+
+What stays here is the command line's own: option checks that name options
+(options that contradict each other or that a mode ignores), the batch size
+a model's fixed batch dimension implies when ``--batch-size`` is not given,
+the progress shown while a campaign runs (a bar on a terminal, lines in a
+log), and the one-line errors and exit status of :func:`main`.  Options
+shared by several commands are defined once, as module constants.
 
 Options that together describe one thing are an :class:`OptionGroup`: the
 command receives the object they build (a :class:`~onnxflip.graph.sites.Selection`,
@@ -34,6 +43,7 @@ from onnxflip.faults import FaultModel, resolve_probabilities
 from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
+from onnxflip.report.summary import count, evaluation_summary
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.session import PROVIDERS
 from onnxflip.zoo import MODELS, PAPER_NAMES
@@ -208,12 +218,13 @@ MEMORY_FAULT_OPTIONS = [
     _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
             help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
 ]
+NONFINITE_OPTION = _option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
+                           help="What becomes of values a flip made NaN or infinite.")
 FAULT_OPTIONS = [
     *PROBABILITY_OPTIONS,
     BITS_OPTION,
     _option("--seed", type=int, default=0, show_default=True, help="Seed of the flips."),
-    _option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
-            help="What becomes of values a flip made NaN or infinite."),
+    NONFINITE_OPTION,
     _option("--activation-randomness", type=click.Choice(RANDOMNESS), default="per_run", show_default=True,
             help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
     _option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
@@ -340,11 +351,6 @@ class _LogLines(logging.Formatter):
         if record.levelno >= logging.WARNING:
             return f"onnxflip: {record.levelname.lower()}: {record.getMessage()}"
         return f"onnxflip: {record.name}: {record.getMessage()}"
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 trial``, ``3 trials``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _warn(message: str) -> None:
@@ -474,8 +480,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @TARGETS_OPTION
 @BITS_OPTION
 @DIRECTION_OPTION
-@click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
-              help="What becomes of values a flip made NaN or infinite.")
+@NONFINITE_OPTION
 @SWEEP_OPTION
 @FLIP_P_OPTION
 @MEMORY_FAULTS
@@ -534,6 +539,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     """
     from onnxflip.campaign.design import Budget, SearchSettings
     from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
+    from onnxflip.campaign.results import default_folder
     from onnxflip.campaign.trials import TrialSettings, injected_settings
     from onnxflip.graph.inputs import batch_dimension
     from onnxflip.modelio import load_model
@@ -566,7 +572,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
         search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
         trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
         preprocess=preprocess, classes=class_names)
-    out = out or pathlib.Path("results") / f"{model.stem}-{fmt}"
+    out = out or default_folder(model, fmt)
     progress = _Progress(executor)
     try:
         with _open_executor(executor, ray_address, provider, progress) as runs_trials:
@@ -574,7 +580,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
                          on_batch=progress.on_batch, on_step=progress.on_step, executor=runs_trials)
     finally:
         progress.close()
-    click.echo(_summary(result, out))
+    click.echo(evaluation_summary(result, out))
 
 
 def _open_executor(name: str, address: str | None, provider: str, progress: _Progress | _TaskLines):
@@ -633,65 +639,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _score_table(rows: list[dict], swept: str) -> list[str]:
-    """A grid's scores: per point, the trials, the mean score and its 95% interval over the trials."""
-    lines = [f"{swept:>9}  {'trials':>6}  {'mean':>6}  95% interval"]
-    for r in rows:
-        span = (f"[{r['low']:.4f}, {r['high']:.4f}]" if r.get("low") is not None
-                else "(the clean model)" if r["p"] == 0 else "- (one trial)")
-        lines.append(f"{r['p']:9.3g}  {r['trials']:6d}  {r['mean']:6.4f}  {span}")
-    return lines
-
-
-def _word_table(rows: list[dict], swept: str) -> list[str]:
-    """With ECC: per point, the fractions of words read corrected, detected and silently wrong."""
-    rows = [r for r in rows if "corrected" in r and r["p"] > 0]
-    if not rows:
-        return []
-    lines = [f"{swept:>9}  {'mean':>6}  {'corrected':>9}  {'detected':>9}  {'silent':>9}"]
-    lines += [f"{r['p']:9.3g}  {r['mean']:6.4f}  {r['corrected']:9.3g}  {r['detected']:9.3g}  {r['silent']:9.3g}"
-              for r in rows]
-    return lines
-
-
-def _exposure_line(exposure: dict) -> str:
-    """Which sites flipped, and the share of the stored parameters they cover."""
-    sites = ", ".join(f"{count} {target}" for target, count in exposure["sites"].items())
-    coverage = exposure.get("coverage")
-    if not coverage or not coverage["all"]["elements"]:
-        return f"sites: {sites}"
-    from onnxflip.report.sites_table import percent
-
-    share = coverage["all"]["share_elements"]
-    missing = "" if share == 1.0 else " (onnxflip inspect lists the others, with the reason)"
-    return f"sites: {sites}; {percent(share)} of the stored parameter elements are sites{missing}"
-
-
-def _summary(result: dict, out: pathlib.Path) -> str:
-    mid = result["midpoint"]
-    swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
-    lines = [f"clean {result['metric']} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
-             f"samples (those each trial scores); {_count(result['evaluations'], 'trial')} in "
-             f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
-             *(_score_table(result["rows"], "rate" if swept != "p" else "p")
-               if result["experiment"]["mode"] == "grid" else []),
-             *_word_table(result["rows"], "rate" if swept != "p" else "p")]
-    exposure = result.get("exposure")
-    if exposure:
-        lines.append(_exposure_line(exposure))
-    if mid["status"] in ("above", "below"):
-        lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
-    elif mid["status"] == "no fall":
-        lines.append(f"no midpoint: {mid['note']}")
-    elif mid["p"] is not None:
-        span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
-            " (no interval: too few trials where the score falls)"
-        lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
-    else:
-        lines.append("midpoint not reached in the measured range")
-    return "\n".join(lines)
 
 
 @cli.command()
@@ -831,7 +778,7 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
     with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:
         report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
                           overwrite=overwrite, executor=runs_trials)
-    click.echo(f"{_count(len(report['cells']), 'cell')} in {report['wall_seconds'] / 60:.1f} min; report in "
+    click.echo(f"{count(len(report['cells']), 'cell')} in {report['wall_seconds'] / 60:.1f} min; report in "
                f"{out / 'report.md'}")
 
 

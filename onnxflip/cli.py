@@ -538,10 +538,9 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     (not corrected) and silently wrong.
     """
     from onnxflip.campaign.design import Budget, SearchSettings
-    from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
+    from onnxflip.campaign.experiment import Experiment, parse_probabilities, run, settings_for_model
     from onnxflip.campaign.results import default_folder
-    from onnxflip.campaign.trials import TrialSettings, injected_settings
-    from onnxflip.graph.inputs import batch_dimension
+    from onnxflip.campaign.trials import TrialSettings
     from onnxflip.modelio import load_model
 
     _refuse_together(("resume", "overwrite"))
@@ -552,9 +551,6 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     else:
         _refuse_with("a grid (no --midpoint)", ("p_range", "precision", "budget"), "--midpoint")
     clean_or_injected = load_model(model)
-    fixed = batch_dimension(clean_or_injected)
-    if fixed is not None and click.get_current_context().get_parameter_source("batch_size") == DEFAULT:
-        batch_size = fixed  # a model exported with a fixed batch runs in batches of that size
     try:  # options that contradict each other (a fixed stuck-at rate in a stuck-at sweep): a usage error
         settings = TrialSettings(targets=targets, fault=dataclasses.replace(memory, bits=bits, nonfinite=nonfinite),
                                  direction=direction, batch_size=batch_size, seed=seed, provider=provider,
@@ -563,21 +559,22 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
     context = click.get_current_context()
-    given = frozenset(name for name in ("targets", "bits") if context.get_parameter_source(name) != DEFAULT)
-    settings = injected_settings(clean_or_injected, settings, given=given)
-    fmt = resolve_format(clean_or_injected, fmt)
+    given = frozenset(name for name in ("targets", "bits", "batch_size")
+                      if context.get_parameter_source(name) != DEFAULT)
+    settings = settings_for_model(clean_or_injected, settings, fmt=fmt, given=given)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(
-        trials=dataclasses.replace(settings, format=fmt),
+        trials=settings,
         search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
         trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
         preprocess=preprocess, classes=class_names)
-    out = out or default_folder(model, fmt)
+    out = out or default_folder(model, settings.format)
     progress = _Progress(executor)
     try:
         with _open_executor(executor, ray_address, provider, progress) as runs_trials:
-            result = run(experiment, model_path=model, data=data, out=out, resume=resume, overwrite=overwrite,
-                         on_batch=progress.on_batch, on_step=progress.on_step, executor=runs_trials)
+            result = run(experiment, model_path=model, model=clean_or_injected, data=data, out=out, resume=resume,
+                         overwrite=overwrite, on_batch=progress.on_batch, on_step=progress.on_step,
+                         executor=runs_trials)
     finally:
         progress.close()
     click.echo(evaluation_summary(result, out))

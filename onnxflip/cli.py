@@ -369,22 +369,17 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     _seed and _stuck_seed that override them at run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
-    from onnxflip.graph.formats import model_format
     from onnxflip.graph.inject import insert_flipbits
+    from onnxflip.graph.record import InjectionRecord
     from onnxflip.modelio import check_output_path, load_model, save_model
     from onnxflip.runtime.session import make_session
 
     check_output_path(output, inputs=(model,))
-    clean = load_model(model)
-    if config.format is None:
-        config = dataclasses.replace(config, format=model_format(clean))
-    injected = insert_flipbits(clean, config=config)
+    injected = insert_flipbits(load_model(model), config=config)  # format None: the model's own
     make_session(injected)  # a model ONNX Runtime cannot load is refused, not written
     save_model(injected, output)
-    from onnxflip.graph.record import InjectionRecord
-
-    sites = len(InjectionRecord.read(injected).sites)  # int8 sign bits add nodes, not sites
-    click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")
+    record = InjectionRecord.read(injected)  # int8 sign bits add nodes, not sites
+    click.echo(f"wrote {output}: {len(record.sites)} FlipBits sites, format {record.config.format}")
     ctx = click.get_current_context()
     if all(ctx.get_parameter_source(name) == DEFAULT for name in ("p", "p01", "p10")):
         _warn("no --p, --p01 or --p10 given: the model's default flip probabilities are 0 (set its "

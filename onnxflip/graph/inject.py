@@ -19,6 +19,7 @@ that format); converting it again is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import onnx_ir as ir
@@ -33,6 +34,7 @@ from onnxflip.graph.formats import (
     converted_format,
     is_qdq,
     is_quantised,
+    model_format,
     native_float_type,
     require_format_fits,
     storage_format,
@@ -128,13 +130,19 @@ def _check_ecc_site(model: ir.Model, site: Site, ecc: str, etype: ElementType) -
                             "its words; exclude it from the selection (--exclude)")
 
 
+def in_model_format(config: InjectionConfig, model: ir.Model) -> InjectionConfig:
+    """``config``, whose format None means the model's own (:func:`~onnxflip.graph.formats.model_format`: int8
+    for a quantised model, else the float type it computes in), with that format."""
+    return config if config.format is not None else dataclasses.replace(config, format=model_format(model))
+
+
 def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -> ir.Model:
     """A copy of ``model`` with FlipBits at every selected site; ``model`` is not changed.
 
-    ``config`` defaults to ``InjectionConfig()`` (float32, every target, p = 0).
-    Raises OnnxflipError when no site matches the selection.
+    ``config`` defaults to ``InjectionConfig()`` (float32, every target, p = 0); a format of None is the
+    model's own (:func:`in_model_format`).  Raises OnnxflipError when no site matches the selection.
     """
-    config = config or InjectionConfig()
+    config = in_model_format(config or InjectionConfig(), model)
     prepared, fmt, sites = plan_sites(model, config)
     coverage = site_coverage(prepared, sites, config)
     if not sites:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections import defaultdict
@@ -11,8 +10,7 @@ import onnx_ir as ir
 
 from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.coverage import Coverage
-from onnxflip.graph.formats import model_format
-from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
+from onnxflip.graph.inject import in_model_format, plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import TARGETS
@@ -36,8 +34,7 @@ def describe_sites(model: str | os.PathLike[str] | ir.Model, *,
     record = InjectionRecord.read(model)
     if record is not None:
         return record.sites, record.coverage
-    if config.format is None:  # the model's own
-        config = dataclasses.replace(config, format=model_format(model))
+    config = in_model_format(config, model)
     prepared, _, sites = plan_sites(model, config)
     coverage = site_coverage(prepared, sites, config)
     describe = InsertFlipBitsPass(config, sites).describe

@@ -15,7 +15,7 @@ import functools
 
 from onnxflip.bits import field_mask
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import WordCounts, check_ecc, check_stuck, resolve_probabilities, stored_words
+from onnxflip.faults import FaultModel, WordCounts, resolve_probabilities, stored_words
 from onnxflip.runtime.contract import COUNT_NAMES, CUDA_ENTRY_NAME, CUDA_ENTRY_PARAMETERS, element_type, enum_code
 from onnxflip.runtime.library import load_library
 
@@ -91,9 +91,8 @@ def flip_bits_torch(tensor, *, p: float | None = None, p01: float | None = None,
     # torch names its dtypes as the contract names the element types (torch.float32, torch.float8_e4m3fn, ...).
     etype = element_type(str(tensor.dtype).removeprefix("torch."))
     prob01, prob10 = resolve_probabilities(p, p01, p10)
-    check_stuck(s0, s1)
-    words = stored_words(ecc, etype, tensor.numel())
-    check_ecc(ecc, on_detected)
+    FaultModel(p01=prob01, p10=prob10, nonfinite=nonfinite, s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)  # checks
+    words = stored_words(ecc, etype, tensor.numel())  # checks that ecc fits the type
     source = tensor.contiguous()
     out = torch.empty_like(source)
     counts = torch.zeros(len(COUNT_NAMES), dtype=torch.int64, device=source.device) if return_counts else None

@@ -11,14 +11,12 @@ from onnx import helper
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from onnxflip.bits import field_mask, mask_to_attribute
-from onnxflip.errors import OnnxflipError
-from onnxflip.faults import WordCounts, check_ecc, check_stuck, resolve_probabilities, stored_words
+from onnxflip.faults import FaultModel, WordCounts, resolve_probabilities, stored_words
 from onnxflip.runtime.contract import (
     COUNT_NAMES,
     DOMAIN,
     INPUT_NAMES,
     INPUTS,
-    NONFINITE_POLICIES,
     OP_TYPE,
     OP_VERSION,
     OUTPUTS,
@@ -116,11 +114,8 @@ def flip_bits(
     arr = np.asarray(array)
     etype = element_type(arr.dtype)
     prob01, prob10 = resolve_probabilities(p, p01, p10)
-    if nonfinite not in NONFINITE_POLICIES:
-        raise OnnxflipError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
-    check_stuck(s0, s1)
-    words = stored_words(ecc, etype, arr.size)  # checks ecc and that it fits the type
-    check_ecc(ecc, on_detected)
+    FaultModel(p01=prob01, p10=prob10, nonfinite=nonfinite, s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)  # checks
+    words = stored_words(ecc, etype, arr.size)  # checks that ecc fits the type
     session = _session(etype.name, field_mask(etype, bits), int(stream), "fixed", nonfinite, ecc, on_detected,
                        bool(return_counts), threads)
     out = run_flipbits_session(session, arr, p01=prob01, p10=prob10, seed=seed, s0=float(s0), s1=float(s1),

@@ -318,6 +318,25 @@ FLIP_P_OPTION = click.option(
     "--flip-p", type=PROBABILITY, default=0.0, show_default=True,
     help="With --sweep stuck-at: a flip probability (in --direction) added to every faulty point.")
 
+# What a campaign scores, and on which samples: Experiment's fields of the same names.
+SCORING_OPTIONS = [
+    _option("--samples", type=click.IntRange(1), default=None,
+            help="The first N samples (classes kept balanced) define the measurement [default: all]."),
+    _option("--metric", default="top1", show_default=True,
+            help="top1, topK (top5...), agreement, rel-error, nonfinite, or package.module:function."),
+    _option("--output", "output", default=None, help="The model output the metric reads [default: the first]."),
+    _option("--floor", type=float, default=None,
+            help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1]."),
+    _option("--preprocess", default=None,
+            help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
+                 "[default: the model's onnxflip.preprocess metadata]."),
+    _option("--classes", "classes", type=ClassNames(), default=None,
+            help="The model's class names in output order: a comma list, or a file with one per line; class "
+                 "folders are matched to them by name [default: the model's onnxflip.model metadata, else the "
+                 "folders' sorted order]."),
+]
+SCORING = OptionGroup("scoring", SCORING_OPTIONS, lambda **fields: fields, usage_errors=False)
+
 EXECUTOR_OPTIONS = [
     click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
                  help="Where trials run: local (this process) or ray (Ray tasks; pip install 'onnxflip[ray]'). "
@@ -489,20 +508,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @PROBABILITIES_OPTION
 @click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
               help="Trials per probability of a --p grid (the search chooses its own).")
-@click.option("--samples", type=click.IntRange(1), default=None,
-              help="The first N samples (classes kept balanced) define the measurement [default: all].")
-@click.option("--metric", default="top1", show_default=True,
-              help="top1, topK (top5...), agreement, rel-error, nonfinite, or package.module:function.")
-@click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
-@click.option("--floor", type=float, default=None,
-              help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
-@click.option("--preprocess", default=None,
-              help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
-                   "[default: the model's onnxflip.preprocess metadata].")
-@click.option("--classes", "class_names", type=ClassNames(), default=None,
-              help="The model's class names in output order: a comma list, or a file with one per line; class "
-                   "folders are matched to them by name [default: the model's onnxflip.model metadata, else the "
-                   "folders' sorted order].")
+@SCORING
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="Samples per ONNX Runtime run (a model with a fixed batch size: that size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
@@ -515,8 +521,8 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @SELECTION
 @FOLD_OPTION
 def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, midpoint, p_range,
-             precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, class_names,
-             batch_size, seed, provider, out, resume, overwrite, executor, ray_address, selection, no_fold_batchnorm):
+             precision, budget, p_spec, trials, scoring, batch_size, seed, provider, out, resume, overwrite, executor,
+             ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
     MODEL may be clean (it is injected with these options) or injected (its
@@ -561,8 +567,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     experiment = Experiment(
         trials=settings,
         search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
-        trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
-        preprocess=preprocess, classes=class_names)
+        trials_per_point=trials, **scoring)
     out = out or default_folder(model, settings.format)
     progress = _Progress(executor)
     try:

@@ -134,11 +134,6 @@ class TrialSettings:
         if unknown or not self.targets:
             raise OnnxflipError(f"targets must be some of {', '.join(TARGETS)}")
 
-    @property
-    def bits(self) -> str | int:
-        """The bits that may flip (the fault model's)."""
-        return self.fault.bits
-
     def to_json(self) -> dict:
         """The settings as results.json records them: the fault model's fields among the others, in the order
         that files written before the settings held a fault model have."""
@@ -190,9 +185,10 @@ def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozen
     if record is None:
         return settings
     faults = {target: record.config.fault_model(target) for target in record.config.targets}
-    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values())).bits if faults else settings.bits}
+    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values())).bits if faults else settings.fault.bits}
+    asked_for = {"targets": settings.targets, "bits": settings.fault.bits}
     for name, value in recorded.items():
-        asked = getattr(settings, name)
+        asked = asked_for[name]
         if name in given and asked != value:
             shown = ",".join(value) if name == "targets" else value
             raise OnnxflipError(f"the model is injected with --{name} {shown}, not "

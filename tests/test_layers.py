@@ -1,5 +1,5 @@
-"""The package's modules import one another without a circle (module-level imports; an import inside a function
-runs when called and is not counted)."""
+"""The package's structure: its modules import one another without a circle (module-level imports; an import
+inside a function runs when called and is not counted), and a concept's literals live in its one home."""
 
 from __future__ import annotations
 
@@ -102,3 +102,23 @@ def test_no_module_of_the_package_imports_itself_back():
 
 def test_the_check_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _constants(value: str) -> list[str]:
+    """The modules holding the string ``value`` as a literal of its own (not inside a longer docstring)."""
+    return sorted(name for name, path in _modules().items()
+                  if any(isinstance(node, ast.Constant) and node.value == value
+                         for node in ast.walk(ast.parse(path.read_text(), str(path)))))
+
+
+def test_the_injection_record_has_one_home():
+    assert _constants("onnxflip.injection") == ["onnxflip.graph.record"]
+    importers = sorted(name for name, path in _modules().items()
+                       for node in _top_level_imports(ast.parse(path.read_text(), str(path)))
+                       if isinstance(node, ast.ImportFrom) and any(a.name == "METADATA_KEY" for a in node.names)
+                       and node.module == "onnxflip.graph.record")
+    assert importers == ["onnxflip.graph"]  # the package's re-export; readers call InjectionRecord.read
+
+
+def test_the_operator_is_named_by_the_contract_only():
+    assert _constants("FlipBits") == []

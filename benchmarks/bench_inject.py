@@ -16,7 +16,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxflip import make_session
-from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig, control_input_name
 from onnxflip.graph.inject import convert_format, insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.graph.sites import TARGETS

@@ -30,7 +30,8 @@ import numpy as np
 
 from onnxflip import make_session
 from onnxflip.data import Preprocess, open_source
-from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.modelio import load_model, save_model
 

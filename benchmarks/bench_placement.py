@@ -39,7 +39,7 @@ import onnxruntime as ort
 from onnxflip import make_session
 from onnxflip.campaign.trials import LocalRunner, TrialSettings
 from onnxflip.data import load_split
-from onnxflip.data.sources import ArraySource
+from onnxflip.data.base import ArraySource
 from onnxflip.graph.config import control_input_name
 from onnxflip.graph.inject import plan_sites
 from onnxflip.graph.passes import InsertFlipBitsPass, StoreInFormatPass

@@ -31,6 +31,17 @@ std::string specs_json(const InputSpec* specs, size_t count) {
   return out + "]";
 }
 
+// {"name": "onnxflip_cuda_flip_bits", "parameters": [{"name": "x", "c_type": "const void*"}, ...]}
+std::string cuda_entry_json() {
+  std::string out = "{\"name\": " + quoted(kCudaEntryName) + ", \"parameters\": [";
+  bool first = true;
+  for (const Parameter& p : kCudaEntryParameters) {
+    out += (first ? "" : ", ") + std::string("{\"name\": ") + quoted(p.name) + ", \"c_type\": " + quoted(p.c_type) + "}";
+    first = false;
+  }
+  return out + "]}";
+}
+
 // {"secded": {"8": [8, 5], ...}, ...}: per ECC mode and element width, the stored word's data and check bits.
 std::string ecc_codes_json() {
   std::string out = "{";
@@ -76,7 +87,8 @@ std::string contract_json() {
     out += "{\"name\": " + quoted(a.name) + ", \"type\": " + quoted(a.type) + ", \"default\": " + a.default_json + "}";
   }
   out += "], \"inputs\": " + specs_json(kInputs, kInputCount) + ", \"outputs\": " +
-         specs_json(kOutputs, kOutputCount) + ", \"ecc_codes\": " + ecc_codes_json();
+         specs_json(kOutputs, kOutputCount) + ", \"ecc_codes\": " + ecc_codes_json() +
+         ", \"cuda_entry\": " + cuda_entry_json();
   return out + "}";
 }
 

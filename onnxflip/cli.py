@@ -1,8 +1,17 @@
-"""The ``onnxflip`` command line: argument parsing only; the work is in the Python API.
+"""The ``onnxflip`` command line: each command parses its options, calls the Python API and prints what it
+returns; the work is in the API, and the longer listings are rendered in :mod:`onnxflip.report` (evaluate's
+summary, inspect's tables, compare's midpoints).
+
+What stays here is the command line's own: option checks that name options
+(options that contradict each other or that a mode ignores), the batch size
+a model's fixed batch dimension implies when ``--batch-size`` is not given,
+the progress shown while a campaign runs (a bar on a terminal, lines in a
+log), and the one-line errors and exit status of :func:`main`.  Options
+shared by several commands are defined once, as module constants.
 
 Options that together describe one thing are an :class:`OptionGroup`: the
 command receives the object they build (a :class:`~onnxflip.graph.sites.Selection`,
-the :class:`~onnxflip.graph.config.FaultModel` of each target class, an
+the :class:`~onnxflip.faults.FaultModel` of each target class, an
 :class:`~onnxflip.graph.config.InjectionConfig`), not the options one by one.
 
 Exit status: 0 on success; 2 for a usage error (an unknown option, an option
@@ -30,13 +39,13 @@ from onnxflip.campaign.experiment import parse_probabilities
 from onnxflip.campaign.reproduce import TARGET_SETS, parse_target_sets
 from onnxflip.campaign.trials import DIRECTIONS, SWEEPS
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import check_ecc, check_stuck
-from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.faults import FaultModel, resolve_probabilities
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.formats import FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.protection import Protection, read_plan
+from onnxflip.report.summary import count, evaluation_summary
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
-from onnxflip.runtime.flip import resolve_probabilities
 from onnxflip.runtime.session import PROVIDERS
 from onnxflip.zoo import LANGUAGE_MODEL, MODELS, PAPER_NAMES
 
@@ -215,12 +224,13 @@ MEMORY_FAULT_OPTIONS = [
     _option("--on-detected", type=click.Choice(ON_DETECTED), default="keep", show_default=True,
             help="A word with a detected, uncorrectable error: keep its corrupted value, or zero it."),
 ]
+NONFINITE_OPTION = _option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
+                           help="What becomes of values a flip made NaN or infinite.")
 FAULT_OPTIONS = [
     *PROBABILITY_OPTIONS,
     BITS_OPTION,
     _option("--seed", type=int, default=0, show_default=True, help="Seed of the flips."),
-    _option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
-            help="What becomes of values a flip made NaN or infinite."),
+    NONFINITE_OPTION,
     _option("--activation-randomness", type=click.Choice(RANDOMNESS), default="per_run", show_default=True,
             help="per_run: activations draw new flips at every inference; fixed: the same flips each run."),
     _option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
@@ -238,22 +248,21 @@ def _selection(ops, every_intermediate, include, exclude) -> Selection:
 
 
 def _fault_models(*, targets, p, p01, p10, bits, seed, nonfinite, activation_randomness, parameter_randomness,
-                  memory) -> dict[str, FaultModel | None]:
+                  memory: FaultModel) -> dict[str, FaultModel | None]:
     """The FaultModel of each target class (None for a class not in --targets)."""
     prob01, prob10 = resolve_probabilities(p, p01, p10)
-    config = InjectionConfig.build(targets=targets, p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite,
-                                   activation_randomness=activation_randomness,
-                                   parameter_randomness=parameter_randomness, **memory)
+    fault = dataclasses.replace(memory, p01=prob01, p10=prob10, bits=bits, seed=seed, nonfinite=nonfinite)
+    config = InjectionConfig.build(targets=targets, fault=fault, activation_randomness=activation_randomness,
+                                   parameter_randomness=parameter_randomness)
     return {target: config.fault_model(target) for target in TARGETS}
 
 
-def _memory_faults(*, s0, s1, ecc, on_detected) -> dict:
-    """The stuck-at rates and ECC of evaluate and reproduce, as TrialSettings takes them."""
-    check_stuck(s0, s1)
-    check_ecc(ecc, on_detected)
+def _memory_faults(*, s0, s1, ecc, on_detected) -> FaultModel:
+    """The stuck-at rates and ECC (of every command that takes them) as a fault model; its refusal is an input
+    error."""
     if ecc == "none" and on_detected != "keep":
         raise click.UsageError("--on-detected needs --ecc: without a code no error is detected")
-    return {"s0": s0, "s1": s1, "ecc": ecc, "on_detected": on_detected}
+    return FaultModel(s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
 
 
 def _site_fault_models(*, targets, bits) -> dict[str, FaultModel | None]:
@@ -322,6 +331,26 @@ FLIP_P_OPTION = click.option(
     "--flip-p", type=PROBABILITY, default=0.0, show_default=True,
     help="With --sweep stuck-at: a flip probability (in --direction) added to every faulty point.")
 
+# What a campaign scores, and on which samples: Experiment's fields of the same names.
+SCORING_OPTIONS = [
+    _option("--samples", type=click.IntRange(1), default=None,
+            help="The first N samples (classes kept balanced) define the measurement [default: all]."),
+    _option("--metric", default="top1", show_default=True,
+            help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, greedy:N, or "
+                 "package.module:function."),
+    _option("--output", "output", default=None, help="The model output the metric reads [default: the first]."),
+    _option("--floor", type=float, default=None,
+            help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1]."),
+    _option("--preprocess", default=None,
+            help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
+                 "[default: the model's onnxflip.preprocess metadata]."),
+    _option("--classes", "classes", type=ClassNames(), default=None,
+            help="The model's class names in output order: a comma list, or a file with one per line; class "
+                 "folders are matched to them by name [default: the model's onnxflip.model metadata, else the "
+                 "folders' sorted order]."),
+]
+SCORING = OptionGroup("scoring", SCORING_OPTIONS, lambda **fields: fields, usage_errors=False)
+
 EXECUTOR_OPTIONS = [
     click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
                  help="Where trials run: local (this process) or ray (Ray tasks; pip install 'onnxflip[ray]'). "
@@ -357,11 +386,6 @@ class _LogLines(logging.Formatter):
         return f"onnxflip: {record.name}: {record.getMessage()}"
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 trial``, ``3 trials``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _warn(message: str) -> None:
     click.echo(f"onnxflip: warning: {message}", err=True)
 
@@ -378,21 +402,17 @@ def inject(model: pathlib.Path, output: pathlib.Path, config: InjectionConfig) -
     _seed and _stuck_seed that override them at run time.  Load the model with onnxflip.make_session(), or register
     onnxflip.get_library_path() with ONNX Runtime.
     """
-    from onnxflip.graph.config import METADATA_KEY
-    from onnxflip.graph.formats import model_format
     from onnxflip.graph.inject import insert_flipbits
+    from onnxflip.graph.record import InjectionRecord
     from onnxflip.modelio import check_output_path, load_model, save_model
     from onnxflip.runtime.session import make_session
 
     check_output_path(output, inputs=(model,))
-    clean = load_model(model)
-    if config.format is None:
-        config = dataclasses.replace(config, format=model_format(clean))
-    injected = insert_flipbits(clean, config=config)
+    injected = insert_flipbits(load_model(model), config=config)  # format None: the model's own
     make_session(injected)  # a model ONNX Runtime cannot load is refused, not written
     save_model(injected, output)
-    sites = len(json.loads(injected.metadata_props[METADATA_KEY])["sites"])  # int8 sign bits add nodes, not sites
-    click.echo(f"wrote {output}: {sites} FlipBits sites, format {config.format}")
+    record = InjectionRecord.read(injected)  # int8 sign bits add nodes, not sites
+    click.echo(f"wrote {output}: {len(record.sites)} FlipBits sites, format {record.config.format}")
     ctx = click.get_current_context()
     if all(ctx.get_parameter_source(name) == DEFAULT for name in ("p", "p01", "p10")):
         _warn("no --p, --p01 or --p10 given: the model's default flip probabilities are 0 (set its "
@@ -488,8 +508,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @TARGETS_OPTION
 @BITS_OPTION
 @DIRECTION_OPTION
-@click.option("--nonfinite", type=click.Choice(NONFINITE_POLICIES), default="keep", show_default=True,
-              help="What becomes of values a flip made NaN or infinite.")
+@NONFINITE_OPTION
 @SWEEP_OPTION
 @FLIP_P_OPTION
 @MEMORY_FAULTS
@@ -504,21 +523,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @PROBABILITIES_OPTION
 @click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
               help="Trials per probability of a --p grid (the search chooses its own).")
-@click.option("--samples", type=click.IntRange(1), default=None,
-              help="The first N samples (classes kept balanced) define the measurement [default: all].")
-@click.option("--metric", default="top1", show_default=True,
-              help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, greedy:N, or "
-                   "package.module:function.")
-@click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
-@click.option("--floor", type=float, default=None,
-              help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
-@click.option("--preprocess", default=None,
-              help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
-                   "[default: the model's onnxflip.preprocess metadata].")
-@click.option("--classes", "class_names", type=ClassNames(), default=None,
-              help="The model's class names in output order: a comma list, or a file with one per line; class "
-                   "folders are matched to them by name [default: the model's onnxflip.model metadata, else the "
-                   "folders' sorted order].")
+@SCORING
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="Samples per ONNX Runtime run (a model with a fixed batch size: that size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
@@ -531,8 +536,8 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @SELECTION
 @FOLD_OPTION
 def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, protect, midpoint, p_range,
-             precision, budget, p_spec, trials, samples, metric, output_name, floor, preprocess, class_names,
-             batch_size, seed, provider, out, resume, overwrite, executor, ray_address, selection, no_fold_batchnorm):
+             precision, budget, p_spec, trials, scoring, batch_size, seed, provider, out, resume, overwrite, executor,
+             ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
     MODEL may be clean (it is injected with these options) or injected (its
@@ -549,9 +554,9 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     (not corrected) and silently wrong.
     """
     from onnxflip.campaign.design import Budget, SearchSettings
-    from onnxflip.campaign.experiment import Experiment, parse_probabilities, resolve_format, run
-    from onnxflip.campaign.trials import TrialSettings, injected_settings
-    from onnxflip.graph.inputs import batch_dimension
+    from onnxflip.campaign.experiment import Experiment, parse_probabilities, run, settings_for_model
+    from onnxflip.campaign.results import default_folder
+    from onnxflip.campaign.trials import TrialSettings
     from onnxflip.modelio import load_model
 
     _refuse_together(("resume", "overwrite"))
@@ -562,35 +567,32 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     else:
         _refuse_with("a grid (no --midpoint)", ("p_range", "precision", "budget"), "--midpoint")
     clean_or_injected = load_model(model)
-    fixed = batch_dimension(clean_or_injected)
-    if fixed is not None and click.get_current_context().get_parameter_source("batch_size") == DEFAULT:
-        batch_size = fixed  # a model exported with a fixed batch runs in batches of that size
     try:  # options that contradict each other (a fixed stuck-at rate in a stuck-at sweep): a usage error
-        settings = TrialSettings(targets=targets, bits=bits, direction=direction, nonfinite=nonfinite,
-                                 batch_size=batch_size, seed=seed, provider=provider, selection=selection,
-                                 fold_batchnorm=not no_fold_batchnorm, sweep=sweep, flip_p=flip_p,
-                                 protection=_protection(protect), **memory)
+        settings = TrialSettings(targets=targets, fault=dataclasses.replace(memory, bits=bits, nonfinite=nonfinite),
+                                 direction=direction, batch_size=batch_size, seed=seed, provider=provider,
+                                 selection=selection, fold_batchnorm=not no_fold_batchnorm, sweep=sweep,
+                                 flip_p=flip_p, protection=_protection(protect))
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
     context = click.get_current_context()
-    given = frozenset(name for name in ("targets", "bits") if context.get_parameter_source(name) != DEFAULT)
-    settings = injected_settings(clean_or_injected, settings, given=given)
-    fmt = resolve_format(clean_or_injected, fmt)
+    given = frozenset(name for name in ("targets", "bits", "batch_size")
+                      if context.get_parameter_source(name) != DEFAULT)
+    settings = settings_for_model(clean_or_injected, settings, fmt=fmt, given=given)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(
-        trials=dataclasses.replace(settings, format=fmt),
+        trials=settings,
         search=search, probabilities=None if midpoint else tuple(parse_probabilities(p_spec)),
-        trials_per_point=trials, samples=samples, metric=metric, output=output_name, floor=floor,
-        preprocess=preprocess, classes=class_names)
-    out = out or pathlib.Path("results") / f"{model.stem}-{fmt}"
+        trials_per_point=trials, **scoring)
+    out = out or default_folder(model, settings.format)
     progress = _Progress(executor)
     try:
         with _open_executor(executor, ray_address, provider, progress) as runs_trials:
-            result = run(experiment, model_path=model, data=data, out=out, resume=resume, overwrite=overwrite,
-                         on_batch=progress.on_batch, on_step=progress.on_step, executor=runs_trials)
+            result = run(experiment, model_path=model, model=clean_or_injected, data=data, out=out, resume=resume,
+                         overwrite=overwrite, on_batch=progress.on_batch, on_step=progress.on_step,
+                         executor=runs_trials)
     finally:
         progress.close()
-    click.echo(_summary(result, out))
+    click.echo(evaluation_summary(result, out))
 
 
 def _open_executor(name: str, address: str | None, provider: str, progress: _Progress | _TaskLines):
@@ -649,65 +651,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _score_table(rows: list[dict], swept: str) -> list[str]:
-    """A grid's scores: per point, the trials, the mean score and its 95% interval over the trials."""
-    lines = [f"{swept:>9}  {'trials':>6}  {'mean':>6}  95% interval"]
-    for r in rows:
-        span = (f"[{r['low']:.4f}, {r['high']:.4f}]" if r.get("low") is not None
-                else "(the clean model)" if r["p"] == 0 else "- (one trial)")
-        lines.append(f"{r['p']:9.3g}  {r['trials']:6d}  {r['mean']:6.4f}  {span}")
-    return lines
-
-
-def _word_table(rows: list[dict], swept: str) -> list[str]:
-    """With ECC: per point, the fractions of words read corrected, detected and silently wrong."""
-    rows = [r for r in rows if "corrected" in r and r["p"] > 0]
-    if not rows:
-        return []
-    lines = [f"{swept:>9}  {'mean':>6}  {'corrected':>9}  {'detected':>9}  {'silent':>9}"]
-    lines += [f"{r['p']:9.3g}  {r['mean']:6.4f}  {r['corrected']:9.3g}  {r['detected']:9.3g}  {r['silent']:9.3g}"
-              for r in rows]
-    return lines
-
-
-def _exposure_line(exposure: dict) -> str:
-    """Which sites flipped, and the share of the stored parameters they cover."""
-    sites = ", ".join(f"{count} {target}" for target, count in exposure["sites"].items())
-    coverage = exposure.get("coverage")
-    if not coverage or not coverage["all"]["elements"]:
-        return f"sites: {sites}"
-    from onnxflip.report.sites_table import percent
-
-    share = coverage["all"]["share_elements"]
-    missing = "" if share == 1.0 else " (onnxflip inspect lists the others, with the reason)"
-    return f"sites: {sites}; {percent(share)} of the stored parameter elements are sites{missing}"
-
-
-def _summary(result: dict, out: pathlib.Path) -> str:
-    mid = result["midpoint"]
-    swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
-    lines = [f"clean {result['metric']} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
-             f"samples (those each trial scores); {_count(result['evaluations'], 'trial')} in "
-             f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
-             *(_score_table(result["rows"], "rate" if swept != "p" else "p")
-               if result["experiment"]["mode"] == "grid" else []),
-             *_word_table(result["rows"], "rate" if swept != "p" else "p")]
-    exposure = result.get("exposure")
-    if exposure:
-        lines.append(_exposure_line(exposure))
-    if mid["status"] in ("above", "below"):
-        lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
-    elif mid["status"] == "no fall":
-        lines.append(f"no midpoint: {mid['note']}")
-    elif mid["p"] is not None:
-        span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
-            " (no interval: too few trials where the score falls)"
-        lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
-    else:
-        lines.append("midpoint not reached in the measured range")
-    return "\n".join(lines)
 
 
 @cli.command()
@@ -978,13 +921,13 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
         raise click.UsageError("--target-sets compares float32 with int8 cells: give --formats with both")
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
                     samples=samples, extras=not no_extras, target_sets=target_sets,
-                    float_bias=not no_float_bias, **memory,
+                    float_bias=not no_float_bias, fault=memory,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:
         report = run_grid(spec, models_dir=models_dir, data_dir=data, out=out, command=command, resume=resume,
                           overwrite=overwrite, executor=runs_trials)
-    click.echo(f"{_count(len(report['cells']), 'cell')} in {report['wall_seconds'] / 60:.1f} min; report in "
+    click.echo(f"{count(len(report['cells']), 'cell')} in {report['wall_seconds'] / 60:.1f} min; report in "
                f"{out / 'report.md'}")
 
 

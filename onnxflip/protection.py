@@ -42,6 +42,10 @@ class Protection:
             masks[site] = masks.get(site, 0) | (1 << bit)
         return cls(tuple(sorted(masks.items())))
 
+    @classmethod
+    def of_masks(cls, masks: Iterable[tuple[str, int]]) -> Protection:
+        return cls(tuple(sorted((site, mask) for site, mask in masks if mask)))
+
     def to_json(self) -> dict[str, str]:
         """{site: protected bits as a hex mask}."""
         return {site: hex(mask) for site, mask in self.masks}

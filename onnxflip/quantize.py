@@ -27,7 +27,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from onnxflip.data.sources import ArraySource, DataSource, InputSpec, check_arrays, model_inputs
+from onnxflip.data.base import ArraySource, DataSource, InputSpec, check_arrays, model_inputs
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.formats import converted_format
 from onnxflip.graph.inject import is_injected

@@ -11,7 +11,8 @@ from conftest import model_from_text, raw, run_model
 from onnx import TensorProto, helper
 
 from onnxflip import flip_bits, make_session
-from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig, control_input_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.runtime.contract import ELEMENT_TYPES
@@ -73,3 +74,24 @@ def test_injected_nodes_take_p_and_seed_from_their_inputs_only(fed):
     (constant,) = run_model(materialize_parameters(injected, controls), eye, exact=True)
     np.testing.assert_array_equal(raw(constant), raw(expected))
 
+
+
+def test_the_cuda_entry_is_called_by_the_parameter_names_the_library_states():
+    """The C entry's parameters come from the library's contract, in the order of its C signature; Python passes
+    them by name (a parameter it does not know is a one-line error, not an argument in the wrong place)."""
+    import pathlib
+    import re
+
+    from onnxflip import OnnxflipError
+    from onnxflip.runtime.contract import CUDA_ENTRY_NAME, CUDA_ENTRY_PARAMETERS
+    from onnxflip.runtime.cuda import entry_arguments
+
+    source = pathlib.Path(__file__).parents[1] / "custom_ops" / "cuda" / "flipbits_cuda.cc"
+    signature = re.search(rf"{CUDA_ENTRY_NAME}\(([^)]*)\)", source.read_text()).group(1)
+    declared = [re.fullmatch(r"(.+?)\s*\b(\w+)", p.strip()).groups() for p in signature.split(",")]
+    assert [(name, " ".join(c_type.split())) for c_type, name in declared] == list(CUDA_ENTRY_PARAMETERS)
+    values = {name: index for index, (name, _) in enumerate(CUDA_ENTRY_PARAMETERS)}
+    assert entry_arguments(dict(reversed(values.items()))) == list(range(len(values)))
+    del values["stuck_seed"]
+    with pytest.raises(OnnxflipError, match="takes stuck_seed"):
+        entry_arguments(values)

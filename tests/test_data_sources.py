@@ -26,9 +26,11 @@ from onnxflip.data import (
     model_inputs,
     open_source,
 )
+from onnxflip.data.base import InputSpec, model_outputs
 from onnxflip.data.imagefolder import PREFETCH_BATCHES, ImageSource
-from onnxflip.data.sources import InputSpec, check_labels, model_outputs
-from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.data.sources import check_labels
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.metrics import Agreement, RelError, TopK
 from onnxflip.modelio import load_model, save_model

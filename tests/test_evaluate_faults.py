@@ -15,9 +15,16 @@ from onnxflip import OnnxflipError
 from onnxflip.campaign.trials import LocalRunner, TrialSettings
 from onnxflip.cli import main
 from onnxflip.data.sources import open_source
+from onnxflip.faults import FaultModel
 from onnxflip.metrics import metric_from_spec
 from onnxflip.modelio import load_model
 from onnxflip.runtime.session import runtime_bytes, session_options
+
+
+def _settings(**settings) -> TrialSettings:
+    """TrialSettings whose fault-model fields (bits, nonfinite, stuck-at rates, ECC) go into its FaultModel."""
+    fault = {k: settings.pop(k) for k in ("bits", "nonfinite", "s0", "s1", "ecc", "on_detected") if k in settings}
+    return TrialSettings(fault=FaultModel(**fault), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def source(synthetic_data):
 
 
 def _runner(source, **settings) -> LocalRunner:
-    return LocalRunner(template_classifier(), source, metric_from_spec("top1"), TrialSettings(**settings))
+    return LocalRunner(template_classifier(), source, metric_from_spec("top1"), _settings(**settings))
 
 
 def test_evaluate_with_secded_reports_the_word_fractions_per_point(classifier_path, synthetic_data, tmp_path, capsys):
@@ -178,7 +185,7 @@ def test_int8_trials_under_ecc_run_the_exact_integer_kernels(qdq_path, synthetic
 
     def logits(ecc: str, p: float):
         runner = LocalRunner(model, data, metric_from_spec("top1"),
-                             TrialSettings(format="int8", targets=("weights",), ecc=ecc))
+                             TrialSettings(format="int8", targets=("weights",), fault=FaultModel(ecc=ecc)))
         session = runner._session(p, p, 7).session
         return session.run([runner.output], batch.feeds)[0], runner
 

@@ -17,7 +17,14 @@ from onnxflip.campaign.trials import LocalRunner, TrialSettings, mix_seed
 from onnxflip.cli import main
 from onnxflip.data import load_split
 from onnxflip.data.sources import open_source
+from onnxflip.faults import FaultModel
 from onnxflip.metrics import metric_from_spec
+
+
+def _settings(**settings) -> TrialSettings:
+    """TrialSettings whose fault-model fields (bits, nonfinite, stuck-at rates, ECC) go into its FaultModel."""
+    fault = {k: settings.pop(k) for k in ("bits", "nonfinite", "s0", "s1", "ecc", "on_detected") if k in settings}
+    return TrialSettings(fault=FaultModel(**fault), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def source(synthetic_data):
 
 
 def runner(source, **settings) -> LocalRunner:
-    return LocalRunner(template_classifier(), source, metric_from_spec("top1"), TrialSettings(**settings))
+    return LocalRunner(template_classifier(), source, metric_from_spec("top1"), _settings(**settings))
 
 
 def test_p0_is_the_clean_accuracy_of_a_plain_onnxruntime_run(source, synthetic_data):

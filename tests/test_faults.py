@@ -15,10 +15,11 @@ from conftest import TYPE_NAMES, popcount, random_array, raw, run_model, templat
 from onnxflip import OnnxflipError, flip_bits
 from onnxflip.bits import element_type, field_mask
 from onnxflip.cli import main
-from onnxflip.faults import words_per_run
-from onnxflip.graph.config import METADATA_KEY, FaultModel, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.faults import FaultModel, words_per_run
+from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.passes.materialize import materialize_parameters
+from onnxflip.graph.record import METADATA_KEY
 from onnxflip.modelio import save_model
 from onnxflip.runtime.contract import ECC_CODES, ECC_MODES, ON_DETECTED
 from onnxflip.runtime.flip import flipbits_node_model, run_flipbits_session

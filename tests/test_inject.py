@@ -13,11 +13,13 @@ import pytest
 from conftest import model_from_text, needs_zoo_extra, run_model, save_model
 
 from onnxflip import OnnxflipError
-from onnxflip.graph.config import FaultModel, InjectionConfig, control_input_name
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig, control_input_name
 from onnxflip.graph.inject import convert_format, insert_flipbits
 from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import TARGETS, Selection
 from onnxflip.modelio import load_model
 from onnxflip.runtime.session import runtime_proto
@@ -127,8 +129,9 @@ def test_caller_model_is_not_mutated(injected, transform):
 
 def test_injection_config_build_shares_one_fault_model_across_the_chosen_targets():
     memory = {"s0": 0.01, "s1": 0.02, "ecc": "secded64", "on_detected": "zero"}
-    config = InjectionConfig.build(format="float16", targets=("activations", "weights"), p01=0.1, p10=0.2,
-                                   bits="exponent", seed=7, parameter_randomness="per_run", **memory)
+    fault = FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, **memory)
+    config = InjectionConfig.build(format="float16", targets=("activations", "weights"), fault=fault,
+                                   parameter_randomness="per_run")
     assert config.biases is None and config.targets == ("activations", "weights")
     assert config.weights == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
     assert config.activations == FaultModel(p01=0.1, p10=0.2, bits="exponent", seed=7, randomness="per_run", **memory)
@@ -151,6 +154,18 @@ def test_controls_are_graph_inputs_with_defaults_and_settings_are_recorded():
     assert recorded["config"]["weights"]["p10"] == 2e-4
     assert {s["target"] for s in recorded["sites"]} == {"activations", "weights"}
     assert [v.name for v in injected.graph.outputs] == ["y"]
+    # The typed record reads what was written, and writes it back unchanged.
+    record = InjectionRecord.read(injected)
+    assert record.config == config and record.to_json() == recorded
+    assert record.coverage is not None and record.coverage.totals() == recorded["coverage"]["totals"]
+    assert InjectionRecord.read(conv_model()) is None
+
+
+def test_a_broken_injection_record_is_one_line():
+    model = conv_model()
+    model.metadata_props["onnxflip.injection"] = "{not json"
+    with pytest.raises(OnnxflipError, match="is not an injection record"):
+        InjectionRecord.read(model)
 
 
 def test_reinjection_is_refused():

@@ -25,7 +25,8 @@ import pytest
 from conftest import run_model
 from onnx_ir.passes.common import ShapeInferencePass
 
-from onnxflip.graph.config import FaultModel, InjectionConfig
+from onnxflip.faults import FaultModel
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import insert_flipbits, plan_sites
 from onnxflip.graph.passes import InsertFlipBitsPass, StoreInFormatPass
 from onnxflip.graph.passes.materialize import materialize_parameters

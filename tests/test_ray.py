@@ -4,7 +4,12 @@ dies mid-trial is replaced and its trial run again; resume across executors; one
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
+import venv
 
 import pytest
 from conftest import template_classifier, write_zoo_models
@@ -145,3 +150,30 @@ def test_bad_ray_input_is_one_line(classifier_path, synthetic_data, tmp_path, ca
     assert code == 1 and errors == [f"onnxflip: error: {errors[0].split('error: ', 1)[1]}"] and message in errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_run_from_a_source_checkout_the_workers_import_the_installed_package(classifier_path, synthetic_data,
+                                                                              tmp_path):
+    """`pip install .` then `onnxflip evaluate --executor ray` in the checkout: Ray puts the working folder first on
+    its workers' path, where the source tree (no compiled library) would shadow the installed package."""
+    import onnxflip
+
+    env = tmp_path / "env"  # a plain install: the package and its library in site-packages, no editable finder
+    venv.EnvBuilder(with_pip=False).create(env)
+    (site,) = env.glob("lib/python*/site-packages")
+    for folder in onnxflip.__path__:
+        shutil.copytree(folder, site / "onnxflip", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "dependencies.pth").write_text("\n".join(p for p in sys.path if p.endswith("-packages")) + "\n")
+    checkout = tmp_path / "checkout"  # the working folder: the source tree, never built
+    shutil.copytree(pathlib.Path(onnxflip.__file__).parent, checkout / "onnxflip",
+                    ignore=shutil.ignore_patterns("__pycache__", "lib", "*.so"))
+    assert not list((checkout / "onnxflip").rglob("*.so"))
+    script = env / "bin" / "onnxflip-cli"  # as the console script runs: its own folder first, not the working one
+    script.write_text("import sys\nfrom onnxflip.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTHON"))}
+    done = subprocess.run([str(env / "bin" / "python"), str(script), "evaluate", str(classifier_path), "--data",
+                           str(synthetic_data), "--p", "1e-3", "--trials", "2", "--executor", "ray", "--out",
+                           str(tmp_path / "r")], cwd=checkout, env=environment, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(json.loads((tmp_path / "r" / "results.json").read_text())["trials"]) == 3

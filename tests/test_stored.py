@@ -18,9 +18,10 @@ from conftest import model_from_text, popcount, raw, run_model, write_unloadable
 from onnx import helper, numpy_helper
 
 from onnxflip.cli import main
+from onnxflip.faults import FaultModel
 from onnxflip.graph import InjectionConfig, control_input_name, insert_flipbits
-from onnxflip.graph.config import METADATA_KEY
 from onnxflip.graph.inject import plan_sites, site_coverage
+from onnxflip.graph.record import METADATA_KEY
 from onnxflip.modelio import load_model, save_model
 
 RNG = np.random.default_rng(5)
@@ -134,7 +135,7 @@ def test_a_tied_embedding_is_one_site_flipped_once():
     _, _, sites = plan_sites(model, InjectionConfig())
     assert [(s.name, s.target) for s in sites if s.target != "activations"] == [
         ("wte", "weights"), ("gamma", "weights"), ("beta", "biases")]
-    config = InjectionConfig.build(targets=("weights",), p01=0.05, p10=0.05, bits="mantissa")
+    config = InjectionConfig.build(targets=("weights",), fault=FaultModel.symmetric(0.05, bits="mantissa"))
     injected = insert_flipbits(model, config=config)
     assert sorted(n.inputs[0].name for n in injected.graph if n.op_type == "FlipBits") == ["gamma", "wte"]
     flipped = {name: _flipped(injected, name) for name in ("wte", "gamma")}

@@ -33,7 +33,8 @@ OrtStatusPtr FlipBitsCudaKernel::ComputeV2(OrtKernelContext* raw_context) {
 // (torch or CuPy tensors); stuck_seed keys the stuck cells (pass seed for the operator's default).  onnx_type, nonfinite, ecc and on_detected are codes from onnxflip_contract();
 // counts, when not null, is device memory for the int64[3] word counts.  The rates are rounded to float32,
 // the precision of the operator's inputs, so that the same rates draw the same faults as the operator does.
-// Returns 0, a cudaError_t value, or -1 for invalid settings.
+// Returns 0, a cudaError_t value, or -1 for invalid settings.  Its parameters, in this order and with these names,
+// are kCudaEntryParameters of contract.h, which onnxflip_contract() exports: change both together.
 extern "C" __attribute__((visibility("default"))) int onnxflip_cuda_flip_bits(
     const void* x, void* y, int64_t count, int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id,
     uint32_t run, uint64_t mask, int32_t nonfinite, double s0, double s1, int64_t stuck_seed, int32_t ecc,

@@ -8,7 +8,8 @@ The search, given a bracket [low, high] in p:
    result says on which side of the range the midpoint lies.
 3. Bisection in log10 p, two trials per point, until the bracket is one
    decade wide.
-4. Four trials at the estimated midpoint.  Their spread measures the
+4. Six trials (``PILOT_TRIALS``) at the estimated midpoint (the middle of
+   the bracket while no curve fits).  Their spread measures the
    variance components: sigma_T^2 between trials (one flip can ruin a whole
    trial) and the spread between samples.  The number of samples per trial n
    is then chosen to reach the target width at the least cost (time per

@@ -75,7 +75,7 @@ from scipy import stats as scipy_stats
 
 __all__ = ["MAX_SHAPE", "MIN_TRIALS", "Fit", "PointData", "fit_curve", "profile_interval", "survival", "with_profile"]
 
-MAX_SHAPE = 30.0  # k at most: 10% to 90% of the fall within 0.03 decades of p
+MAX_SHAPE = 30.0  # k at most: the fall from 90% to 10% then spans 0.045 (lam = 0.01) to 0.14 (lam = 4) decades of p
 MIN_SHAPE = 0.05
 LAMBDA_RANGE = (0.01, 4.0)
 MIN_TRIALS = 40  # trials where the fitted curve is between 0.1 and 0.9, before any interval is given

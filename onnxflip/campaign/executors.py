@@ -18,11 +18,20 @@ rebuilds the runner once per experiment and runs the trials, one task each,
 sent to whichever actor is free.  An actor that dies is started again by Ray
 and its trial sent again, up to ``max_attempts`` times (counted as failed in
 the :class:`TaskCounts`); an error that a trial raises is raised here.
+
+Ray puts the driver's working folder first on its workers' ``sys.path``; run
+from a source checkout of onnxflip (a ``pip install .`` of it), that folder
+holds the unbuilt ``onnxflip/`` (no compiled library), which the workers would
+import instead of the installed package.  A Ray instance this executor starts
+or joins therefore has each worker import, as it starts, the package this
+process imported (where that exists on the worker's machine), before anything
+else asks for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -117,6 +126,31 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                             "`ray start --head --port=6379`") from None
 
 
+def _import_installed_package_hook() -> Callable[[], None]:
+    """Ray's ``worker_process_setup_hook``: import the onnxflip this process runs, before Ray prepends the
+    driver's working folder to the worker's ``sys.path``.
+
+    Ray pickles a function by reference, and a worker would import it from the very package it has to choose; so
+    the hook is source code that ``exec`` runs, and names only the standard library.
+    """
+    import onnxflip
+
+    origin = os.path.abspath(onnxflip.__file__)
+    code = (
+        "import importlib, os, sys\n"
+        f"origin, folder = {origin!r}, {os.path.dirname(os.path.dirname(origin))!r}\n"
+        "if os.path.isfile(origin) and 'onnxflip' not in sys.modules:\n"
+        "    sys.path.insert(0, folder)\n"
+        "    try:\n"
+        "        importlib.import_module('onnxflip')\n"
+        "    finally:\n"
+        "        sys.path.remove(folder)\n"
+    )
+    hook = functools.partial(exec, code, {})
+    hook.__name__ = "import_installed_onnxflip"  # Ray names the hook by it
+    return hook
+
+
 class _TrialWorker:
     """A Ray actor: rebuilds each experiment's runner once and runs its trials."""
 
@@ -190,7 +224,8 @@ class RayExecutor:
             try:
                 # "local": a new instance, even where `ray start` left a cluster running on this machine.
                 ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
-                         include_dashboard=False, logging_level=logging.WARNING)
+                         include_dashboard=False, logging_level=logging.WARNING,
+                         runtime_env={"worker_process_setup_hook": _import_installed_package_hook()})
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 hint = ""

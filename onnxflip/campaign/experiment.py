@@ -1,4 +1,4 @@
-"""One experiment: settings in, results out.  ``onnxflip evaluate``, ``reproduce`` and the benchmarks call :func:`run`.
+"""One experiment: settings in, results out.  ``onnxflip evaluate``, ``reproduce`` and a benchmark call :func:`run`.
 
 The path: load the model -> open the data source and the metric -> a trial
 runner (:mod:`~onnxflip.campaign.trials`) -> either a grid of probabilities
@@ -13,6 +13,7 @@ with a fixed number of trials each, or the sequential midpoint search
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -35,23 +36,17 @@ from onnxflip.campaign.results import (
     versions,
     write_results,
 )
-from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, mix_seed
+from onnxflip.campaign.trials import LocalRunner, TrialSettings, injected_format, injected_settings, mix_seed
+from onnxflip.data.base import DataSource, model_outputs
 from onnxflip.data.preprocess import Preprocess
-from onnxflip.data.sources import (
-    DataSource,
-    check_labels,
-    match_classes,
-    model_class_names,
-    model_outputs,
-    open_source,
-    resolve_data,
-)
+from onnxflip.data.sources import check_labels, match_classes, model_class_names, open_source, resolve_data
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.formats import model_format
+from onnxflip.graph.inputs import batch_dimension
 from onnxflip.metrics import Metric, metric_from_spec
 from onnxflip.modelio import load_model
 
-__all__ = ["Experiment", "parse_probabilities", "resolve_format", "run"]
+__all__ = ["Experiment", "parse_probabilities", "resolve_format", "run", "settings_for_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +120,18 @@ def resolve_format(model, requested: str | None) -> str:
     if recorded is not None and requested is not None and requested != recorded:
         raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")
     return recorded or requested or model_format(model)
+
+
+def settings_for_model(model: ir.Model, settings: TrialSettings, *, fmt: str | None,
+                       given: frozenset[str]) -> TrialSettings:
+    """The trial settings of a campaign on ``model``: in the batch size its inputs fix (unless ``batch_size`` is
+    in ``given``, the settings set by the user), with the targets and bits an injected model holds (see
+    :func:`~onnxflip.campaign.trials.injected_settings`), in the format :func:`resolve_format` gives."""
+    fixed = batch_dimension(model)
+    if fixed is not None and "batch_size" not in given:
+        settings = dataclasses.replace(settings, batch_size=fixed)  # exported with a fixed batch: batches of it
+    settings = injected_settings(model, settings, given=given)
+    return dataclasses.replace(settings, format=resolve_format(model, fmt))
 
 
 class _Replay:
@@ -206,22 +213,25 @@ def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[
 
 def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, out: pathlib.Path, resume: bool = False,
         overwrite: bool = False, on_batch: Callable[[], None] | None = None,
-        on_step: Callable[[dict], None] | None = None, executor: Executor | None = None) -> dict:
+        on_step: Callable[[dict], None] | None = None, executor: Executor | None = None,
+        model: ir.Model | None = None) -> dict:
     """Run the experiment, writing results as trials finish; returns the final results.
 
     ``executor`` runs the trials (:mod:`~onnxflip.campaign.executors`; default: in this process); the results
-    are the same whichever runs them, so a campaign one executor began another may resume.
+    are the same whichever runs them, so a campaign one executor began another may resume.  ``model``: the
+    model at ``model_path`` loaded already (by a caller that read it to choose the settings), else it is loaded
+    here.
     """
     model_path = pathlib.Path(model_path)
-    local, data_path, metric = _local_runner(experiment, model_path, data, on_batch)
+    local, data_path, metric = _local_runner(experiment, model if model is not None else load_model(model_path),
+                                             data, on_batch)
     with removed_if_left_empty(out), (executor or LocalExecutor()).bind(local) as runner:
         return _run(experiment, runner, metric, model_path=model_path, data_path=data_path, out=out, resume=resume,
                     overwrite=overwrite, on_step=on_step)
 
 
-def _local_runner(experiment: Experiment, model_path: pathlib.Path, data, on_batch) -> tuple[LocalRunner, object, Metric]:
+def _local_runner(experiment: Experiment, model: ir.Model, data, on_batch) -> tuple[LocalRunner, object, Metric]:
     """The model injected, the data source opened and checked, the metric: the runner of the experiment's trials."""
-    model = load_model(model_path)
     metric = metric_from_spec(experiment.metric)
     source, data_path = scored_source(model, data, metric=metric, output=experiment.output,
                                       preprocess=experiment.preprocess, classes=experiment.classes,

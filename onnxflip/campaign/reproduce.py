@@ -22,7 +22,7 @@ import logging
 import pathlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from onnxflip.campaign.design import SearchSettings
 from onnxflip.campaign.executors import Executor
@@ -30,6 +30,7 @@ from onnxflip.campaign.experiment import Experiment, run
 from onnxflip.campaign.results import check_inputs_outside, prepare_output
 from onnxflip.campaign.trials import TrialSettings
 from onnxflip.errors import OnnxflipError
+from onnxflip.faults import FaultModel
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import write_atomically
 from onnxflip.report.reproduction import render_report
@@ -95,20 +96,25 @@ class GridSpec:
     target_sets: tuple[tuple[str, ...], ...] = TARGET_SETS  # int8 vs float32 per combination (needs both formats)
     float_bias: bool = True  # the target sets with biases also on the int8 models with float32 biases
     search: SearchSettings = field(default_factory=SearchSettings)
-    # Memory faults of every cell (see onnxflip.faults): stuck-at rates and ECC words
-    s0: float = 0.0
-    s1: float = 0.0
-    ecc: str = "none"
-    on_detected: str = "keep"
+    # The memory faults of every cell (stuck-at rates, ECC words); each cell sets its own bits and nonfinite policy
+    fault: FaultModel = field(default_factory=FaultModel)
 
     def __post_init__(self) -> None:
-        TrialSettings(s0=self.s0, s1=self.s1, ecc=self.ecc, on_detected=self.on_detected)  # checks them
+        TrialSettings(fault=self.fault)  # a grid's fault model gives no flip probabilities or seed
 
     def memory(self) -> tuple[tuple[str, object], ...]:
         """The memory faults that differ from the defaults (fault-free cells keep their earlier names)."""
         defaults = {"s0": 0.0, "s1": 0.0, "ecc": "none", "on_detected": "keep"}
-        return tuple((name, getattr(self, name)) for name, default in defaults.items()
-                     if getattr(self, name) != default and not (name == "on_detected" and self.ecc == "none"))
+        fault = self.fault
+        return tuple((name, getattr(fault, name)) for name, default in defaults.items()
+                     if getattr(fault, name) != default and not (name == "on_detected" and fault.ecc == "none"))
+
+    def to_json(self) -> dict:
+        """The grid as report.json records it: the fault model's memory faults among the other fields, the
+        search last."""
+        data = {k: _jsonable(v) for k, v in self.__dict__.items() if k not in ("search", "fault")}
+        data.update({name: getattr(self.fault, name) for name in ("s0", "s1", "ecc", "on_detected")})
+        return {**data, "search": self.search.to_json()}
 
     def cells(self) -> list[Cell]:
         memory = self.memory()
@@ -153,9 +159,9 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
         if "midpoint" in done:
             return done
     experiment = Experiment(
-        trials=TrialSettings(format=cell.format, targets=cell.targets, bits=cell.bits, direction=cell.direction,
-                             nonfinite=cell.nonfinite, batch_size=spec.batch_size, seed=spec.seed, s0=spec.s0,
-                             s1=spec.s1, ecc=spec.ecc, on_detected=spec.on_detected),
+        trials=TrialSettings(format=cell.format, targets=cell.targets,
+                             fault=replace(spec.fault, bits=cell.bits, nonfinite=cell.nonfinite),
+                             direction=cell.direction, batch_size=spec.batch_size, seed=spec.seed),
         search=spec.search, samples=spec.samples)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
                resume=results.is_file(), overwrite=not results.is_file(), executor=executor)
@@ -205,8 +211,7 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
         summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out, executor)))
     report = {
         "command": command,
-        "spec": {**{k: _jsonable(v) for k, v in spec.__dict__.items() if k != "search"},
-                 "search": spec.search.to_json()},
+        "spec": spec.to_json(),
         "samples": summaries[0]["samples"] if summaries else None,
         "wall_seconds": sum(c["wall_seconds"] for c in summaries),
         "wall_seconds_this_run": time.perf_counter() - began,

@@ -1,4 +1,7 @@
-"""A campaign's results folder: results.json and results.csv, written atomically after every batch of trials.
+"""A campaign's results folder: results.json and results.csv, written atomically as trials finish.
+
+:func:`onnxflip.campaign.experiment.run` writes them after a batch of trials
+when two seconds have passed since the last write, and when the campaign ends.
 
 ``results.json`` holds everything needed to reproduce and to judge the
 numbers: the settings, versions, seed scheme, every trial (probability, trial
@@ -30,11 +33,16 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import write_atomically
 
-__all__ = ["check_inputs_outside", "prepare_output", "removed_if_left_empty", "rows_of", "versions", "write_results"]
+__all__ = ["check_inputs_outside", "default_folder", "prepare_output", "removed_if_left_empty", "rows_of", "versions", "write_results"]
 
 CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "low", "high", "sd", "min", "max",
                "nonfinite")
 WORD_COLUMNS = ("corrected", "detected", "silent")  # with ECC: fractions of the words read
+
+
+def default_folder(model: pathlib.Path, fmt: str) -> pathlib.Path:
+    """The results folder of a campaign on ``model`` in format ``fmt`` when none is given: results/<model>-<format>."""
+    return pathlib.Path("results") / f"{model.stem}-{fmt}"
 
 
 def check_inputs_outside(out: pathlib.Path, inputs: Sequence[pathlib.Path | str]) -> None:

@@ -22,7 +22,7 @@ memory), activations summed over the batches.
 Cost: a session per trial (milliseconds: the parameters are flipped with the
 kernel and bound as the trial's constants into a model materialised once) and
 one pass over the samples, which are decoded once and held in memory when
-they fit (``--cache``).  The trial's session runs in the process's shared
+they fit (``Experiment.cache_bytes``, 2 GiB).  The trial's session runs in the process's shared
 arena (:func:`~onnxflip.runtime.session.session_options`), so its first pass
 costs what a warm session's does.
 """
@@ -30,11 +30,10 @@ costs what a warm session's does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -43,15 +42,16 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxflip.campaign.design import TrialOutcome
-from onnxflip.data.sources import DataSource
+from onnxflip.data.base import DataSource
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import WordCounts, check_ecc, check_stuck, words_per_run
+from onnxflip.faults import FaultModel, WordCounts, words_per_run
 from onnxflip.graph.cache import cache_pairs
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
 from onnxflip.metrics import Metric, targets_of
 from onnxflip.protection import Protection
@@ -93,32 +93,35 @@ def probabilities_for(p: float, direction: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """Everything that decides the numbers of a trial (recorded with the results)."""
+    """Everything that decides the numbers of a trial (recorded with the results).
+
+    ``fault``: the fault model of every target class (its bits, nonfinite
+    policy, stuck-at rates of a flip sweep, ECC); its flip probabilities and
+    seed are the trial's (:meth:`rates`, :func:`mix_seed`), so they stay 0
+    there.  ``direction``, ``sweep`` and ``flip_p`` say what the swept value
+    sets.
+    """
 
     format: str = "float32"
     targets: tuple[str, ...] = DEFAULT_TARGETS
-    bits: str = "all"
+    fault: FaultModel = field(default_factory=FaultModel)
     direction: str = "both"
-    nonfinite: str = "keep"
     batch_size: int = 500
     seed: int = 0
     provider: str = "cpu"
     selection: Selection = field(default_factory=Selection)
     fold_batchnorm: bool = True
     sweep: str = "flip"
-    s0: float = 0.0  # stuck-at rates of every trial of a flip sweep
-    s1: float = 0.0
     flip_p: float = 0.0  # flip probability (in ``direction``) of every trial of a stuck-at sweep
-    ecc: str = "none"
-    on_detected: str = "keep"
     protection: Protection = field(default_factory=Protection)  # bits that never flip, per site
 
     def __post_init__(self) -> None:
         if self.sweep not in SWEEPS:
             raise OnnxflipError(f"sweep must be one of {', '.join(SWEEPS)}, not {self.sweep!r}")
-        check_stuck(self.s0, self.s1)
-        check_ecc(self.ecc, self.on_detected)
-        if self.sweep == "stuck-at" and (self.s0 or self.s1):
+        if self.fault.p01 or self.fault.p10 or self.fault.seed or self.fault.randomness != "fixed":
+            raise OnnxflipError("a trial sets the flip probabilities and seeds itself: the settings' fault model "
+                                "gives none")
+        if self.sweep == "stuck-at" and self.fault.stuck:
             raise OnnxflipError("a stuck-at sweep sets s0 = s1 = rate / 2 itself; give no fixed stuck-at rates")
         if self.sweep == "flip" and self.flip_p:
             raise OnnxflipError("a flip sweep sets the flip probability itself; a fixed one is for a stuck-at sweep")
@@ -135,11 +138,17 @@ class TrialSettings:
             raise OnnxflipError(f"targets must be some of {', '.join(TARGETS)}")
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["targets"] = list(self.targets)
-        data["selection"]["activation_ops"] = list(self.selection.activation_ops)
-        data.pop("protection")
-        if self.protection.masks:  # recorded where given (results without it stay comparable)
+        """The settings as results.json records them: the fault model's fields among the others, in the order
+        that files written before the settings held a fault model have; the protection where one is given
+        (results without it stay comparable)."""
+        fault = self.fault
+        data = {"format": self.format, "targets": list(self.targets), "bits": fault.bits,
+                "direction": self.direction, "nonfinite": fault.nonfinite, "batch_size": self.batch_size,
+                "seed": self.seed, "provider": self.provider,
+                "selection": {**asdict(self.selection), "activation_ops": list(self.selection.activation_ops)},
+                "fold_batchnorm": self.fold_batchnorm, "sweep": self.sweep, "s0": fault.s0, "s1": fault.s1,
+                "flip_p": self.flip_p, "ecc": fault.ecc, "on_detected": fault.on_detected}
+        if self.protection.masks:
             data["protection"] = self.protection.to_json()
         return data
 
@@ -149,15 +158,15 @@ class TrialSettings:
             return 0.0, 0.0, 0.0, 0.0
         if self.sweep == "stuck-at":
             return (*probabilities_for(self.flip_p, self.direction), x / 2, x / 2)
-        return (*probabilities_for(x, self.direction), self.s0, self.s1)
+        return (*probabilities_for(x, self.direction), self.fault.s0, self.fault.s1)
 
     def injection(self) -> InjectionConfig:
         """Activations flip with fixed randomness too: each batch is fed its own seed, so every number is
         reproducible from the run seed.  The rates are the trials' control inputs; ECC is the nodes'."""
-        return InjectionConfig.build(format=self.format, targets=self.targets, bits=self.bits,
-                                     nonfinite=self.nonfinite, activation_randomness="fixed",
-                                     selection=self.selection, fold_batchnorm=self.fold_batchnorm,
-                                     ecc=self.ecc, on_detected=self.on_detected, protection=self.protection)
+        return InjectionConfig.build(format=self.format, targets=self.targets,
+                                     fault=replace(self.fault, s0=0.0, s1=0.0) if self.fault.stuck else self.fault,
+                                     activation_randomness="fixed", selection=self.selection,
+                                     fold_batchnorm=self.fold_batchnorm, protection=self.protection)
 
 
 class _TrialSession(NamedTuple):
@@ -169,51 +178,45 @@ class _TrialSession(NamedTuple):
     parameters: dict[str, np.ndarray]
 
 
-def _injected_config(model: ir.Model) -> dict | None:
-    """The injection settings an injected model records (None for a clean model)."""
-    if METADATA_KEY not in model.metadata_props:
-        return None
-    return json.loads(model.metadata_props[METADATA_KEY])["config"]
-
-
 def injected_format(model: ir.Model) -> str | None:
     """The format an injected model was injected in (None for a clean model)."""
-    config = _injected_config(model)
-    return None if config is None else config["format"]
+    record = InjectionRecord.read(model)
+    return None if record is None else record.config.format
 
 
 def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozenset[str]) -> TrialSettings:
     """The settings of a campaign on ``model``: for an injected model, the targets and bits it flips (those in
     ``given``, set by the user, must be the model's: an injected model flips what it holds, and the results
     record what was measured); a clean model's settings as they are."""
-    config = _injected_config(model)
-    if config is None:
+    record = InjectionRecord.read(model)
+    if record is None:
         return settings
     if settings.protection.masks:
         raise OnnxflipError("the model is injected already: protect its bits when injecting (inject --protect), or "
                             "give the clean model")
-    faults = {target: config[target] for target in TARGETS if config.get(target)}
-    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values()))["bits"] if faults else settings.bits}
+    faults = {target: record.config.fault_model(target) for target in record.config.targets}
+    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values())).bits if faults else settings.fault.bits}
+    asked_for = {"targets": settings.targets, "bits": settings.fault.bits}
     for name, value in recorded.items():
-        asked = getattr(settings, name)
+        asked = asked_for[name]
         if name in given and asked != value:
             shown = ",".join(value) if name == "targets" else value
             raise OnnxflipError(f"the model is injected with --{name} {shown}, not "
                                 f"{','.join(asked) if name == 'targets' else asked}; leave --{name} out, or give "
                                 "the clean model")
-    return dataclasses.replace(settings, **recorded)
+    return dataclasses.replace(settings, targets=recorded["targets"],
+                               fault=dataclasses.replace(settings.fault, bits=recorded["bits"]))
 
 
-def _check_injected_ecc(model: ir.Model, settings: TrialSettings) -> None:
+def _check_injected_ecc(record: InjectionRecord, settings: TrialSettings) -> None:
     """An injected model's ECC words are fixed in its nodes: they must be the ones the settings ask for."""
-    config = _injected_config(model)
-    for target in TARGETS:
-        fault = config.get(target)
-        if fault and (fault.get("ecc", "none"), fault.get("on_detected", "keep")) != (settings.ecc,
-                                                                                        settings.on_detected):
-            raise OnnxflipError(f"the model's {target} are injected with ecc {fault.get('ecc', 'none')}, on-detected "
-                                f"{fault.get('on_detected', 'keep')}, not ecc {settings.ecc}, on-detected "
-                                f"{settings.on_detected}; give the same options or a clean model")
+    asked = settings.fault
+    for target in record.config.targets:
+        fault = record.config.fault_model(target)
+        if (fault.ecc, fault.on_detected) != (asked.ecc, asked.on_detected):
+            raise OnnxflipError(f"the model's {target} are injected with ecc {fault.ecc}, on-detected "
+                                f"{fault.on_detected}, not ecc {asked.ecc}, on-detected "
+                                f"{asked.on_detected}; give the same options or a clean model")
 
 
 def _describe_outputs(outputs: list[ir.Value]) -> str:
@@ -253,14 +256,15 @@ class LocalRunner:
         self.source = source
         self.samples = len(source)
         self.on_batch = on_batch
-        if METADATA_KEY in model.metadata_props:
+        record = InjectionRecord.read(model)
+        if record is not None:
             self.injected = model
-            recorded = injected_format(model)
-            if recorded != settings.format:
-                raise OnnxflipError(f"the model is injected in format {recorded}, not {settings.format}")
-            _check_injected_ecc(model, settings)
+            if record.config.format != settings.format:
+                raise OnnxflipError(f"the model is injected in format {record.config.format}, not {settings.format}")
+            _check_injected_ecc(record, settings)
         else:
             self.injected = insert_flipbits(model, config=settings.injection())
+            record = InjectionRecord.read(self.injected)
         self.fixed_batch = batch_dimension(self.injected)  # the batch size the model's inputs fix (None: any)
         if self.fixed_batch is not None and settings.batch_size != self.fixed_batch:
             raise OnnxflipError(f"the model takes batches of exactly {self.fixed_batch} (its inputs fix the batch "
@@ -269,11 +273,10 @@ class LocalRunner:
                         if any(v.name == control_input_name(t, "p01") for v in self.injected.graph.inputs)]
         output_names = {v.name for v in self.injected.graph.outputs}
         self.counted = [t for t in self.targets if counts_output_name(t) in output_names]  # targets with ECC words
-        record = json.loads(self.injected.metadata_props[METADATA_KEY])
-        self._sites = record["sites"]
+        self._sites = record.sites
         # What the injection exposes: sites per target, and the coverage of the stored parameters (where recorded).
         self.exposure = {"sites": {t: sum(1 for s in self._sites if s["target"] == t) for t in self.targets},
-                         "coverage": record["coverage"]["totals"] if "coverage" in record else None}
+                         "coverage": record.coverage.totals() if record.coverage is not None else None}
         self._uncounted: set[str] = set()  # ECC targets whose words cannot be counted (warned once)
         outputs = [v for v in self.injected.graph.outputs if not v.name.startswith("onnxflip_")]
         names = [v.name for v in outputs]
@@ -332,7 +335,7 @@ class LocalRunner:
         the int8 bits) are constants once flipped: stored as uint8 then, like the others, so that ONNX Runtime
         runs its exact integer kernels (see :mod:`onnxflip.graph.passes.qlinear`)."""
         model = materialize_parameters(self.injected, controls)
-        if self.settings.format == "int8" and self.settings.ecc != "none":
+        if self.settings.format == "int8" and self.settings.fault.ecc != "none":
             StoreInt8AsUint8Pass()(model)
         return model
 

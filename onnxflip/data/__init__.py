@@ -8,9 +8,10 @@ still reachable here.
 
 from __future__ import annotations
 
+from onnxflip.data.base import ArraySource, Batch, DataSource, InputSpec, model_inputs
 from onnxflip.data.cifar10 import CLASSES, DEFAULT_DATA_DIR, Split, download, load_split, resolve_data_dir
 from onnxflip.data.preprocess import PREPROCESS_METADATA_KEY, Preprocess
-from onnxflip.data.sources import ArraySource, Batch, DataSource, InputSpec, model_inputs, open_source
+from onnxflip.data.sources import open_source
 
 __all__ = [
     "CLASSES",

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxflip.data.base import InputSpec, balanced_order
+from onnxflip.data.imagefolder import ImageSource
 from onnxflip.data.preprocess import Preprocess
-from onnxflip.data.sources import InputSpec
 from onnxflip.errors import OnnxflipError
 
 __all__ = [
@@ -82,22 +83,12 @@ class Split:
             raise OnnxflipError(
                 f"asked for {count} samples but the split has only {len(self)}"
             )
-        order = np.argsort(_interleave_rank(self.labels), kind="stable")
-        keep = np.sort(order[:count])
+        keep = np.sort(balanced_order(self.labels, len(self))[:count])
         return Split(self.images[keep], self.labels[keep])
 
     def as_float_nchw(self) -> np.ndarray:
         """Images as float32 NCHW in [0, 1], the input onnxflip models take."""
         return np.ascontiguousarray(self.images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
-
-def _interleave_rank(labels: np.ndarray) -> np.ndarray:
-    """Rank of each example within its class, so sorting by it interleaves classes."""
-    rank = np.empty(len(labels), dtype=np.int64)
-    for cls in np.unique(labels):
-        where = np.flatnonzero(labels == cls)
-        rank[where] = np.arange(len(where))
-    return rank
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
@@ -212,8 +203,6 @@ def _checked(images: np.ndarray, labels: np.ndarray, where: pathlib.Path) -> Spl
 
 def cifar10_source(root: pathlib.Path, *, split: str, spec: InputSpec, preprocess: Preprocess):
     """A split of the pickle layout as a data source: the decoded uint8 images, preprocessed batch by batch."""
-    from onnxflip.data.imagefolder import ImageSource
-
     data = load_split(root, split)
     return ImageSource(range(len(data)), data.labels, load=functools.partial(_pixels, data.images, preprocess),
                        spec=spec, preprocess=preprocess, name=f"{root} ({split})", classes=CLASSES)

@@ -22,8 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from onnxflip.data.base import ArraySource, Batch, InputSpec, balanced_order
 from onnxflip.data.preprocess import Preprocess
-from onnxflip.data.sources import ArraySource, Batch, InputSpec, balanced_order
 from onnxflip.errors import OnnxflipError
 
 __all__ = ["IMAGE_SUFFIXES", "PREFETCH_BATCHES", "ImageSource", "find_images", "open_image_folder"]

@@ -19,8 +19,8 @@ import zipfile
 
 import numpy as np
 
+from onnxflip.data.base import ArraySource, InputSpec, check_arrays
 from onnxflip.data.decoder import complete_arrays
-from onnxflip.data.sources import ArraySource, InputSpec, check_arrays
 from onnxflip.errors import OnnxflipError
 
 __all__ = ["LABELS_KEY", "open_npz"]

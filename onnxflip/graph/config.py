@@ -1,24 +1,22 @@
 """What an injection is: the storage format, a fault model per target class, the site selection.
 
-``InjectionConfig.build`` is the one place a configuration is assembled from
-flat settings (command-line options, sweep settings); every caller uses it.
+The fault model is :class:`onnxflip.faults.FaultModel`; ``InjectionConfig.build``
+gives one fault model to the chosen target classes (activations and
+parameters each with their randomness), for the command line and a trial's
+settings alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import check_ecc, check_stuck
+from onnxflip.faults import FaultModel
 from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
 from onnxflip.protection import Protection
-from onnxflip.runtime.contract import NONFINITE_POLICIES, RANDOMNESS
-from onnxflip.runtime.flip import resolve_probabilities
 
-__all__ = ["METADATA_KEY", "FaultModel", "InjectionConfig", "control_input_name", "counts_output_name"]
-
-METADATA_KEY = "onnxflip.injection"
+__all__ = ["InjectionConfig", "control_input_name", "counts_output_name"]
 
 
 def control_input_name(target: str, what: str) -> str:
@@ -29,40 +27,6 @@ def control_input_name(target: str, what: str) -> str:
 def counts_output_name(target: str) -> str:
     """Graph output with the word counts (corrected, detected, silent) of a target class protected by ECC."""
     return f"onnxflip_{target}_counts"
-
-
-@dataclass(frozen=True)
-class FaultModel:
-    """How the bits of one target class flip, stick and are protected (see :mod:`onnxflip.faults`).
-
-    ``s0``/``s1``: probability that a cell is stuck at 0/1; ``ecc``: ``none``,
-    ``secded`` or ``secded64``; ``on_detected``: ``keep`` or ``zero`` for a
-    word with a detected, uncorrectable error.
-    """
-
-    p01: float = 0.0
-    p10: float = 0.0
-    bits: str | int = "all"
-    seed: int = 0
-    randomness: str = "fixed"
-    nonfinite: str = "keep"
-    s0: float = 0.0
-    s1: float = 0.0
-    ecc: str = "none"
-    on_detected: str = "keep"
-
-    @classmethod
-    def symmetric(cls, p: float, **kwargs) -> FaultModel:
-        return cls(p01=p, p10=p, **kwargs)
-
-    def __post_init__(self) -> None:
-        resolve_probabilities(None, self.p01, self.p10)
-        if self.randomness not in RANDOMNESS:
-            raise OnnxflipError(f"randomness must be one of {', '.join(RANDOMNESS)}, not {self.randomness!r}")
-        if self.nonfinite not in NONFINITE_POLICIES:
-            raise OnnxflipError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {self.nonfinite!r}")
-        check_stuck(self.s0, self.s1)
-        check_ecc(self.ecc, self.on_detected)
 
 
 @dataclass(frozen=True)
@@ -85,36 +49,29 @@ class InjectionConfig:
         *,
         format: str = "float32",
         targets: Iterable[str] = DEFAULT_TARGETS,
-        p01: float = 0.0,
-        p10: float = 0.0,
-        bits: str | int = "all",
-        seed: int = 0,
-        nonfinite: str = "keep",
+        fault: FaultModel | None = None,
         activation_randomness: str = "per_run",
         parameter_randomness: str = "fixed",
-        s0: float = 0.0,
-        s1: float = 0.0,
-        ecc: str = "none",
-        on_detected: str = "keep",
         selection: Selection | None = None,
         fold_batchnorm: bool = True,
         protection: Protection | None = None,
     ) -> InjectionConfig:
-        """One fault model shared by the chosen target classes (activations with their own randomness)."""
+        """``fault`` (default: no faults) for each chosen target class, with the activations' or the parameters'
+        randomness."""
         targets = tuple(targets)
+        fault = fault or FaultModel()
         unknown = set(targets) - set(TARGETS)
         if unknown:
             raise OnnxflipError(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
 
-        def fault(target: str) -> FaultModel | None:
+        def for_target(target: str) -> FaultModel | None:
             if target not in targets:
                 return None
             randomness = activation_randomness if target in PER_SAMPLE_TARGETS else parameter_randomness
-            return FaultModel(p01=p01, p10=p10, bits=bits, seed=seed, nonfinite=nonfinite, randomness=randomness,
-                              s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)
+            return fault if fault.randomness == randomness else replace(fault, randomness=randomness)
 
-        return cls(format=format, activations=fault("activations"), weights=fault("weights"),
-                   biases=fault("biases"), qparams=fault("qparams"), kv_cache=fault("kv-cache"),
+        return cls(format=format, activations=for_target("activations"), weights=for_target("weights"),
+                   biases=for_target("biases"), qparams=for_target("qparams"), kv_cache=for_target("kv-cache"),
                    selection=selection or Selection(), fold_batchnorm=fold_batchnorm,
                    protection=protection or Protection())
 
@@ -135,3 +92,21 @@ class InjectionConfig:
         if self.protection.masks:  # recorded where given (results without it stay comparable)
             data["protection"] = self.protection.to_json()
         return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> InjectionConfig:
+        """The configuration ``to_json`` wrote (fields a record written before them lacks take their defaults)."""
+        known = {f.name for f in fields(FaultModel)}
+
+        def fault(target: str) -> FaultModel | None:
+            values = data.get(target)
+            return None if values is None else FaultModel(**{k: v for k, v in values.items() if k in known})
+
+        selection = dict(data.get("selection") or {})
+        if "activation_ops" in selection:
+            selection["activation_ops"] = tuple(selection["activation_ops"])
+        protection = Protection.of_masks((site, int(mask, 16)) for site, mask in (data.get("protection") or {}).items())
+        return cls(format=data["format"], activations=fault("activations"), weights=fault("weights"),
+                   biases=fault("biases"), qparams=fault("qparams"), kv_cache=fault("kv-cache"),
+                   selection=Selection(**selection), fold_batchnorm=data.get("fold_batchnorm", True),
+                   protection=protection)

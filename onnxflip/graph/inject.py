@@ -8,8 +8,9 @@
 
 ``convert_format`` runs the same sequence up to StoreInFormatPass: the clean
 model in a format, what an injected model computes at p = 0.  Both work on a
-copy; the caller's model is not changed.  A model that already carries the
-``onnxflip.injection`` metadata is refused (inject the original again).  A
+copy; the caller's model is not changed.  A model that already carries an
+injection record (:mod:`onnxflip.graph.record`) is refused (inject the
+original again).  A
 model ``convert`` wrote stores its values in its format already: its sites
 are the values its casts store and its initializers of that format, flipped
 as they are (the same sites, in the same order, as the original injected in
@@ -18,13 +19,14 @@ that format); converting it again is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import ecc_word
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.coverage import Coverage, coverage_of
 from onnxflip.graph.formats import (
     FORMAT_METADATA_KEY,
@@ -32,6 +34,7 @@ from onnxflip.graph.formats import (
     converted_format,
     is_qdq,
     is_quantised,
+    model_format,
     native_float_type,
     require_format_fits,
     storage_format,
@@ -47,6 +50,7 @@ from onnxflip.graph.passes import (
     StoreInt8AsUint8Pass,
 )
 from onnxflip.graph.passes.fold_batchnorm import FOLDED_KEY
+from onnxflip.graph.record import is_recorded
 from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
 from onnxflip.graph.stored import stored_tensors
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
@@ -71,7 +75,7 @@ def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> ir.Model:
 
 def is_injected(model: ir.Model) -> bool:
     """Whether the model holds FlipBits (or says it was injected)."""
-    return METADATA_KEY in model.metadata_props or any(n.domain == DOMAIN for n in all_nodes(model.graph))
+    return is_recorded(model) or any(n.domain == DOMAIN for n in all_nodes(model.graph))
 
 
 def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
@@ -126,13 +130,19 @@ def _check_ecc_site(model: ir.Model, site: Site, ecc: str, etype: ElementType) -
                             "its words; exclude it from the selection (--exclude)")
 
 
+def in_model_format(config: InjectionConfig, model: ir.Model) -> InjectionConfig:
+    """``config``, whose format None means the model's own (:func:`~onnxflip.graph.formats.model_format`: int8
+    for a quantised model, else the float type it computes in), with that format."""
+    return config if config.format is not None else dataclasses.replace(config, format=model_format(model))
+
+
 def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -> ir.Model:
     """A copy of ``model`` with FlipBits at every selected site; ``model`` is not changed.
 
-    ``config`` defaults to ``InjectionConfig()`` (float32, every target, p = 0).
-    Raises OnnxflipError when no site matches the selection.
+    ``config`` defaults to ``InjectionConfig()`` (float32, every target, p = 0); a format of None is the
+    model's own (:func:`in_model_format`).  Raises OnnxflipError when no site matches the selection.
     """
-    config = config or InjectionConfig()
+    config = in_model_format(config or InjectionConfig(), model)
     prepared, fmt, sites = plan_sites(model, config)
     coverage = site_coverage(prepared, sites, config)
     if not sites:

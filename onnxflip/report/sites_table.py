@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from collections import defaultdict
 
 import onnx_ir as ir
 
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig
+from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.coverage import Coverage
-from onnxflip.graph.formats import model_format
-from onnxflip.graph.inject import plan_sites, site_coverage, why_no_sites
+from onnxflip.graph.inject import in_model_format, plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import PER_SAMPLE_TARGETS, TARGETS
 from onnxflip.modelio import load_model
 
@@ -33,12 +31,10 @@ def describe_sites(model: str | os.PathLike[str] | ir.Model, *,
     :func:`~onnxflip.graph.formats.model_format`).
     """
     model = model if isinstance(model, ir.Model) else load_model(model)
-    if METADATA_KEY in model.metadata_props:
-        record = json.loads(model.metadata_props[METADATA_KEY])
-        coverage = Coverage.from_json(record["coverage"]) if "coverage" in record else None
-        return record["sites"], coverage
-    if config.format is None:  # the model's own
-        config = dataclasses.replace(config, format=model_format(model))
+    record = InjectionRecord.read(model)
+    if record is not None:
+        return record.sites, record.coverage
+    config = in_model_format(config, model)
     prepared, _, sites = plan_sites(model, config)
     coverage = site_coverage(prepared, sites, config)
     describe = InsertFlipBitsPass(config, sites).describe

@@ -1,4 +1,5 @@
-"""The FlipBits operator's contract, as the library states it: element types, enums, attributes, inputs.
+"""The FlipBits operator's contract, as the library states it: element types, enums, attributes, inputs,
+and the parameters of the library's CUDA entry point.
 
 Built once from :func:`onnxflip.runtime.library.operator_contract` (the
 JSON the library exports from ``custom_ops/contract.h``); every other part
@@ -20,6 +21,8 @@ from onnxflip.runtime.library import operator_contract
 __all__ = [
     "ATTRIBUTE_DEFAULTS",
     "COUNT_NAMES",
+    "CUDA_ENTRY_NAME",
+    "CUDA_ENTRY_PARAMETERS",
     "DOMAIN",
     "ECC_CODES",
     "ECC_MODES",
@@ -35,6 +38,7 @@ __all__ = [
     "ElementType",
     "element_type",
     "enum_code",
+    "is_flipbits",
 ]
 
 
@@ -90,6 +94,11 @@ INPUT_NAMES: tuple[str, ...] = tuple(name for name, _ in INPUTS)
 OUTPUTS: tuple[tuple[str, int | None], ...] = tuple(
     (o["name"], None if o["onnx_type"] == "T" else o["onnx_type"]) for o in _CONTRACT["outputs"]
 )
+# The C entry point that runs the kernel on device memory: its name, and its parameters (name, C type) in order.
+# Empty for a library older than the entry's description (it then has to be rebuilt for the entry).
+_CUDA_ENTRY: dict = _CONTRACT.get("cuda_entry", {"name": "onnxflip_cuda_flip_bits", "parameters": []})
+CUDA_ENTRY_NAME: str = _CUDA_ENTRY["name"]
+CUDA_ENTRY_PARAMETERS: tuple[tuple[str, str], ...] = tuple((p["name"], p["c_type"]) for p in _CUDA_ENTRY["parameters"])
 
 _BY_NAME = {t.name: t for t in ELEMENT_TYPES}
 _BY_ONNX = {t.onnx_type: t for t in ELEMENT_TYPES}
@@ -111,6 +120,11 @@ def element_type(key: str | int | np.dtype | type) -> ElementType:
     if found is None:
         raise OnnxflipError(f"FlipBits does not support element type {key!r}; supported: {', '.join(_BY_NAME)}")
     return found
+
+
+def is_flipbits(node) -> bool:
+    """Whether a graph node (onnx_ir's or ONNX's) is the FlipBits operator."""
+    return node.domain == DOMAIN and node.op_type == OP_TYPE
 
 
 def enum_code(attribute: str, name: str) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import onnx
@@ -12,14 +11,12 @@ from onnx import helper
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from onnxflip.bits import field_mask, mask_to_attribute
-from onnxflip.errors import OnnxflipError
-from onnxflip.faults import WordCounts, check_ecc, check_stuck, stored_words
+from onnxflip.faults import FaultModel, WordCounts, resolve_probabilities, stored_words
 from onnxflip.runtime.contract import (
     COUNT_NAMES,
     DOMAIN,
     INPUT_NAMES,
     INPUTS,
-    NONFINITE_POLICIES,
     OP_TYPE,
     OP_VERSION,
     OUTPUTS,
@@ -32,22 +29,10 @@ __all__ = [
     "as_ortvalue",
     "flip_bits",
     "flipbits_node_model",
-    "resolve_probabilities",
     "run_flipbits_session",
 ]
 
 ONNX_OPSET = 21
-
-
-def resolve_probabilities(p: float | None, p01: float | None, p10: float | None) -> tuple[float, float]:
-    """(p01, p10) from either a symmetric ``p`` or the two directions (a missing one is 0)."""
-    if p is not None and (p01 is not None or p10 is not None):
-        raise OnnxflipError("give either p, or p01 and/or p10, not both")
-    pair = (p, p) if p is not None else (p01 or 0.0, p10 or 0.0)
-    for name, value in zip(("p01", "p10"), pair):
-        if not (isinstance(value, (int, float, np.floating)) and 0.0 <= float(value) <= 1.0) or math.isnan(value):
-            raise OnnxflipError(f"{name if p is None else 'p'} = {value} is not a probability in [0, 1]")
-    return float(pair[0]), float(pair[1])
 
 
 def flipbits_node_model(etype: ElementType, *, mask: int, stream: int, randomness: str, nonfinite: str,
@@ -129,11 +114,8 @@ def flip_bits(
     arr = np.asarray(array)
     etype = element_type(arr.dtype)
     prob01, prob10 = resolve_probabilities(p, p01, p10)
-    if nonfinite not in NONFINITE_POLICIES:
-        raise OnnxflipError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, not {nonfinite!r}")
-    check_stuck(s0, s1)
-    words = stored_words(ecc, etype, arr.size)  # checks ecc and that it fits the type
-    check_ecc(ecc, on_detected)
+    FaultModel(p01=prob01, p10=prob10, nonfinite=nonfinite, s0=s0, s1=s1, ecc=ecc, on_detected=on_detected)  # checks
+    words = stored_words(ecc, etype, arr.size)  # checks that ecc fits the type
     mask = 0 if isinstance(bits, int) and bits == 0 else field_mask(etype, bits)  # 0: a site protected whole
     session = _session(etype.name, mask, int(stream), "fixed", nonfinite, ecc, on_detected,
                        bool(return_counts), threads)

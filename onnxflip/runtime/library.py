@@ -1,7 +1,8 @@
 """The compiled FlipBits library: where it is, and the operator's contract it exports.
 
 The library states the operator's contract once (``custom_ops/contract.h``:
-element types, enum attributes, attributes with defaults, inputs) and
+element types, enum attributes, attributes with defaults, inputs, outputs,
+ECC words, the CUDA entry's parameters) and
 exports it as JSON through ``onnxflip_contract()``; :mod:`onnxflip.runtime.contract`
 builds Python's view of it from :func:`operator_contract`.
 """

@@ -1,4 +1,5 @@
-"""The graph transforms, one job each, as onnx_ir passes (run in this order by :mod:`onnxflip.graph.inject`)."""
+"""The graph transforms, one job each, as onnx_ir passes: :mod:`onnxflip.graph.inject` runs them in sequence
+(its docstring gives the order); a trial runs ``MaterializeParametersPass`` on the injected model."""
 
 from __future__ import annotations
 

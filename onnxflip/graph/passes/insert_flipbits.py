@@ -25,13 +25,12 @@ ECC also gets a graph output ``onnxflip_<target>_counts`` (int64[3]): the
 words of that run read corrected, detected and silently wrong, summed over
 its sites (:class:`onnxflip.faults.WordCounts` turns it into fractions).
 The settings, the site rows and the coverage of the stored parameters
-(:mod:`onnxflip.graph.coverage`) are recorded as JSON under the
-``onnxflip.injection`` metadata key.
+(:mod:`onnxflip.graph.coverage`) are the model's
+:class:`~onnxflip.graph.record.InjectionRecord`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -39,11 +38,12 @@ import onnx_ir as ir
 
 from onnxflip.bits import field_mask, mask_to_attribute
 from onnxflip.faults import ecc_word, stored_words
-from onnxflip.graph.config import METADATA_KEY, InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.passes.store_in_format import take_over_output
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.graph.sites import Site
-from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, ElementType, element_type
+from onnxflip.runtime.contract import COUNT_NAMES, DOMAIN, INPUT_NAMES, OP_TYPE, ElementType, element_type
 
 __all__ = ["InsertFlipBitsPass"]
 
@@ -73,23 +73,22 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
             self._add_counts_output(graph, target, values)
         graph.sort()
         model.opset_imports[DOMAIN] = 1
-        record = {"config": self.config.to_json(), "sites": rows}
-        if self.coverage is not None:
-            record["coverage"] = self.coverage.to_json()
-        model.metadata_props[METADATA_KEY] = json.dumps(record)
+        InjectionRecord(self.config, rows, self.coverage).write(model)
         return ir.passes.PassResult(model, modified=bool(self.sites))
 
     def _add_controls(self, graph: ir.Graph, target: str) -> tuple[ir.Value, ...]:
         fault = self.config.fault_model(target)
+        defaults = {
+            "p01": np.array(fault.p01, dtype=np.float32),
+            "p10": np.array(fault.p10, dtype=np.float32),
+            "seed": np.array(fault.seed, dtype=np.int64),
+            "s0": np.array(fault.s0, dtype=np.float32),
+            "s1": np.array(fault.s1, dtype=np.float32),
+            "stuck_seed": np.zeros(0, dtype=np.int64),  # empty: absent, the seed keys the stuck cells
+        }
         values = []
-        for what, array in (  # in the operator's input order: p01, p10, seed, s0, s1, stuck_seed
-            ("p01", np.array(fault.p01, dtype=np.float32)),
-            ("p10", np.array(fault.p10, dtype=np.float32)),
-            ("seed", np.array(fault.seed, dtype=np.int64)),
-            ("s0", np.array(fault.s0, dtype=np.float32)),
-            ("s1", np.array(fault.s1, dtype=np.float32)),
-            ("stuck_seed", np.zeros(0, dtype=np.int64)),  # empty: absent, the seed keys the stuck cells
-        ):
+        for what in INPUT_NAMES[1:]:  # the operator's control inputs, in its input order
+            array = defaults[what]
             name = control_input_name(target, what)
             # Scalars, but stuck_seed is a vector: empty by default, one element when fed.
             shape = ir.Shape(array.shape) if array.ndim == 0 else ir.Shape([f"{name}_length"])
@@ -144,7 +143,7 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
     def _flipbits_node(self, site: Site, source: ir.Value, controls, stream: int) -> ir.Node:
         fault = self.config.fault_model(site.target)
         node = ir.node(
-            "FlipBits",
+            OP_TYPE,
             [source, *controls],
             {  # p01, p10, seed, s0 and s1 are the control inputs only: an input takes precedence over an attribute
                 "stream": stream,

@@ -41,26 +41,37 @@ import onnx_ir as ir
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import WordCounts
 from onnxflip.graph.sites import all_nodes
-from onnxflip.runtime.contract import ATTRIBUTE_DEFAULTS, DOMAIN, INPUT_NAMES, element_type
+from onnxflip.runtime.contract import ATTRIBUTE_DEFAULTS, INPUT_NAMES, element_type, is_flipbits
 from onnxflip.runtime.flip import flip_bits
 
 __all__ = ["MaterializeParametersPass", "materialize_parameters", "parameter_flips"]
 
 
-def _control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> float | int | None:
+_INPUT_INDEX = {name: index for index, name in enumerate(INPUT_NAMES)}  # the operator's inputs, by name
+_RATE_INPUTS = ("p01", "p10", "s0", "s1")
+_STUCK_INPUTS = ("s0", "s1")  # optional: a node without them has no stuck cells
+_SOURCE = INPUT_NAMES[0]  # the values that flip
+
+
+def _input(node: ir.Node, name: str) -> ir.Value | None:
+    """The node's input that the operator's contract names ``name``; None where the node lacks it."""
+    index = _INPUT_INDEX[name]
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _control(node: ir.Node, name: str, values: Mapping[str, np.ndarray]) -> float | int | None:
     """A control input's value: fed in ``values``, else its default; None when a run must feed it (no default)."""
-    value = node.inputs[index] if index < len(node.inputs) else None
+    value = _input(node, name)
     if value is None:
-        raise OnnxflipError(f"FlipBits node {node.name!r} has no {INPUT_NAMES[index]} input; "
-                            "inject the model with onnxflip")
+        raise OnnxflipError(f"FlipBits node {node.name!r} has no {name} input; inject the model with onnxflip")
     if value.name in values:
         return np.asarray(values[value.name]).item()
     return value.const_value.numpy().item() if value.const_value is not None else None
 
 
-def _optional_control(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> int | None:
+def _optional_control(node: ir.Node, name: str, values: Mapping[str, np.ndarray]) -> int | None:
     """An optional scalar control (stuck_seed): its value, or None where it is absent or empty."""
-    value = node.inputs[index] if index < len(node.inputs) else None
+    value = _input(node, name)
     if value is None:
         return None
     array = np.asarray(values[value.name]) if value.name in values else (
@@ -74,27 +85,24 @@ def _attribute(node: ir.Node, name: str):
     return attr.value if attr is not None else ATTRIBUTE_DEFAULTS[name]
 
 
-_RATE_INPUTS = (1, 2, 4, 5)  # p01, p10, s0, s1 in the operator's input order
-
-
-def _rate(node: ir.Node, index: int, values: Mapping[str, np.ndarray]) -> float | None:
+def _rate(node: ir.Node, name: str, values: Mapping[str, np.ndarray]) -> float | None:
     """A probability control as the kernel reads it (float32); 0 for a stuck-at input the node lacks."""
-    if index > 2 and (index >= len(node.inputs) or node.inputs[index] is None):
+    if name in _STUCK_INPUTS and _input(node, name) is None:
         return 0.0
-    value = _control(node, index, values)
+    value = _control(node, name, values)
     return None if value is None else float(np.float32(value))
 
 
 def _rates(node: ir.Node, values: Mapping[str, np.ndarray]) -> tuple[float, float, float, float] | None:
     """(p01, p10, s0, s1) as the node would read them, or None when one comes from a graph input without a default."""
-    rates = tuple(_rate(node, i, values) for i in _RATE_INPUTS)
+    rates = tuple(_rate(node, name, values) for name in _RATE_INPUTS)
     return None if None in rates else rates
 
 
 def _flipped(node: ir.Node, rates: tuple[float, float, float, float], seed: int,
              values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, WordCounts]:
     p01, p10, s0, s1 = rates
-    source = node.inputs[0].const_value.numpy()
+    source = _input(node, _SOURCE).const_value.numpy()
     width = element_type(source.dtype).width
     mask = _attribute(node, "bitmask")
     return flip_bits(
@@ -107,7 +115,7 @@ def _flipped(node: ir.Node, rates: tuple[float, float, float, float], seed: int,
         nonfinite=_attribute(node, "nonfinite"),
         s0=s0,
         s1=s1,
-        stuck_seed=_optional_control(node, 6, values),
+        stuck_seed=_optional_control(node, "stuck_seed", values),
         ecc=_attribute(node, "ecc"),
         on_detected=_attribute(node, "on_detected"),
         return_counts=True,
@@ -133,7 +141,7 @@ def _counts_read(node: ir.Node) -> bool:
 
 
 def _is_fixed_parameter(node: ir.Node) -> bool:
-    source = node.inputs[0]
+    source = _input(node, _SOURCE)
     return (
         _attribute(node, "randomness") == "fixed"
         and source.is_initializer()
@@ -158,7 +166,7 @@ class MaterializeParametersPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for node in list(all_nodes(model.graph)):
-            if node.domain == DOMAIN and node.op_type == "FlipBits":
+            if is_flipbits(node):
                 modified |= self._try_replace(node)
         if modified:
             for name, value in list(model.graph.initializers.items()):
@@ -171,10 +179,10 @@ class MaterializeParametersPass(ir.passes.InPlacePass):
         out = node.outputs[0]
         if rates is None or out.is_graph_output():
             return False
-        source = node.inputs[0]
+        source = _input(node, _SOURCE)
         identity = not any(rates) and not _counts_read(node)
         if _is_fixed_parameter(node) and not identity:
-            seed = _control(node, 3, self.values)
+            seed = _control(node, "seed", self.values)
             if seed is None:
                 return False
             name = f"{out.name}_trial"
@@ -194,7 +202,7 @@ class MaterializeParametersPass(ir.passes.InPlacePass):
 
     def _given(self, node: ir.Node) -> bool:
         """Whether p01, p10, s0 and s1 are fixed for this trial: given in ``values``, or not inputs a run could feed."""
-        controls = [node.inputs[i] for i in _RATE_INPUTS if i < len(node.inputs) and node.inputs[i] is not None]
+        controls = [v for v in (_input(node, name) for name in _RATE_INPUTS) if v is not None]
         return all(v.name in self.values or not v.is_graph_input() for v in controls)
 
 
@@ -212,10 +220,10 @@ def parameter_flips(model: ir.Model, values: Mapping[str, np.ndarray]) -> dict[s
     """
     flips = {}
     for node in all_nodes(model.graph):
-        if node.domain != DOMAIN or node.op_type != "FlipBits" or not _is_fixed_parameter(node):
+        if not is_flipbits(node) or not _is_fixed_parameter(node):
             continue
         rates = _rates(node, values)
-        seed = _control(node, 3, values)
+        seed = _control(node, "seed", values)
         if rates is None or seed is None or _counts_read(node):
             return None
         if any(rates):

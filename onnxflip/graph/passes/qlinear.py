@@ -49,7 +49,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from onnxflip.bits import mask_to_attribute
-from onnxflip.runtime.contract import DOMAIN, INPUT_NAMES
+from onnxflip.runtime.contract import DOMAIN, INPUT_NAMES, OP_TYPE, is_flipbits
 
 __all__ = ["NhwcIntegerConvPass", "StoreInt8AsUint8Pass", "keep_integer_kernels"]
 
@@ -73,13 +73,9 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def _is_flipbits(node: ir.Node) -> bool:
-    return node.domain == DOMAIN and node.op_type == "FlipBits"
-
-
 def _is_value_free_flip(node: ir.Node) -> bool:
     """A FlipBits node whose flips treat a bit the same whatever its value, apart from the probability pairs."""
-    if not _is_flipbits(node) or len(node.outputs) != 1 or not 3 <= len(node.inputs) <= len(INPUT_NAMES):
+    if not is_flipbits(node) or len(node.outputs) != 1 or not 3 <= len(node.inputs) <= len(INPUT_NAMES):
         return False
     return all(name in _VALUE_FREE_ATTRIBUTES or _VALUE_FREE_SETTINGS.get(name) == attr.value
                for name, attr in node.attributes.items())
@@ -103,7 +99,7 @@ class StoreInt8AsUint8Pass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         self._twins: dict[str, ir.Value] = {}
-        streams = [n.attributes["stream"].value for n in graph if _is_flipbits(n) and "stream" in n.attributes]
+        streams = [n.attributes["stream"].value for n in graph if is_flipbits(n) and "stream" in n.attributes]
         self._next_stream = 1 + max(streams, default=-1)
         converted = 0
         for weight in list(graph.initializers.values()):
@@ -194,7 +190,7 @@ class StoreInt8AsUint8Pass(ir.passes.InPlacePass):
         attributes = {name: attr.value for name, attr in flip.attributes.items()}
         attributes.update(bitmask=mask_to_attribute(_SIGN), stream=self._next_stream)
         self._next_stream += 1
-        sign = ir.node("FlipBits", [out, *swapped[1:]], attributes, domain=DOMAIN, name=f"{flip.name}/sign_bit")
+        sign = ir.node(OP_TYPE, [out, *swapped[1:]], attributes, domain=DOMAIN, name=f"{flip.name}/sign_bit")
         sign.outputs[0].name = f"{out.name}_sign_bit"
         sign.outputs[0].dtype, sign.outputs[0].shape = out.dtype, out.shape
         graph.insert_after(flip, sign)
@@ -226,7 +222,7 @@ class NhwcIntegerConvPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.op_type in ("Conv", "MaxPool") and node.domain == "":
                 units += self._try_unit(graph, node)
-            elif _is_flipbits(node) and node.inputs[0] in self._nhwc:
+            elif is_flipbits(node) and node.inputs[0] in self._nhwc:
                 self._flip_in_nhwc(graph, node)
         if not units:
             return ir.passes.PassResult(model, modified=False)
@@ -349,7 +345,7 @@ class NhwcIntegerConvPass(ir.passes.InPlacePass):
         """The same FlipBits node, on the NHWC twin of its input."""
         source = self._nhwc[flip.inputs[0]]
         attributes = {name: attr.value for name, attr in flip.attributes.items()}
-        twin = ir.node("FlipBits", [source, *flip.inputs[1:]], attributes, domain=DOMAIN, name=flip.name)
+        twin = ir.node(OP_TYPE, [source, *flip.inputs[1:]], attributes, domain=DOMAIN, name=flip.name)
         twin.outputs[0].name = f"{flip.outputs[0].name}_nhwc"
         twin.outputs[0].dtype, twin.outputs[0].shape = source.dtype, source.shape
         graph.append(twin)

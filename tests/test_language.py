@@ -11,8 +11,8 @@ import pytest
 from real_exports import LAYERS, VOCABULARY
 
 from onnxflip.cli import main
+from onnxflip.data.base import model_inputs
 from onnxflip.data.decoder import complete_arrays
-from onnxflip.data.sources import model_inputs
 from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.language import Greedy, Perplexity

@@ -13,7 +13,7 @@ from conftest import model_from_text
 
 from onnxflip.campaign.sensitivity import SensitivitySettings, flip_bit, interval, measure
 from onnxflip.cli import cli, main
-from onnxflip.data.sources import ArraySource
+from onnxflip.data.base import ArraySource
 from onnxflip.graph.probes import insert_probes
 from onnxflip.metrics import metric_from_spec
 from onnxflip.modelio import load_model, save_model

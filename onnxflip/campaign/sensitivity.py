@@ -54,7 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxflip.campaign.trials import mix_seed
-from onnxflip.data.sources import DataSource
+from onnxflip.data.base import DataSource
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.probes import Probes, ProbeSite, insert_probes
@@ -467,11 +467,13 @@ def _measure_plans(model_path, data, out, settings, plans, *, metric, samples, o
     from onnxflip.campaign.experiment import Experiment
     from onnxflip.campaign.experiment import run as run_experiment
     from onnxflip.campaign.trials import TrialSettings
+    from onnxflip.faults import FaultModel
 
     measured = []
     for name, plan in [("unprotected", None), *plans]:
         protection = Protection() if plan is None else Protection.of_pairs((p["site"], p["bit"]) for p in plan["protect"])
-        trials = TrialSettings(format=settings.format, targets=settings.targets, bits=settings.bits, seed=settings.seed,
+        trials = TrialSettings(format=settings.format, targets=settings.targets, fault=FaultModel(bits=settings.bits),
+                               seed=settings.seed,
                                batch_size=settings.batch_size, selection=settings.selection,
                                fold_batchnorm=settings.fold_batchnorm, protection=protection)
         experiment = Experiment(trials=trials, search=SearchSettings(), probabilities=None, samples=None,

@@ -31,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxflip.bits import field_mask
+from onnxflip.faults import FaultModel
 from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.inject import _run, plan_sites
 from onnxflip.graph.passes import StoreInFormatPass
@@ -90,7 +91,7 @@ def insert_probes(model: ir.Model, *, format: str = "float32", targets: Iterable
                   bits: str | int = "all", selection: Selection | None = None,
                   fold_batchnorm: bool = True) -> Probes:
     """The probed model, the template and the sites, in graph order; ``model`` is not changed."""
-    config = InjectionConfig.build(format=format, targets=targets, bits=bits, selection=selection,
+    config = InjectionConfig.build(format=format, targets=targets, fault=FaultModel(bits=bits), selection=selection,
                                    fold_batchnorm=fold_batchnorm)
     prepared, fmt, sites = plan_sites(model, config)
     converted = _run([StoreInFormatPass(fmt, sites)], prepared)

@@ -122,3 +122,45 @@ def test_the_injection_record_has_one_home():
 
 def test_the_operator_is_named_by_the_contract_only():
     assert _constants("FlipBits") == []
+
+
+def test_evaluate_enters_no_module_twice(tmp_path, capsys):
+    """From the command line to results.json, no call goes back into a module it came from: at every call of
+    onnxflip's code, the chain of onnxflip modules on the stack (consecutive frames of one module counted once)
+    names each module once."""
+    import sys
+
+    import numpy as np
+
+    from onnxflip.cli import main
+
+    def chain(frame) -> list[str]:
+        names = []
+        while frame is not None:
+            name = frame.f_globals.get("__name__", "")
+            if name.startswith("onnxflip") and (not names or names[-1] != name):
+                names.append(name)
+            frame = frame.f_back
+        return names[::-1]
+
+    bounced: set[str] = set()
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_globals.get("__name__", "").startswith("onnxflip"):
+            names = chain(frame)
+            if len(set(names)) != len(names):
+                bounced.add(" -> ".join(names))
+
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, input=rng.random((20, 3, 32, 32), dtype=np.float32), labels=rng.integers(0, 10, 20))
+    model = PACKAGE.parent / "models" / "vgg11.onnx"
+    sys.setprofile(profile)
+    try:
+        code = main(["evaluate", str(model), "--data", str(data), "--p", "0,1e-4", "--trials", "1", "--out",
+                     str(tmp_path / "r")])
+    finally:
+        sys.setprofile(None)
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "r" / "results.json").is_file()
+    assert not bounced, sorted(bounced)[:3]

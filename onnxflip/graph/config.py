@@ -105,7 +105,7 @@ class InjectionConfig:
         selection = dict(data.get("selection") or {})
         if "activation_ops" in selection:
             selection["activation_ops"] = tuple(selection["activation_ops"])
-        protection = Protection.of_masks((site, int(mask, 16)) for site, mask in (data.get("protection") or {}).items())
+        protection = Protection.of_masks([(site, int(mask, 16)) for site, mask in (data.get("protection") or {}).items()])
         return cls(format=data["format"], activations=fault("activations"), weights=fault("weights"),
                    biases=fault("biases"), qparams=fault("qparams"), kv_cache=fault("kv-cache"),
                    selection=Selection(**selection), fold_batchnorm=data.get("fold_batchnorm", True),

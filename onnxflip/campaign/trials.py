@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -58,6 +57,7 @@ from onnxflip.protection import Protection
 from onnxflip.runtime.flip import as_ortvalue
 from onnxflip.runtime.session import (
     PROVIDERS,
+    bound_per_session,
     external_data_folder,
     make_session,
     read_external_data_from,
@@ -74,8 +74,6 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("both", "01", "10")
 SWEEPS = ("flip", "stuck-at")  # the swept value: the flip probability, or the share of stuck cells (s0 = s1 = x / 2)
 _MASK64 = (1 << 64) - 1
-# Where the materialised model's flipped parameters say their data lies: nowhere to read, each trial binds its own.
-_BOUND_PER_TRIAL = "onnxflip-trial-parameters"
 
 
 def mix_seed(seed: int, index: int) -> int:
@@ -373,12 +371,7 @@ class LocalRunner:
         constants = [init for init in proto.graph.initializer if init.name.endswith("_trial")]
         if set(flips) != {init.name for init in constants}:
             return None
-        for init in constants:
-            placeholder = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
-                                           data_location=onnx.TensorProto.EXTERNAL)
-            placeholder.external_data.add(key="location", value=_BOUND_PER_TRIAL)
-            init.CopyFrom(placeholder)
-        return proto.SerializeToString()
+        return bound_per_session(proto, set(flips))
 
     # --- trials
     def _clean_outputs(self, samples: int) -> np.ndarray | None:

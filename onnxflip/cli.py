@@ -331,23 +331,28 @@ FLIP_P_OPTION = click.option(
     "--flip-p", type=PROBABILITY, default=0.0, show_default=True,
     help="With --sweep stuck-at: a flip probability (in --direction) added to every faulty point.")
 
-# What a campaign scores, and on which samples: Experiment's fields of the same names.
+# What a campaign scores, and on which samples: Experiment's fields of the same names (sensitivity shares the last four).
+SCORED_OUTPUT_OPTION = _option("--output", "output", default=None,
+                               help="The model output the metric reads [default: the first].")
+FLOOR_OPTION = _option("--floor", type=float, default=None,
+                       help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
+PREPROCESS_OPTION = _option("--preprocess", default=None,
+                            help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
+                                 "[default: the model's onnxflip.preprocess metadata].")
+CLASSES_OPTION = _option("--classes", "classes", type=ClassNames(), default=None,
+                         help="The model's class names in output order: a comma list, or a file with one per line; "
+                              "class folders are matched to them by name [default: the model's onnxflip.model "
+                              "metadata, else the folders' sorted order].")
 SCORING_OPTIONS = [
     _option("--samples", type=click.IntRange(1), default=None,
             help="The first N samples (classes kept balanced) define the measurement [default: all]."),
     _option("--metric", default="top1", show_default=True,
             help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, greedy:N, or "
                  "package.module:function."),
-    _option("--output", "output", default=None, help="The model output the metric reads [default: the first]."),
-    _option("--floor", type=float, default=None,
-            help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1]."),
-    _option("--preprocess", default=None,
-            help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
-                 "[default: the model's onnxflip.preprocess metadata]."),
-    _option("--classes", "classes", type=ClassNames(), default=None,
-            help="The model's class names in output order: a comma list, or a file with one per line; class "
-                 "folders are matched to them by name [default: the model's onnxflip.model metadata, else the "
-                 "folders' sorted order]."),
+    SCORED_OUTPUT_OPTION,
+    FLOOR_OPTION,
+    PREPROCESS_OPTION,
+    CLASSES_OPTION,
 ]
 SCORING = OptionGroup("scoring", SCORING_OPTIONS, lambda **fields: fields, usage_errors=False)
 
@@ -686,14 +691,10 @@ def _time_budget(text: str) -> float:
 @click.option("--metric", default="top1", show_default=True,
               help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, or "
                    "package.module:function.")
-@click.option("--output", "output_name", default=None, help="The model output the metric reads [default: the first].")
-@click.option("--floor", type=float, default=None,
-              help="The score of a ruined model [default: the metric's, e.g. chance = 1/classes for top1].")
-@click.option("--preprocess", default=None,
-              help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
-                   "[default: the model's onnxflip.preprocess metadata].")
-@click.option("--classes", "class_names", type=ClassNames(), default=None,
-              help="The model's class names in output order: a comma list, or a file with one per line.")
+@SCORED_OUTPUT_OPTION
+@FLOOR_OPTION
+@PREPROCESS_OPTION
+@CLASSES_OPTION
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="Samples per ONNX Runtime run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the elements and bits drawn.")
@@ -710,7 +711,7 @@ def _time_budget(text: str) -> float:
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @SELECTION
 @FOLD_OPTION
-def sensitivity(model, data, fmt, targets, bits, samples, metric, output_name, floor, preprocess, class_names,
+def sensitivity(model, data, fmt, targets, bits, samples, metric, output, floor, preprocess, classes,
                 batch_size, seed, budget, width, plan_budgets, measure_plans, out, overwrite, selection,
                 no_fold_batchnorm):
     """Map how much one flip of each bit of each site costs, and where to protect.
@@ -754,8 +755,8 @@ def sensitivity(model, data, fmt, targets, bits, samples, metric, output_name, f
         mid = f"{row['midpoint']:.3g}" if row["midpoint"] else "not found"
         click.echo(f"onnxflip: {row['plan']}: midpoint {mid}", err=True)
 
-    result = run(model, data=data, out=out, settings=settings, metric=metric, samples=samples, output=output_name,
-                 floor=floor, preprocess=preprocess, classes=class_names, overwrite=overwrite, plan_budgets=budgets,
+    result = run(model, data=data, out=out, settings=settings, metric=metric, samples=samples, output=output,
+                 floor=floor, preprocess=preprocess, classes=classes, overwrite=overwrite, plan_budgets=budgets,
                  measure_plans=measure_plans, on_round=on_round, on_plan=on_plan)
     lines = summary_lines(result)
     for name in result.get("plans", []):

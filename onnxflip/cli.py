@@ -182,7 +182,8 @@ FOLD_OPTION = _option("--no-fold-batchnorm", is_flag=True,
                       help="Keep BatchNormalization nodes instead of folding them into Conv.")
 SELECTION_OPTIONS = [
     _option("--ops", type=CommaList(), default=",".join(DEFAULT_ACTIVATION_OPS), show_default=False,
-            help="Op types whose outputs are activation sites (default: activation functions, Softmax, LayerNormalization, pooling)."),
+            help="Op types whose outputs are activation sites (default: activation functions, Softmax, LayerNormalization, "
+                 "pooling, LSTM, GRU, RNN)."),
     _option("--every-intermediate", is_flag=True,
             help="Make every intermediate float tensor after the first Conv/Gemm/MatMul an activation site."),
     _option("--include", metavar="REGEX", help="Only sites whose tensor or node name matches."),
@@ -293,8 +294,12 @@ def _refuse_with(mode: str, names, needs: str) -> None:
 
 
 def _protection(path: pathlib.Path | None) -> Protection:
-    """The protection of --protect (none without it)."""
-    return Protection() if path is None else read_plan(path)
+    """The protection of --protect (none without it); a plan that cannot be read is an input error (exit 1), not
+    a usage error, wherever the option is read."""
+    try:
+        return Protection() if path is None else read_plan(path)
+    except OnnxflipError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _injection_config(*, fmt, faults, selection, no_fold_batchnorm, protect=None) -> InjectionConfig:
@@ -669,12 +674,15 @@ def compare(results: tuple[pathlib.Path, ...], output: pathlib.Path) -> None:
 
 
 def _time_budget(text: str) -> float:
-    """Seconds of a --budget given as a time (300s, 5m)."""
+    """Seconds of a --budget given as a time (300s, 5m); anything else is an input error, as evaluate's is."""
     from onnxflip.campaign.design import Budget
 
-    parsed = Budget.parse(text)
+    try:
+        parsed = Budget.parse(text)
+    except OnnxflipError:
+        parsed = Budget()
     if parsed.seconds is None:
-        raise OnnxflipError(f"the budget {text!r} is a number of trials; give a time (300s, 5m)")
+        raise OnnxflipError(f"cannot read the budget {text!r} as a time; give seconds (300s) or minutes (5m)")
     return parsed.seconds
 
 
@@ -698,8 +706,7 @@ def _time_budget(text: str) -> float:
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="Samples per ONNX Runtime run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the elements and bits drawn.")
-@click.option("--budget", default="240s", show_default=True, callback=_checked_by(_time_budget),
-              help="Stop giving trials after this time (300s, 5m).")
+@click.option("--budget", default="240s", show_default=True, help="Stop giving trials after this time (300s, 5m).")
 @click.option("--width", type=click.FloatRange(0, 2, min_open=True), default=0.2, show_default=True,
               help="A (site, bit) needs no more trials once its 95% interval is this narrow.")
 @click.option("--plan-budget", "plan_budgets", type=CommaList(), default=None,

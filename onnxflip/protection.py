@@ -8,13 +8,16 @@ sites (one inference's working memory; each sample's activations are
 written anew).  Its expected gain follows from the map: protecting (s, b)
 removes ``elements(s) * v(s, b)`` of the loss per inference per unit of p
 (:mod:`onnxflip.campaign.sensitivity`), for a cost of ``elements(s)`` bits,
-so the plan takes the pairs in order of vulnerability, each that still fits
-the budget; the order is by the centre of each pair's 95% interval, which
-gives a pair measured only a few times the benefit of the doubt (its point
-estimate may be 0 while it may well ruin).  ``evaluate --protect plan.json`` measures what it buys.
+so the plan takes the pairs in order of their estimated vulnerability, each
+that still fits the budget, and no pair whose flips changed nothing in its
+trials: the budget may be left partly unspent, and a map too short to
+revisit a pair (its summary counts the wide intervals) may miss one.  ``evaluate --protect plan.json`` measures what it buys.
 
-``plan.json``: ``{"budget", "stored_bits", "protected_bits", "expected_gain",
-"protect": [{"site", "target", "bit", "elements", "vulnerability"}, ...]}``.
+``plan.json``: ``{"model", "format", "budget", "stored_bits", "protected_bits",
+"expected_gain", "protect": [{"site", "target", "bit", "elements", "vulnerability"}, ...]}``:
+``expected_gain`` is the share of the map's damage (over its measured
+pairs) that the plan removes.  A plan is for one storage format: its bit
+positions are that format's, and another format is refused.
 """
 
 from __future__ import annotations
@@ -34,17 +37,18 @@ class Protection:
     """The bits that never flip, per site name: ((site, mask), ...) with bit k of a mask = bit k protected."""
 
     masks: tuple[tuple[str, int], ...] = ()
+    format: str | None = None  # the storage format the plan's bit positions are of (None: any)
 
     @classmethod
-    def of_pairs(cls, pairs: Iterable[tuple[str, int]]) -> Protection:
+    def of_pairs(cls, pairs: Iterable[tuple[str, int]], *, format: str | None = None) -> Protection:
         masks: dict[str, int] = {}
         for site, bit in pairs:
             masks[site] = masks.get(site, 0) | (1 << bit)
-        return cls(tuple(sorted(masks.items())))
+        return cls(tuple(sorted(masks.items())), format)
 
     @classmethod
-    def of_masks(cls, masks: Iterable[tuple[str, int]]) -> Protection:
-        return cls(tuple(sorted((site, mask) for site, mask in masks if mask)))
+    def of_masks(cls, masks: Iterable[tuple[str, int]], *, format: str | None = None) -> Protection:
+        return cls(tuple(sorted((site, mask) for site, mask in masks if mask)), format)
 
     def to_json(self) -> dict[str, str]:
         """{site: protected bits as a hex mask}."""
@@ -58,13 +62,20 @@ class Protection:
     def sites(self) -> tuple[str, ...]:
         return tuple(site for site, _ in self.masks)
 
-    def check_sites(self, names: Iterable[str]) -> None:
-        """Raise OnnxflipError unless every protected site is one of ``names`` (the sites of the injection)."""
-        known = set(names)
-        missing = [s for s in self.sites if s not in known]
+    def check(self, format: str, widths: Mapping[str, int]) -> None:
+        """Raise OnnxflipError unless the plan is for this storage format and every protected site is one of the
+        injection's (``widths``: site name -> bits per element) with bits inside its elements."""
+        if self.format is not None and self.format != format:
+            raise OnnxflipError(f"the plan's bit positions are of format {self.format}, and this injection stores "
+                                f"{format}: make the plan for {format}")
+        missing = [s for s in self.sites if s not in widths]
         if missing:
             raise OnnxflipError(f"the plan protects site {missing[0]!r}, which this injection does not have "
                                 f"({len(missing)} such site(s)): make the plan for this model, format and targets")
+        for site, mask in self.masks:
+            if mask >> widths[site]:
+                raise OnnxflipError(f"the plan protects bit {mask.bit_length() - 1} of site {site!r}, whose elements "
+                                    f"have {widths[site]} bits")
 
 
 def stored_bits(rows: Iterable[Mapping]) -> int:
@@ -83,8 +94,8 @@ def choose_plan(rows: list[Mapping], budget: float) -> dict:
     allowed = budget * total
     damage = sum(r["elements"] * max(r["vulnerability"], 0.0) for r in rows if r["trials"])
     chosen, spent, gain = [], 0, 0.0
-    for row in sorted((r for r in rows if r["trials"]), key=lambda r: -(r["low"] + r["high"])):  # measured ones
-        if row["high"] <= 0:
+    for row in sorted((r for r in rows if r["trials"]), key=lambda r: -r["vulnerability"]):
+        if row["vulnerability"] <= 0:  # its flips changed nothing (or only helped) in its trials
             break
         if spent + row["elements"] > allowed:
             continue
@@ -98,14 +109,19 @@ def choose_plan(rows: list[Mapping], budget: float) -> dict:
 def read_plan(path: str | pathlib.Path) -> Protection:
     """The protection a plan.json states; OnnxflipError in one line where it is not one."""
     path = pathlib.Path(path)
+    what = "a protection plan (plan.json from `onnxflip sensitivity --plan-budget`)"
     try:
         data = json.loads(path.read_text())
-        pairs = [(str(p["site"]), int(p["bit"])) for p in data["protect"]]
     except FileNotFoundError:
         raise OnnxflipError(f"plan {path} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise OnnxflipError(f"{path} is not a protection plan (plan.json from `onnxflip sensitivity --plan-budget`):"
-                            f" {type(exc).__name__} {exc}") from None
-    if any(not 0 <= bit < 64 for _, bit in pairs):
-        raise OnnxflipError(f"{path}: a bit position outside 0..63")
-    return Protection.of_pairs(pairs)
+    except OSError as exc:
+        raise OnnxflipError(f"cannot read plan {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise OnnxflipError(f"{path} is not {what}: it is not JSON") from None
+    entries = data.get("protect") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"site", "bit"} <= set(e) for e in entries):
+        raise OnnxflipError(f"{path} is not {what}: it needs a list \"protect\" of {{\"site\", \"bit\"}} entries")
+    if not all(isinstance(e["bit"], int) and not isinstance(e["bit"], bool) and 0 <= e["bit"] < 64 for e in entries):
+        raise OnnxflipError(f"{path} is not {what}: a bit position that is not a whole number from 0 to 63")
+    fmt = data.get("format")
+    return Protection.of_pairs(((str(e["site"]), e["bit"]) for e in entries), format=fmt if isinstance(fmt, str) else None)

@@ -208,3 +208,35 @@ def test_the_shipped_language_model_is_exposed_whole_and_generates(tmp_path, cap
                  "--trials", "2", "--out", str(tmp_path / "r")]) == 0
     rows = {r["p"]: r["mean"] for r in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]}
     assert rows[0.0] == 1.0 and rows[0.001] < 1.0
+
+
+def test_a_map_of_a_decoder_sizes_its_sites_from_the_data(real_exports, tmp_path):
+    """Activation and cache tensors of symbolic size (the sequence length) are sized by the data's sequences."""
+    from onnxflip.campaign.sensitivity import SensitivitySettings, measure
+    from onnxflip.data.npz import open_npz
+
+    model = load_model(real_exports["gpt2_past_optimum"].path)
+    source = open_npz(_tokens(tmp_path, length=10), specs=model_inputs(model))
+    result = measure(model, source, metric_from_spec("perplexity"),
+                     SensitivitySettings(budget=2.0, targets=("activations", "kv-cache")))
+    kv = {r["site"]: r["elements"] for r in result.rows if r["target"] == "kv-cache"}
+    assert set(kv.values()) == {10 * 32}  # 10 positions x hidden 32 (heads x head size) per sample
+    assert all(isinstance(r["elements"], int) and r["elements"] > 0 for r in result.rows)
+
+
+def test_a_generation_past_the_models_positions_is_one_line(tmp_path, capsys):
+    import pathlib
+
+    models = pathlib.Path(__file__).resolve().parent.parent / "models"
+    data = tmp_path / "eval.npz"
+    np.savez(data, input_ids=np.load(models / "lm_eval.npz")["input_ids"][:4])
+    code = main(["evaluate", str(models / "lm.onnx"), "--data", str(data), "--metric", "greedy:70", "--p", "0",
+                 "--trials", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 1 and "ONNX Runtime cannot run the model on this data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_kv_cache_on_a_model_without_a_cache_says_so(classifier_path, tmp_path, capsys):
+    code = main(["inject", str(classifier_path), "-o", str(tmp_path / "i.onnx"), "--targets", "kv-cache"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no key-value cache" in err

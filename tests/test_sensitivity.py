@@ -302,7 +302,6 @@ def test_the_sensitivity_command_writes_the_map_and_plans(classifier_path, synth
 @pytest.mark.parametrize("args, message", [
     (["--measure"], "--measure needs --plan-budget"),
     (["--plan-budget", "2"], "share of the stored bits"),
-    (["--budget", "400"], "a number of trials"),
 ])
 def test_bad_sensitivity_options_are_usage_errors(classifier_path, synthetic_data, tmp_path, args, message, capsys):
     code = main(["sensitivity", str(classifier_path), "--data", str(synthetic_data), "--out", str(tmp_path / "m"),
@@ -318,3 +317,62 @@ def test_save_model_round_trip_keeps_protection_out_of_clean_results(classifier_
 
     assert "protection" not in TrialSettings().to_json()
     save_model(load_model(classifier_path), tmp_path / "copy.onnx")
+
+
+@pytest.mark.parametrize("budget", ["400", "abc", "0s"])
+def test_a_budget_that_is_not_a_time_is_an_input_error(classifier_path, synthetic_data, tmp_path, budget, capsys):
+    code = main(["sensitivity", str(classifier_path), "--data", str(synthetic_data), "--out", str(tmp_path / "m"),
+                 "--budget", budget])
+    err = capsys.readouterr().err
+    assert code == 1 and "budget" in err and "trials" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, says", [("not json", "not JSON"), ('{"protect": [{"bit": 3}]}', '"site", "bit"'),
+                                        ('{"protect": [{"site": "T", "bit": "x"}]}', "bit position")])
+def test_a_broken_plan_is_an_input_error_in_one_line(classifier_path, tmp_path, text, says, capsys):
+    (tmp_path / "plan.json").write_text(text)
+    code = main(["inject", str(classifier_path), "-o", str(tmp_path / "i.onnx"), "--protect", str(tmp_path / "plan.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and says in err and len(err.strip().splitlines()) == 1
+    assert "Error" not in err.replace("error:", "")  # no Python exception names
+    assert not (tmp_path / "i.onnx").exists()
+
+
+def test_a_plan_for_another_format_or_width_is_refused(classifier_path, tmp_path, capsys):
+    (tmp_path / "plan.json").write_text(json.dumps({"format": "float32", "protect": [{"site": "T", "bit": 30}]}))
+    code = main(["inject", str(classifier_path), "-o", str(tmp_path / "i.onnx"), "--format", "float16",
+                 "--protect", str(tmp_path / "plan.json")])
+    assert code == 1 and "format float32" in capsys.readouterr().err
+    (tmp_path / "wide.json").write_text(json.dumps({"protect": [{"site": "T", "bit": 40}]}))
+    code = main(["inject", str(classifier_path), "-o", str(tmp_path / "i.onnx"), "--protect",
+                 str(tmp_path / "wide.json")])
+    assert code == 1 and "bit 40" in capsys.readouterr().err
+
+
+def test_results_of_a_model_injected_with_protection_record_it(classifier_path, synthetic_data, tmp_path, capsys):
+    (tmp_path / "plan.json").write_text(json.dumps({"protect": [{"site": "T", "bit": 30}]}))
+    injected = tmp_path / "i.onnx"
+    assert main(["inject", str(classifier_path), "-o", str(injected), "--protect", str(tmp_path / "plan.json")]) == 0
+    assert main(["evaluate", str(injected), "--data", str(synthetic_data), "--p", "0,1e-3", "--trials", "1",
+                 "--out", str(tmp_path / "r")]) == 0
+    settings = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]
+    assert settings["protection"] == {"T": "0x40000000"}
+
+
+def test_a_map_in_bfloat16(classifier_path, synthetic_data):
+    from onnxflip.campaign.experiment import scored_source
+
+    model = load_model(classifier_path)
+    metric = metric_from_spec("top1")
+    source, _ = scored_source(model, synthetic_data, metric=metric, samples=40)
+    result = measure(model, source, metric, SensitivitySettings(format="bfloat16", budget=2.0))
+    assert {r["dtype"] for r in result.rows} == {"bfloat16"} and {r["bit"] for r in result.rows} == set(range(16))
+    assert any(r["target"] == "activations" and r["trials"] for r in result.rows)
+
+
+def test_the_existing_folder_message_does_not_offer_resume(classifier_path, synthetic_data, tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x").write_text("")
+    code = main(["sensitivity", str(classifier_path), "--data", str(synthetic_data), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 1 and "--overwrite" in err and "--resume" not in err

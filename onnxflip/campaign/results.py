@@ -69,13 +69,14 @@ def removed_if_left_empty(out: pathlib.Path) -> Iterator[None]:
 
 
 def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool, inputs: Sequence[pathlib.Path | str] = (),
-                   markers: Sequence[str] = ("results.json",)) -> dict | None:
+                   markers: Sequence[str] = ("results.json",), resumable: bool = True) -> dict | None:
     """Check the results folder; returns the earlier results when resuming.
 
     A results folder never holds an input (the model, the data): it is
     refused before anything is written.  ``overwrite`` replaces only a
     folder that holds one of ``markers`` (what onnxflip writes into it), so
-    that a mistyped ``--out`` naming another folder is never deleted.
+    that a mistyped ``--out`` naming another folder is never deleted.  ``resumable``: whether the command can
+    continue what a folder holds (it names --resume in its refusal).
     """
     results = out / "results.json"
     if out.exists() and not out.is_dir():
@@ -90,7 +91,8 @@ def prepare_output(out: pathlib.Path, *, resume: bool, overwrite: bool, inputs: 
             except (OSError, json.JSONDecodeError) as exc:
                 raise OnnxflipError(f"cannot read {results}: {exc}") from None
         if not overwrite:
-            raise OnnxflipError(f"results folder {out} exists; use --resume to continue it or --overwrite to replace it")
+            resuming = "use --resume to continue it or " if resumable else "use "
+            raise OnnxflipError(f"results folder {out} exists; {resuming}--overwrite to replace it")
         if not any((out / marker).exists() for marker in markers):
             raise OnnxflipError(f"{out} holds no {' or '.join(markers)}: it is not a results folder, and --overwrite "
                                 "replaces only one; choose another --out")

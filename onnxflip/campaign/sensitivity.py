@@ -63,7 +63,7 @@ from onnxflip.metrics import Metric, targets_of
 from onnxflip.modelio import write_atomically
 from onnxflip.protection import Protection, choose_plan
 from onnxflip.runtime.flip import as_ortvalue
-from onnxflip.runtime.session import make_session, read_external_data_from, session_options
+from onnxflip.runtime.session import make_session, read_external_data_from, run_session, session_options
 
 __all__ = ["Cell", "SensitivityMap", "SensitivitySettings", "flip_bit", "interval", "measure", "run", "wilson"]
 
@@ -131,6 +131,7 @@ class Cell:
 
     site: ProbeSite
     bit: int
+    elements: int  # of the site (per sample for activations and the cache), as the runs hold it
     trials: int = 0
     positive: float = 0.0
     negative: float = 0.0
@@ -160,7 +161,7 @@ class Cell:
         """The cell as sensitivity.csv/.json hold it (vulnerability, low and high None without a trial)."""
         low, high = self.bounds if self.trials else (None, None)
         return {"site": self.site.name, "target": self.site.target, "dtype": self.site.etype.name, "bit": self.bit,
-                "element_bits": self.site.etype.width, "elements": self.site.elements, "trials": self.trials, "vulnerability": self.vulnerability if self.trials else None,
+                "element_bits": self.site.etype.width, "elements": self.elements, "trials": self.trials, "vulnerability": self.vulnerability if self.trials else None,
                 "low": low, "high": high}
 
 
@@ -231,12 +232,13 @@ class _Scorer:
     def _run(self, session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) if a.dtype.kind in "biuf"
                   else as_ortvalue(np.ascontiguousarray(a)) for name, a in feeds.items()}  # bfloat16: as raw bits
-        return [v.numpy() for v in session.run_with_ort_values(names, values)]
+        return [v.numpy() for v in run_session(session.run_with_ort_values, names, values)]
 
     def _clean_run(self, batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         names = [self.output, *(s.value_output for s in self.activations)]
         out, *values = self._run(self.session, names, {**batch.feeds, **self.empty})
-        return out, {s.name: v for s, v in zip(self.activations, values)}
+        # a bfloat16 site shows its values as float32 (exact), which NumPy holds; back to the stored type here
+        return out, {s.name: v.astype(s.etype.dtype, copy=False) for s, v in zip(self.activations, values)}
 
     def values(self, b: int) -> dict[str, np.ndarray]:
         """The clean stored values of the activation sites in batch b."""
@@ -361,11 +363,15 @@ def _cells(probes: Probes, scorer: _Scorer, scale: float) -> tuple[list[Cell], l
         if site.unprobed is not None:
             unmeasured.append({"site": site.name, "target": site.target, "reason": site.unprobed})
             continue
-        if site.target in PER_SAMPLE_TARGETS:
+        if site.target in PER_SAMPLE_TARGETS:  # the size a run stores (a symbolic sequence length: this data's)
             values = scorer.values(0)[site.name]
-            if values.ndim == 0 or values.shape[0] != len(scorer.batches[0]):
+            per_sample = values.ndim > 0 and values.shape[0] == len(scorer.batches[0])
+            if not per_sample:
                 scorer.shared.add(site.name)
-        cells += [Cell(site, bit, scale=scale) for bit in site.bits]
+            elements = int(np.prod(values.shape[1:] if per_sample else values.shape))
+        else:
+            elements = int(site.value.size)
+        cells += [Cell(site, bit, elements, scale=scale) for bit in site.bits]
     if not cells:
         raise OnnxflipError("no site can be measured: " + "; ".join(f"{u['site']}: {u['reason']}" for u in unmeasured[:3]))
     for u in unmeasured:
@@ -437,7 +443,7 @@ def run(model_path: pathlib.Path, *, data, out: pathlib.Path, settings: Sensitiv
     source, data_path = scored_source(model, data, metric=scorer, output=output, preprocess=preprocess,
                                       classes=classes, samples=samples, cache_bytes=2 << 30)
     prepare_output(out, resume=False, overwrite=overwrite, inputs=(model_path, data_path),
-                   markers=("sensitivity.json",))
+                   markers=("sensitivity.json",), resumable=False)
     with removed_if_left_empty(out):
         found = measure(model, source, scorer, settings, output=output, floor=floor, on_round=on_round)
         result = {"model": str(model_path), "data": str(data_path), "metric": scorer.name, **found.to_json()}
@@ -463,20 +469,23 @@ def _measure_plans(model_path, data, out, settings, plans, *, metric, samples, o
                    on_plan) -> list[dict]:
     """The midpoint of the unprotected model and of each plan, each an ``evaluate --midpoint`` campaign in
     ``out/plans/<name>``."""
-    from onnxflip.campaign.design import SearchSettings
+    from onnxflip.campaign.design import Budget, SearchSettings
     from onnxflip.campaign.experiment import Experiment
     from onnxflip.campaign.experiment import run as run_experiment
     from onnxflip.campaign.trials import TrialSettings
     from onnxflip.faults import FaultModel
 
     measured = []
+    plan_search_budget = Budget(seconds=30 * 60)  # evaluate's default: a search stops at 0.2 decades or after 30 min
     for name, plan in [("unprotected", None), *plans]:
-        protection = Protection() if plan is None else Protection.of_pairs((p["site"], p["bit"]) for p in plan["protect"])
+        protection = Protection() if plan is None else Protection.of_pairs(
+            [(p["site"], p["bit"]) for p in plan["protect"]], format=plan["format"])
         trials = TrialSettings(format=settings.format, targets=settings.targets, fault=FaultModel(bits=settings.bits),
                                seed=settings.seed,
                                batch_size=settings.batch_size, selection=settings.selection,
                                fold_batchnorm=settings.fold_batchnorm, protection=protection)
-        experiment = Experiment(trials=trials, search=SearchSettings(), probabilities=None, samples=None,
+        experiment = Experiment(trials=trials, search=SearchSettings(budget=plan_search_budget), probabilities=None,
+                                samples=None,
                                 metric=metric, output=output, floor=floor, preprocess=preprocess, classes=classes)
         folder = out / "plans" / pathlib.Path(name).stem
         result = run_experiment(experiment, model_path=model_path, data=data, out=folder, overwrite=True)

@@ -61,6 +61,7 @@ from onnxflip.runtime.session import (
     external_data_folder,
     make_session,
     read_external_data_from,
+    run_session,
     runtime_bytes,
     runtime_proto,
     session_options,
@@ -202,7 +203,7 @@ def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozen
             raise OnnxflipError(f"the model is injected with --{name} {shown}, not "
                                 f"{','.join(asked) if name == 'targets' else asked}; leave --{name} out, or give "
                                 "the clean model")
-    return dataclasses.replace(settings, targets=recorded["targets"],
+    return dataclasses.replace(settings, targets=recorded["targets"], protection=record.config.protection,
                                fault=dataclasses.replace(settings.fault, bits=recorded["bits"]))
 
 
@@ -417,7 +418,7 @@ class LocalRunner:
         if hasattr(self.metric, "generate"):  # a decode loop: one run per token, each step its own activation seeds
             out = self._generate(session, feeds, activation_seed, [t for t in written if t in self.targets])
             return (out if short is None else out[:short]), {}
-        out, *counts = session.run([self.output, *(counts_output_name(t) for t in counted)], feeds)
+        out, *counts = run_session(session.run, [self.output, *(counts_output_name(t) for t in counted)], feeds)
         return (out if short is None else out[:short]), dict(zip(counted, counts))
 
     def _generate(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], activation_seed: int | None,
@@ -433,7 +434,7 @@ class LocalRunner:
                 name = control_input_name(target, "seed")
                 if name in step_feeds:
                     step_feeds[name] = np.array(mix_seed(activation_seed, step), np.int64)
-            return dict(zip(names, session.run(names, step_feeds)))
+            return dict(zip(names, run_session(session.run, names, step_feeds)))
 
         return self.metric.generate(run, feeds, output=self.output, pairs=pairs)
 

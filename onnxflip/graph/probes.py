@@ -31,9 +31,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxflip.bits import field_mask
+from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel
 from onnxflip.graph.config import InjectionConfig
-from onnxflip.graph.inject import _run, plan_sites
+from onnxflip.graph.inject import _run, plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes import StoreInFormatPass
 from onnxflip.graph.passes.insert_probes import InsertProbesPass, probe_input_names, probe_value_name
 from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, Selection, Site
@@ -94,6 +95,9 @@ def insert_probes(model: ir.Model, *, format: str = "float32", targets: Iterable
     config = InjectionConfig.build(format=format, targets=targets, fault=FaultModel(bits=bits), selection=selection,
                                    fold_batchnorm=fold_batchnorm)
     prepared, fmt, sites = plan_sites(model, config)
+    if not sites:
+        raise OnnxflipError(f"no site matches the selection (targets {', '.join(config.targets)}, format "
+                            f"{config.format}): {why_no_sites(site_coverage(prepared, sites, config))}")
     converted = _run([StoreInFormatPass(fmt, sites)], prepared)
     described = [_describe(converted.graph, index, site, bits) for index, site in enumerate(sites)]
     bound = {s.stored_name for s in described if s.stored_name is not None}

@@ -34,6 +34,7 @@ name of the node that writes (or first reads) it.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -56,6 +57,8 @@ __all__ = [
     "all_nodes",
     "find_sites",
 ]
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("activations", "weights", "biases", "qparams", "kv-cache")
 DEFAULT_TARGETS = ("activations", "weights", "biases")  # quantisation parameters and the cache only when asked for
@@ -319,6 +322,12 @@ def find_sites(
     sites = list(_parameter_sites(graph, wanted))
     kv = [Site(value, "kv-cache", present) for value, _, present in new_entries(graph)] \
         if "kv-cache" in wanted else []
+    if "kv-cache" in wanted and not kv:
+        message = ("the model has no key-value cache for --targets kv-cache (past_key_values.* inputs and present.* "
+                   "outputs, as optimum lays out decoders with past)")
+        if wanted == {"kv-cache"}:
+            raise OnnxflipError(message)
+        logger.warning("%s: only the other targets are exposed", message)
     if "activations" in wanted:
         form = "converted" if stored_casts else quantised_form(graph)
         written = {site.value for site in kv}  # a cache entry is one write: its site is kv-cache's

@@ -51,7 +51,8 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
     fractions with ECC, the sites, and the midpoint."""
     mid = result["midpoint"]
     swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
-    lines = [f"clean {result['metric']} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
+    scored = result["metric"] + (" score" if result["metric"] == "perplexity" else "")  # 1 clean, 0 at chance
+    lines = [f"clean {scored} {result['clean_score']:.4f} on the first {result['design']['samples_per_trial']} "
              f"samples (those each trial scores); {count(result['evaluations'], 'trial')} in "
              f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
              *(_score_table(result["rows"], "rate" if swept != "p" else "p")

@@ -28,6 +28,7 @@ __all__ = [
     "external_data_folder",
     "make_session",
     "read_external_data_from",
+    "run_session",
     "runtime_bytes",
     "runtime_proto",
     "session_options",
@@ -197,6 +198,19 @@ def _quiet_session(source: bytes | str, options: ort.SessionOptions, providers: 
             return _loaded(source, options, providers)
     finally:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+
+
+def run_session(run, *args):
+    """``run(*args)`` (a session's ``run`` or ``run_with_ort_values``), with ONNX Runtime's refusal of the
+    data (an index outside a table, a sequence longer than the model's positions) as OnnxflipError in one line."""
+    try:
+        return run(*args)
+    except Exception as exc:  # ONNX Runtime's errors (InvalidArgument, Fail, ...) share no base class
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        text = str(exc).strip()
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text.splitlines()[0] if text else type(exc).__name__)
+        raise OnnxflipError(f"ONNX Runtime cannot run the model on this data: {reason}") from None
 
 
 def session_providers(session: ort.InferenceSession) -> tuple[str, ...]:

@@ -61,7 +61,8 @@ class InsertFlipBitsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        self.config.protection.check_sites([s.name for s in self.sites])
+        self.config.protection.check(self.config.format,
+                                     {s.name: element_type(int(s.stored_dtype)).width for s in self.sites})
         rows = [self.describe(s) for s in self.sites]
         controls = {t: self._add_controls(graph, t) for t in self.config.targets}
         counts: dict[str, list[ir.Value]] = {}

@@ -13,8 +13,9 @@ The indices (int64, ``(m, rank)``) and the updates (the stored element type,
 computes as it would clean; fed the flipped values of m chosen elements, it
 stores exactly those (:mod:`onnxflip.campaign.sensitivity` flips one element
 per sample in a run).  The stored value of an activation site in the main
-graph is also a graph output, ``onnxflip_probe_<k>_value``, so that a clean
-run shows the values a flip starts from (parameters are read from the model).
+graph is also a graph output, ``onnxflip_probe_<k>_value`` (bfloat16 cast to
+float32, exactly), so that a clean run shows the values a flip starts from
+(parameters are read from the model).
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class InsertProbesPass(ir.passes.InPlacePass):
             user.replace_input_with(position, result)
         if value.is_graph_output():
             take_over_output(value, result)
-        if value.graph is graph:
-            exposed = ir.node("Identity", [value], name=f"onnxflip/probe/{site.name}/value")
+        if value.graph is graph:  # bfloat16, which NumPy cannot take from ONNX Runtime, as float32 (exact)
+            shown = ir.DataType.FLOAT if value.dtype == ir.DataType.BFLOAT16 else value.dtype
+            exposed = (ir.node("Cast", [value], {"to": int(shown)}, name=f"onnxflip/probe/{site.name}/value")
+                       if shown != value.dtype else ir.node("Identity", [value], name=f"onnxflip/probe/{site.name}/value"))
             exposed.outputs[0].name = probe_value_name(index)
-            exposed.outputs[0].dtype, exposed.outputs[0].shape = value.dtype, value.shape
+            exposed.outputs[0].dtype, exposed.outputs[0].shape = shown, value.shape
             graph.append(exposed)
             graph.outputs.append(exposed.outputs[0])

@@ -138,3 +138,25 @@ def test_bad_budgets_are_refused(text):
 def test_bad_search_settings_are_refused(kwargs):
     with pytest.raises(OnnxflipError):
         SearchSettings(**kwargs)
+
+
+def test_a_fit_at_any_bound_of_its_search_is_flagged(tmp_path):
+    """Each parameter left at a bound is named in the fit's record and in evaluate's summary; a fit inside its
+    bounds names none."""
+    from onnxflip.campaign.estimate import LAMBDA_RANGE, MAX_SHAPE, Fit
+    from onnxflip.report.summary import evaluation_summary
+
+    def fit(m, k, lam):
+        return Fit((m, k, lam), None, 40, 20, 1.0, 1.0, None, m_bounds=(-9.0, -1.0))
+
+    assert fit(-5.0, 1.0, 1.0).bounds_reached == []
+    assert fit(-5.0, 1.0, LAMBDA_RANGE[0]).bounds_reached == ["shape_lambda"]
+    assert fit(-5.0, MAX_SHAPE, LAMBDA_RANGE[1]).bounds_reached == ["steepness_k", "shape_lambda"]
+    assert fit(-1.0, 1.0, 1.0).to_json()["at_bound"] == ["log10_midpoint"]
+    result = {"midpoint": {"status": "found", "p": 1e-5, "low": 8e-6, "high": 1.2e-5, "width_decades": 0.18,
+                           "level": 0.5}, "settings": {}, "metric": "top1", "clean_score": 0.9,
+              "design": {"samples_per_trial": 500}, "evaluations": 40, "wall_seconds": 3.0, "stop_reason": "x",
+              "rows": [], "experiment": {"mode": "search"}, "fit": fit(-5.0, 1.0, LAMBDA_RANGE[0]).to_json()}
+    assert "shape_lambda sits at the bound" in evaluation_summary(result, tmp_path)
+    result["fit"] = fit(-5.0, 1.0, 1.0).to_json()
+    assert "at the bound" not in evaluation_summary(result, tmp_path)

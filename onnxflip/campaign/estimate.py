@@ -78,6 +78,7 @@ __all__ = ["MAX_SHAPE", "MIN_TRIALS", "Fit", "PointData", "fit_curve", "profile_
 MAX_SHAPE = 30.0  # k at most: the fall from 90% to 10% then spans 0.045 (lam = 0.01) to 0.14 (lam = 4) decades of p
 MIN_SHAPE = 0.05
 LAMBDA_RANGE = (0.01, 4.0)
+M_MARGIN = 3.0  # decades beyond the measured probabilities the fit may put the midpoint
 MIN_TRIALS = 40  # trials where the fitted curve is between 0.1 and 0.9, before any interval is given
 CENTRAL = (0.1, 0.9)
 _LN10 = math.log(10.0)
@@ -149,6 +150,7 @@ class Fit:
     confidence: float = 0.95
     profile: tuple[float, float] | None = None  # the profile-likelihood interval of m, before the sample term
     heterogeneity: float = 1.0  # max(1, lack-of-fit F): the factor the variances carry (Finney's)
+    m_bounds: tuple[float, float] | None = None  # where the fit may put the midpoint (log10 p), as it searched
 
     @property
     def m(self) -> float:
@@ -173,6 +175,19 @@ class Fit:
     @property
     def at_bound(self) -> bool:
         return self.k >= MAX_SHAPE * 0.999 or self.k <= MIN_SHAPE * 1.001
+
+    @property
+    def bounds_reached(self) -> list[str]:
+        """The parameters the fit left at a bound of its search (``steepness_k``, ``shape_lambda``,
+        ``log10_midpoint``): the data did not place them, the bound did."""
+        reached = []
+        if self.at_bound:
+            reached.append("steepness_k")
+        if self.shape >= LAMBDA_RANGE[1] * 0.999 or self.shape <= LAMBDA_RANGE[0] * 1.001:
+            reached.append("shape_lambda")
+        if self.m_bounds is not None and not self.m_bounds[0] + 1e-3 < self.m < self.m_bounds[1] - 1e-3:
+            reached.append("log10_midpoint")
+        return reached
 
     def _t(self) -> float:
         return float(scipy_stats.t.ppf(0.5 + self.confidence / 2, max(self.trials - 3, 1)))
@@ -262,6 +277,7 @@ class Fit:
             "lack_of_fit_p": self.lack_of_fit_p,
             "heterogeneity": self.heterogeneity,
             "image_variance": self.image_variance,
+            "at_bound": self.bounds_reached,
         }
 
 
@@ -291,8 +307,8 @@ def _maximise(points: Sequence[PointData], start: tuple[float, float, float], *,
     """
     x, n, sz, _ = _unpack(points)
     free = np.array([0.0 if fixed_m else 1.0, 1.0, 1.0])
-    low = np.array([float(x.min()) - 3.0, math.log(MIN_SHAPE), math.log(LAMBDA_RANGE[0])])
-    high = np.array([float(x.max()) + 3.0, math.log(MAX_SHAPE), math.log(LAMBDA_RANGE[1])])
+    low = np.array([float(x.min()) - M_MARGIN, math.log(MIN_SHAPE), math.log(LAMBDA_RANGE[0])])
+    high = np.array([float(x.max()) + M_MARGIN, math.log(MAX_SHAPE), math.log(LAMBDA_RANGE[1])])
     best = None
     m0, k0, lam0 = start
     starts = [(k0, lam0)] if warm else [(k0, lam0), (1.0, 0.3), (4.0, 1.0)]
@@ -378,8 +394,10 @@ def fit_curve(points: Sequence[PointData], *, start: tuple[float, float, float] 
         cov = cov * heterogeneity
     fitted = _jacobian(np.array([p.x for p in points]), theta)[0]
     central = int(sum(p.trials for p, s in zip(points, fitted) if CENTRAL[0] <= s <= CENTRAL[1]))
+    xs = [p.x for p in points]
     return Fit(_natural(theta), cov, sum(p.trials for p in points), central, _deviance(points, theta),
-               dispersion * heterogeneity, lack_of_fit, confidence=confidence, heterogeneity=heterogeneity)
+               dispersion * heterogeneity, lack_of_fit, confidence=confidence, heterogeneity=heterogeneity,
+               m_bounds=(min(xs) - M_MARGIN, max(xs) + M_MARGIN))
 
 
 def _crossing_guess(points: Sequence[PointData]) -> float:

@@ -376,3 +376,13 @@ def test_the_existing_folder_message_does_not_offer_resume(classifier_path, synt
     code = main(["sensitivity", str(classifier_path), "--data", str(synthetic_data), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err
     assert code == 1 and "--overwrite" in err and "--resume" not in err
+
+
+def test_a_map_of_a_model_with_external_data(real_exports):
+    """The dynamo exporter writes its weights beside the model (model.onnx.data): each parameter trial's session
+    reads the tensors no trial binds from the model's folder, whatever the working folder."""
+    corpus = real_exports["bert_dynamo"]
+    assert (corpus.path.parent / "model.onnx.data").is_file()
+    result = measure(load_model(corpus.path), ArraySource(corpus.feeds(8), None), metric_from_spec("agreement"),
+                     SensitivitySettings(budget=2.0, targets=("weights",)), output=corpus.output)
+    assert result.runs["parameter_trials"] > 0 and all(r["target"] == "weights" for r in result.rows)

@@ -63,7 +63,13 @@ from onnxflip.metrics import Metric, targets_of
 from onnxflip.modelio import write_atomically
 from onnxflip.protection import Protection, choose_plan
 from onnxflip.runtime.flip import as_ortvalue
-from onnxflip.runtime.session import make_session, read_external_data_from, run_session, session_options
+from onnxflip.runtime.session import (
+    external_data_folder,
+    make_session,
+    read_external_data_from,
+    run_session,
+    session_options,
+)
 
 __all__ = ["Cell", "SensitivityMap", "SensitivitySettings", "flip_bit", "interval", "measure", "run", "wilson"]
 
@@ -205,6 +211,7 @@ class _Scorer:
         self.batches = list(source.batches(batch_size))
         self.activations = [s for s in probes.sites if s.target in PER_SAMPLE_TARGETS and s.unprobed is None]
         self.parameters = {s.stored_name: s.value for s in probes.sites if s.stored_name is not None}
+        self.external_folder = external_data_folder(probes.probed)  # where the template's unbound tensors lie
         self.empty = {}
         for site in self.activations:
             rank = len(self.session.get_outputs()[self._output_index(site.value_output)].shape)
@@ -268,7 +275,7 @@ class _Scorer:
     def parameter_session(self, site: ProbeSite, flipped: np.ndarray) -> ort.InferenceSession:
         """A session of the template with every parameter bound, ``site``'s as ``flipped``."""
         arrays = {**self.parameters, site.stored_name: flipped}
-        options = read_external_data_from(session_options(threads=self.threads), None)
+        options = read_external_data_from(session_options(threads=self.threads), self.external_folder)
         self._bound = [as_ortvalue(np.ascontiguousarray(a)) for a in arrays.values()]  # alive with the session
         options.add_external_initializers(list(arrays), self._bound)
         return make_session(self.probes.template, options=options, threads=self.threads)

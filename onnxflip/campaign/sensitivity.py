@@ -167,8 +167,8 @@ class Cell:
         """The cell as sensitivity.csv/.json hold it (vulnerability, low and high None without a trial)."""
         low, high = self.bounds if self.trials else (None, None)
         return {"site": self.site.name, "target": self.site.target, "dtype": self.site.etype.name, "bit": self.bit,
-                "element_bits": self.site.etype.width, "elements": self.elements, "trials": self.trials, "vulnerability": self.vulnerability if self.trials else None,
-                "low": low, "high": high}
+                "element_bits": self.site.etype.width, "elements": self.elements, "trials": self.trials,
+                "vulnerability": self.vulnerability if self.trials else None, "low": low, "high": high}
 
 
 @dataclass

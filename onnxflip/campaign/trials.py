@@ -416,7 +416,7 @@ class LocalRunner:
         available = {o.name for o in session.get_outputs()}
         counted = [t for t in self.counted if counts_output_name(t) in available]
         if hasattr(self.metric, "generate"):  # a decode loop: one run per token, each step its own activation seeds
-            out = self._generate(session, feeds, activation_seed, [t for t in written if t in self.targets])
+            out = self._generate(session, feeds, activation_seed, written)
             return (out if short is None else out[:short]), {}
         out, *counts = run_session(session.run, [self.output, *(counts_output_name(t) for t in counted)], feeds)
         return (out if short is None else out[:short]), dict(zip(counted, counts))

@@ -32,10 +32,11 @@ std::string specs_json(const InputSpec* specs, size_t count) {
 }
 
 // {"name": "onnxflip_cuda_flip_bits", "parameters": [{"name": "x", "c_type": "const void*"}, ...]}
-std::string cuda_entry_json() {
-  std::string out = "{\"name\": " + quoted(kCudaEntryName) + ", \"parameters\": [";
+template <size_t N>
+std::string entry_json(const char* name, const Parameter (&parameters)[N]) {
+  std::string out = "{\"name\": " + quoted(name) + ", \"parameters\": [";
   bool first = true;
-  for (const Parameter& p : kCudaEntryParameters) {
+  for (const Parameter& p : parameters) {
     out += (first ? "" : ", ") + std::string("{\"name\": ") + quoted(p.name) + ", \"c_type\": " + quoted(p.c_type) + "}";
     first = false;
   }
@@ -88,7 +89,8 @@ std::string contract_json() {
   }
   out += "], \"inputs\": " + specs_json(kInputs, kInputCount) + ", \"outputs\": " +
          specs_json(kOutputs, kOutputCount) + ", \"ecc_codes\": " + ecc_codes_json() +
-         ", \"cuda_entry\": " + cuda_entry_json();
+         ", \"cpu_entry\": " + entry_json(kCpuEntryName, kCpuEntryParameters) +
+         ", \"cuda_entry\": " + entry_json(kCudaEntryName, kCudaEntryParameters);
   return out + "}";
 }
 

@@ -1,8 +1,8 @@
 // contract.h: the FlipBits operator's contract, stated once: element types, enum attributes, attributes, inputs.
 //
 // register.cc registers one op per element type listed here, the settings parser
-// reads attributes and enums through these tables, the CUDA entry point checks
-// its arguments against them, and onnxflip_contract() exports them as JSON so
+// reads attributes and enums through these tables, the C entry points check
+// their arguments against them, and onnxflip_contract() exports them as JSON so
 // that Python asks the library instead of mirroring it.
 #pragma once
 
@@ -125,12 +125,23 @@ constexpr InputSpec kOutputs[kOutputCount] = {
     {"counts", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, true},
 };
 
-// The C entry onnxflip_cuda_flip_bits (cuda/flipbits_cuda.cc, in a library built with CUDA): its parameters in
-// order with their C types, so that a caller through a foreign-function interface (Python's ctypes) passes them by
-// name.  It returns 0, -1 for invalid settings, or a CUDA error code.
+// The C entry points that run the kernel without ONNX Runtime: onnxflip_cpu_flip_bits (flipbits_cpu.cc) on host
+// memory, and onnxflip_cuda_flip_bits (cuda/flipbits_cuda.cc, in a library built with CUDA) on device memory.
+// Their parameters in order with their C types, so that a caller through a foreign-function interface (Python's
+// ctypes) passes them by name.  The CPU entry returns 0 or -1 for invalid settings; the CUDA entry also a CUDA error
+// code.
 struct Parameter {
   const char* name;
   const char* c_type;
+};
+
+constexpr const char* kCpuEntryName = "onnxflip_cpu_flip_bits";
+constexpr Parameter kCpuEntryParameters[] = {
+    {"x", "const void*"},   {"y", "void*"},        {"count", "int64_t"},       {"onnx_type", "int32_t"},
+    {kAttrP01, "double"},   {kAttrP10, "double"},  {kAttrSeed, "int64_t"},     {"stream_id", "int64_t"},
+    {"run", "uint32_t"},    {"mask", "uint64_t"},  {kAttrNonFinite, "int32_t"}, {kAttrS0, "double"},
+    {kAttrS1, "double"},    {"stuck_seed", "int64_t"}, {kAttrEcc, "int32_t"},  {kAttrOnDetected, "int32_t"},
+    {"counts", "int64_t*"},
 };
 
 constexpr const char* kCudaEntryName = "onnxflip_cuda_flip_bits";
@@ -146,6 +157,6 @@ constexpr Parameter kCudaEntryParameters[] = {
 
 // The contract above as one JSON object (domain, op_type, version, element_types, enums, attributes, inputs,
 // outputs, ecc_codes: for each ECC mode and element width, the data and check bits of its stored word;
-// cuda_entry: the name and parameters of the CUDA entry point).
+// cpu_entry, cuda_entry: the name and parameters of the host and CUDA entry points).
 // The string is owned by the library and lives as long as it is loaded.
 extern "C" __attribute__((visibility("default"))) const char* onnxflip_contract(void);

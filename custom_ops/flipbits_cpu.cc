@@ -1,5 +1,6 @@
 // flipbits_cpu.cc: Y = X with the FlipPlan's faults, one block per task on ORT's intra-op pool
-// (in place when ORT hands Y the buffer of X), and the words counted when the node has the counts output.
+// (in place when ORT hands Y the buffer of X), and the words counted when the node has the counts output;
+// and the same on host memory through a C entry point, for callers without ONNX Runtime.
 #include "flipbits_cpu.h"
 
 #include <atomic>
@@ -70,3 +71,30 @@ OrtStatusPtr FlipBitsCpuKernel::ComputeV2(OrtKernelContext* raw_context) {
 }
 
 }  // namespace onnxflip
+
+// Runs FlipBits on host memory on the calling thread, for callers without ONNX Runtime (torch tensors through
+// ctypes); y may be x (in place).  The settings are checked and rounded as entry_plan (flipbits_settings.h) says;
+// counts, when not null, receives the int64[3] word counts.  The same arguments draw the same faults as the
+// operator's kernels.  Returns 0, or -1 for invalid settings.  Its parameters, in this order and with these names,
+// are kCpuEntryParameters of contract.h, which onnxflip_contract() exports: change both together.
+extern "C" __attribute__((visibility("default"))) int onnxflip_cpu_flip_bits(
+    const void* x, void* y, int64_t count, int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id,
+    uint32_t run, uint64_t mask, int32_t nonfinite, double s0, double s1, int64_t stuck_seed, int32_t ecc,
+    int32_t on_detected, int64_t* counts) {
+  using namespace onnxflip;
+  FlipPlan plan;
+  if (count < 0 || !entry_plan(onnx_type, p01, p10, seed, stream_id, run, mask, nonfinite, s0, s1, stuck_seed, ecc,
+                               on_detected, plan)) {
+    return -1;
+  }
+  std::atomic<int64_t> totals[kCountKinds] = {{0}, {0}, {0}};
+  Work work{static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), count, plan.format.width / 8, &plan, totals};
+  if (work.in != work.out || plan.active) {
+    const size_t blocks = static_cast<size_t>((count + kBlockElems - 1) / kBlockElems);
+    for (size_t b = 0; b < blocks; ++b) run_block(&work, b);
+  }
+  if (counts != nullptr) {
+    for (int k = 0; k < kCountKinds; ++k) counts[k] = totals[k].load();
+  }
+  return 0;
+}

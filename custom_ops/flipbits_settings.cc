@@ -168,4 +168,37 @@ FlipPlan make_plan(const FlipSettings& s, const Format& format, uint32_t run) {
   return plan;
 }
 
+bool entry_plan(int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id, uint32_t run,
+                uint64_t mask, int32_t nonfinite, double s0, double s1, int64_t stuck_seed, int32_t ecc,
+                int32_t on_detected, FlipPlan& plan) {
+  const ElementType* element = find_element_type(onnx_type);
+  if (element == nullptr || !is_enum_code(kNonFiniteNames, nonfinite) || !is_enum_code(kEccNames, ecc) ||
+      !is_enum_code(kOnDetectedNames, on_detected)) {
+    return false;
+  }
+  const Format format = element->format;
+  const uint64_t all = format.width == 64 ? ~uint64_t{0} : ((uint64_t{1} << format.width) - 1);
+  if (!(p01 >= 0.0 && p01 <= 1.0) || !(p10 >= 0.0 && p10 <= 1.0) || (mask & ~all) != 0 || stream_id < 0 ||
+      stream_id > 0xFFFFFFFFll || !(s0 >= 0.0 && s1 >= 0.0 && s0 + s1 <= 1.0 + 1e-6) ||
+      (ecc != static_cast<int32_t>(Ecc::kNone) && ecc_word_bits(static_cast<Ecc>(ecc), format.width) == 0)) {
+    return false;
+  }
+  FlipSettings settings;
+  settings.p01 = static_cast<float>(p01);
+  settings.p10 = static_cast<float>(p10);
+  settings.seed = seed;
+  settings.stream = stream_id;
+  settings.mask = mask;
+  settings.randomness = Randomness::kPerRun;  // `run` is used as given
+  settings.nonfinite = static_cast<NonFinite>(nonfinite);
+  settings.s0 = static_cast<float>(s0);
+  settings.s1 = static_cast<float>(s1);
+  settings.has_stuck_seed = true;  // callers pass the seed when they have no other
+  settings.stuck_seed = stuck_seed;
+  settings.ecc = static_cast<Ecc>(ecc);
+  settings.on_detected = static_cast<OnDetected>(on_detected);
+  plan = make_plan(settings, format, run);
+  return true;
+}
+
 }  // namespace onnxflip

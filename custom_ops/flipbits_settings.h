@@ -62,4 +62,12 @@ FlipSettings with_inputs(FlipSettings settings, Ort::KernelContext& context, con
 // Everything a kernel needs to flip one tensor in one run.
 FlipPlan make_plan(const FlipSettings& settings, const Format& format, uint32_t run);
 
+// The plan of a C entry point's arguments (onnx_type, nonfinite, ecc and on_detected are codes from
+// onnxflip_contract(); `run` is used as given; stuck_seed keys the stuck cells), checked as the operator checks its
+// attributes; false for invalid settings.  The rates are rounded to float32, the precision of the operator's inputs,
+// so that the same rates draw the same faults as the operator does.
+bool entry_plan(int32_t onnx_type, double p01, double p10, int64_t seed, int64_t stream_id, uint32_t run,
+                uint64_t mask, int32_t nonfinite, double s0, double s1, int64_t stuck_seed, int32_t ecc,
+                int32_t on_detected, FlipPlan& plan);
+
 }  // namespace onnxflip

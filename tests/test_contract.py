@@ -76,22 +76,24 @@ def test_injected_nodes_take_p_and_seed_from_their_inputs_only(fed):
 
 
 
-def test_the_cuda_entry_is_called_by_the_parameter_names_the_library_states():
-    """The C entry's parameters come from the library's contract, in the order of its C signature; Python passes
-    them by name (a parameter it does not know is a one-line error, not an argument in the wrong place)."""
+@pytest.mark.parametrize(("entry_name", "source"), [("CPU_ENTRY", "flipbits_cpu.cc"),
+                                                   ("CUDA_ENTRY", "cuda/flipbits_cuda.cc")])
+def test_the_c_entries_are_called_by_the_parameter_names_the_library_states(entry_name, source):
+    """The C entries' parameters come from the library's contract, in the order of their C signatures; Python
+    passes them by name (a parameter it does not know is a one-line error, not an argument in the wrong place)."""
     import pathlib
     import re
 
     from onnxflip import OnnxflipError
-    from onnxflip.runtime.contract import CUDA_ENTRY_NAME, CUDA_ENTRY_PARAMETERS
-    from onnxflip.runtime.cuda import entry_arguments
+    from onnxflip.runtime import contract
 
-    source = pathlib.Path(__file__).parents[1] / "custom_ops" / "cuda" / "flipbits_cuda.cc"
-    signature = re.search(rf"{CUDA_ENTRY_NAME}\(([^)]*)\)", source.read_text()).group(1)
+    entry = getattr(contract, entry_name)
+    path = pathlib.Path(__file__).parents[1] / "custom_ops" / source
+    signature = re.search(rf"{entry.name}\(([^)]*)\)", path.read_text()).group(1)
     declared = [re.fullmatch(r"(.+?)\s*\b(\w+)", p.strip()).groups() for p in signature.split(",")]
-    assert [(name, " ".join(c_type.split())) for c_type, name in declared] == list(CUDA_ENTRY_PARAMETERS)
-    values = {name: index for index, (name, _) in enumerate(CUDA_ENTRY_PARAMETERS)}
-    assert entry_arguments(dict(reversed(values.items()))) == list(range(len(values)))
+    assert [(name, " ".join(c_type.split())) for c_type, name in declared] == list(entry.parameters)
+    values = {name: index for index, (name, _) in enumerate(entry.parameters)}
+    assert entry.arguments(dict(reversed(values.items()))) == list(range(len(values)))
     del values["stuck_seed"]
     with pytest.raises(OnnxflipError, match="takes stuck_seed"):
-        entry_arguments(values)
+        entry.arguments(values)

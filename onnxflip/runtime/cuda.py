@@ -3,57 +3,24 @@
 ``onnxflip_cuda_flip_bits`` takes device pointers and a CUDA stream, so GPU
 code (torch, CuPy) can run the very kernel ONNX Runtime's CUDA provider runs.
 Its parameters are passed by name: the library's contract lists them, in
-order and with their C types (:data:`~onnxflip.runtime.contract.CUDA_ENTRY_PARAMETERS`).
+order and with their C types (:data:`~onnxflip.runtime.contract.CUDA_ENTRY`).
 In ``fixed`` mode (run = 0) it gives the same bits as :func:`onnxflip.flip_bits`
 on the CPU for the same seed and stream.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-
 from onnxflip.bits import field_mask
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel, WordCounts, resolve_probabilities, stored_words
-from onnxflip.runtime.contract import COUNT_NAMES, CUDA_ENTRY_NAME, CUDA_ENTRY_PARAMETERS, element_type, enum_code
-from onnxflip.runtime.library import load_library
+from onnxflip.runtime.contract import COUNT_NAMES, CUDA_ENTRY, element_type, entry_values
 
-__all__ = ["cuda_flip_bits_raw", "entry_arguments", "flip_bits_torch", "has_cuda_kernels"]
-
-
-# The C types the contract names for the entry's parameters (pointers travel as addresses).
-_C_TYPES = {"const void*": ctypes.c_void_p, "void*": ctypes.c_void_p, "int64_t*": ctypes.c_void_p,
-            "int64_t": ctypes.c_int64, "int32_t": ctypes.c_int32, "uint32_t": ctypes.c_uint32,
-            "uint64_t": ctypes.c_uint64, "double": ctypes.c_double}
-
-
-@functools.cache
-def _entry():
-    try:
-        fn = getattr(load_library(), CUDA_ENTRY_NAME)
-    except AttributeError:
-        return None
-    if not CUDA_ENTRY_PARAMETERS:
-        raise OnnxflipError(f"the FlipBits library does not describe its {CUDA_ENTRY_NAME} parameters (built by an "
-                            "older onnxflip); rebuild it")
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_C_TYPES[c_type] for _, c_type in CUDA_ENTRY_PARAMETERS]
-    return fn
-
-
-def entry_arguments(values: dict[str, object]) -> list[object]:
-    """The entry's arguments in the order the contract lists its parameters, from a value per parameter name."""
-    missing = [name for name, _ in CUDA_ENTRY_PARAMETERS if name not in values]
-    if missing:
-        raise OnnxflipError(f"the FlipBits library's {CUDA_ENTRY_NAME} takes {', '.join(missing)}, which this onnxflip "
-                            "does not give; reinstall onnxflip and its library together")
-    return [values[name] for name, _ in CUDA_ENTRY_PARAMETERS]
+__all__ = ["cuda_flip_bits_raw", "flip_bits_torch", "has_cuda_kernels"]
 
 
 def has_cuda_kernels() -> bool:
     """Whether the installed library was built with its CUDA kernels."""
-    return _entry() is not None
+    return CUDA_ENTRY.function is not None
 
 
 def cuda_flip_bits_raw(x_ptr: int, y_ptr: int, count: int, onnx_type: int, *, p01: float, p10: float, seed: int,
@@ -63,15 +30,12 @@ def cuda_flip_bits_raw(x_ptr: int, y_ptr: int, count: int, onnx_type: int, *, p0
     """Y = FlipBits(X) on device pointers (``counts_ptr``: device int64[3] for the word counts, or 0;
     ``stuck_seed``: keys the stuck cells, default ``seed``); raises OnnxflipError with the CUDA error on failure.
     The rates are rounded to float32 as the operator's inputs are, so the same rates draw the same faults."""
-    fn = _entry()
-    if fn is None:
+    if not has_cuda_kernels():
         raise OnnxflipError("the FlipBits library was built without CUDA kernels")
-    code = fn(*entry_arguments({
-        "x": x_ptr, "y": y_ptr, "count": count, "onnx_type": onnx_type, "p01": p01, "p10": p10, "seed": seed,
-        "stream_id": stream, "run": run, "mask": mask, "nonfinite": enum_code("nonfinite", nonfinite), "s0": s0,
-        "s1": s1, "stuck_seed": seed if stuck_seed is None else stuck_seed, "ecc": enum_code("ecc", ecc),
-        "on_detected": enum_code("on_detected", on_detected), "counts": counts_ptr or None,
-        "cuda_stream": cuda_stream}))
+    values = entry_values(x_ptr, y_ptr, count, onnx_type, p01=p01, p10=p10, seed=seed, stream=stream, run=run,
+                          mask=mask, nonfinite=nonfinite, s0=s0, s1=s1, stuck_seed=stuck_seed, ecc=ecc,
+                          on_detected=on_detected, counts_ptr=counts_ptr)
+    code = CUDA_ENTRY.call({**values, "cuda_stream": cuda_stream})
     if code == -1:
         raise OnnxflipError("invalid FlipBits settings for the CUDA kernel")
     if code != 0:

@@ -2,7 +2,7 @@
 
 The library states the operator's contract once (``custom_ops/contract.h``:
 element types, enum attributes, attributes with defaults, inputs, outputs,
-ECC words, the CUDA entry's parameters) and
+ECC words, the C entries' parameters) and
 exports it as JSON through ``onnxflip_contract()``; :mod:`onnxflip.runtime.contract`
 builds Python's view of it from :func:`operator_contract`.
 """

@@ -48,6 +48,7 @@ from onnxflip.report.summary import count, evaluation_summary
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.session import PROVIDERS
 from onnxflip.zoo import LANGUAGE_MODEL, MODELS, PAPER_NAMES
+from onnxflip.zoo.noise import NOISE_TARGETS
 
 __all__ = ["OptionGroup", "cli", "main"]
 
@@ -804,7 +805,8 @@ def zoo() -> None:
 
 def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
     """``zoo train --model lm``: the VGG-only options refused, the rest with the language model's defaults."""
-    _refuse_with(f"--model {LANGUAGE_MODEL}", ["width", "epochs", "data", "checkpoint"],
+    _refuse_with(f"--model {LANGUAGE_MODEL}", ["width", "epochs", "data", "checkpoint", "noise_p", "noise_targets",
+                                               "noise_bits"],
                  "the VGG models; lm reads this Python's standard library source and trains for --steps")
     import torch
 
@@ -843,7 +845,17 @@ def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
 @OUTPUT_OPTION("the ONNX model")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
-def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, data, output, checkpoint):
+@click.option("--noise-p", type=PROBABILITY, default=0.0, show_default=True,
+              help="Train with bit flips: at every step each allowed float32 bit of the --noise-targets flips with "
+                   "this probability in the forward pass (FlipBits' own flips, new ones each step, keyed by --seed); "
+                   "the gradient passes straight through.  0: no flips.")
+@click.option("--noise-targets", type=click.Choice(NOISE_TARGETS), default="all", show_default=True,
+              help="What flips in training: weights (Conv and Linear weights and biases), activations (ReLU and "
+                   "max-pool outputs and the logits, the activation sites of the exported model) or all.")
+@click.option("--noise-bits", default="all", show_default=True,
+              help="Bits that may flip in training: all, sign, exponent, mantissa or a float32 mask like 0x7fffff.")
+def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, data, output, checkpoint, noise_p,
+          noise_targets, noise_bits):
     """Train a VGG on CIFAR-10, or the language model on the standard library's source, and export it to ONNX."""
     from onnxflip.zoo import require_extra
 
@@ -853,10 +865,18 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
                   output=output)
         return
     _refuse_with(f"--model {name}", ["steps"], f"--model {LANGUAGE_MODEL}")
+    if noise_p == 0:
+        _refuse_with("training without --noise-p", ["noise_targets", "noise_bits"], "--noise-p above 0")
     from onnxflip.modelio import check_output_path
     from onnxflip.zoo.export import export_onnx
+    from onnxflip.zoo.noise import NoiseSettings
     from onnxflip.zoo.train import TrainConfig
     from onnxflip.zoo.train import train as train_model
+
+    try:
+        noise = NoiseSettings(p=noise_p, targets=noise_targets, bits=noise_bits)
+    except OnnxflipError as exc:
+        raise click.UsageError(str(exc)) from None
 
     check_output_path(output)
     import torch
@@ -864,15 +884,19 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
     if device == "cuda" and not torch.cuda.is_available():
         raise OnnxflipError("--device cuda: torch finds no usable CUDA GPU here; use --device cpu")
     config = TrainConfig(model=name, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         device=device, threads=threads)
+                         device=device, threads=threads, noise=noise)
     result = train_model(config, data_dir=data, checkpoint=checkpoint or output.with_suffix(".ckpt"),
                          progress=sys.stderr.isatty())  # a bar on a terminal; a log gets no bar lines
     params = sum(p.numel() for p in result.model.parameters())
+    noisy = {"noise_skipped_steps": result.skipped_steps} if noise.enabled else {}
     export_onnx(result.model, output, info={"model": name, "width": width, "epochs": epochs, "seed": seed,
                                             "parameters": params, "test_accuracy": result.test_accuracy,
-                                            "train_seconds": round(result.wall_seconds)})
+                                            "train_seconds": round(result.wall_seconds), "noise": noise.to_json(),
+                                            **noisy})
+    trained_with = (f", trained with flips (p {noise.p:g}, {noise.targets}, bits {noise.bits}; "
+                    f"{count(result.skipped_steps, 'step')} skipped)") if noise.enabled else ""
     click.echo(f"wrote {output}: {name} width {width}, {params:,} parameters, test accuracy "
-               f"{result.test_accuracy:.4f}, {result.wall_seconds / 60:.1f} min")
+               f"{result.test_accuracy:.4f}{trained_with}, {result.wall_seconds / 60:.1f} min")
 
 
 @cli.command()

@@ -1,17 +1,21 @@
-"""Train a zoo VGG on CIFAR-10: SGD, one-cycle schedule, crop+flip augmentation.
+"""Train a zoo VGG on CIFAR-10: SGD, one-cycle schedule, crop+flip augmentation, optionally with bit flips in
+the forward pass (:mod:`onnxflip.zoo.noise`).
 
 Checkpoints are written after every epoch and a run resumes from its
-checkpoint, so an interrupted training loses at most one epoch.
+checkpoint, so an interrupted training loses at most one epoch.  A checkpoint
+holds the settings, the noise's included, and a run resumes only with the
+same ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +24,7 @@ from torch import nn
 
 from onnxflip.data import Split, load_split
 from onnxflip.errors import OnnxflipError
+from onnxflip.zoo.noise import NoiseSettings, noisy_forward
 from onnxflip.zoo.vgg import build_vgg
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_torch", "train"]
@@ -39,6 +44,11 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     max_steps: int | None = None
+    noise: NoiseSettings = field(default_factory=NoiseSettings)  # p = 0: no flips
+
+    def to_json(self) -> dict:
+        """The settings as a checkpoint holds them (the noise as a dict)."""
+        return {**dataclasses.asdict(self), "noise": self.noise.to_json()}
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class TrainResult:
     test_accuracy: float
     wall_seconds: float
     losses: list[float]
+    skipped_steps: int = 0  # steps whose loss the flips made non-finite: no update
 
 
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -119,16 +130,19 @@ def train(
         optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch
     )
     generator = torch.Generator().manual_seed(config.seed)
-    start_epoch, losses, elapsed = 0, [], 0.0
+    start_epoch, losses, elapsed, skipped = 0, [], 0.0, 0
+    forward = noisy_forward(model, config.noise, seed=config.seed)
     if checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, config.device)
-        if state["config"] != dataclasses.asdict(config):
-            raise OnnxflipError(f"checkpoint {checkpoint} was made with other settings: {state['config']}")
+        saved = {"noise": NoiseSettings().to_json(), **state["config"]}  # checkpoints from before noise had none
+        if saved != config.to_json():
+            raise OnnxflipError(f"checkpoint {checkpoint} was made with other settings: {saved}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, losses, elapsed = state["epoch"], state["losses"], state["elapsed"]
+        skipped = state.get("skipped_steps", 0)
         logger.info("resuming %s from epoch %d", checkpoint, start_epoch)
 
     began = time.perf_counter() - elapsed
@@ -142,12 +156,15 @@ def train(
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             x = _augment(images[idx], generator)
-            loss = F.cross_entropy(model(x), labels[idx])
+            loss = F.cross_entropy(forward(x, step), labels[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
             value = loss.item()
+            if math.isfinite(value) or not config.noise.enabled:
+                loss.backward()
+                optimizer.step()
+            else:  # a flip made the loss inf or NaN: its gradient would wreck every weight
+                skipped += 1
+            scheduler.step()
             running += value
             losses.append(value)
             bar.set_postfix(loss=f"{running / (i + 1):.3f}")
@@ -155,11 +172,13 @@ def train(
             if config.max_steps is not None and step >= config.max_steps:
                 break
         logger.info("%s epoch %d: mean loss %.4f", config.model, epoch + 1, running / max(1, i + 1))
+        if skipped:
+            logger.warning("%d steps so far had a non-finite loss under the flips and made no update", skipped)
         if checkpoint is not None:
             tmp = checkpoint.with_suffix(".tmp")
             torch.save(
                 {
-                    "config": dataclasses.asdict(config),
+                    "config": config.to_json(),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
@@ -167,6 +186,7 @@ def train(
                     "epoch": epoch + 1,
                     "losses": losses,
                     "elapsed": time.perf_counter() - began,
+                    "skipped_steps": skipped,
                 },
                 tmp,
             )
@@ -175,4 +195,5 @@ def train(
             break
     wall = time.perf_counter() - began
     accuracy = evaluate_torch(model, load_split(data_dir, "test"), device=config.device)
-    return TrainResult(model=model.cpu().eval(), test_accuracy=accuracy, wall_seconds=wall, losses=losses)
+    return TrainResult(model=model.cpu().eval(), test_accuracy=accuracy, wall_seconds=wall, losses=losses,
+                       skipped_steps=skipped)

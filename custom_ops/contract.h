@@ -81,6 +81,10 @@ constexpr const char* kAttrS0 = "s0";
 constexpr const char* kAttrS1 = "s1";
 constexpr const char* kAttrEcc = "ecc";
 constexpr const char* kAttrOnDetected = "on_detected";
+// X's memory layout: 0, as its shape says; b > 0, NCHWc blocks of b channels (ONNX Runtime's CPU convolutions),
+// X's dimension 1 being `channels` (the logical ones) rounded up to b.
+constexpr const char* kAttrNchwcBlock = "nchwc_block";
+constexpr const char* kAttrChannels = "channels";
 
 struct Attribute {
   const char* name;
@@ -95,6 +99,7 @@ constexpr Attribute kAttributes[] = {
     {kAttrNonFinite, "string", "\"keep\""},  {kAttrS0, "float", "0.0"},
     {kAttrS1, "float", "0.0"},           {kAttrEcc, "string", "\"none\""},
     {kAttrOnDetected, "string", "\"keep\""},
+    {kAttrNchwcBlock, "int", "0"},      {kAttrChannels, "int", "0"},
 };
 
 // Inputs: X, then the optional scalars that, when present and non-empty, take precedence over the attributes.

@@ -18,6 +18,12 @@
 // syndrome is zero).  Only IEEE +, *, / and floor are used on the random
 // path, and compilation forbids FMA contraction, so the CPU and CUDA builds
 // draw the same faults bit for bit.
+//
+// Faults are drawn by the logical (row-major, as the shape says) index of an
+// element; a Layout maps that index to where the element lies in memory, so
+// that a tensor ONNX Runtime holds in its blocked NCHWc layout (channels in
+// blocks of 8 or 16, padded) gets the faults of the same tensor in NCHW, and
+// its padding channels are neither flipped nor counted.
 #pragma once
 
 #include <cmath>
@@ -72,6 +78,40 @@ struct FlipPlan {
   Secded code;               // data_bits 0 without ECC
   Format format;
   NonFinite nonfinite;
+};
+
+// Where the elements of a tensor lie: as its logical shape says (block 0), or in NCHWc blocks of `block`
+// channels: logical [N, channels, spatial] at ((n * ceil(channels / block) + c / block) * spatial + s) * block
+// + c % block.
+struct Layout {
+  int64_t block;     // 0: plain
+  int64_t channels;  // logical channels
+  int64_t spatial;   // elements per channel and image
+};
+
+ONNXFLIP_HD int64_t physical_index(const Layout& layout, int64_t logical) {
+  if (layout.block == 0) return logical;
+  const int64_t per_image = layout.channels * layout.spatial;
+  const int64_t n = logical / per_image;
+  const int64_t c = (logical - n * per_image) / layout.spatial;
+  const int64_t s = logical - n * per_image - c * layout.spatial;
+  const int64_t blocks = (layout.channels + layout.block - 1) / layout.block;
+  return ((n * blocks + c / layout.block) * layout.spatial + s) * layout.block + c % layout.block;
+}
+
+// The elements of one fault block: element i is at(i).
+template <typename U>
+struct PlainElements {
+  U* first;
+  ONNXFLIP_HD U& operator()(int64_t i) const { return first[i]; }
+};
+
+template <typename U>
+struct LaidOutElements {
+  U* data;        // the whole tensor
+  int64_t begin;  // logical index of the block's first element
+  Layout layout;
+  ONNXFLIP_HD U& operator()(int64_t i) const { return data[physical_index(layout, begin + i)]; }
 };
 
 // The random stream of the stuck cells starts here in Philox's first counter word, far above any flip stream.
@@ -224,31 +264,32 @@ ONNXFLIP_HD int codeword_bit(const FlipPlan& plan, uint32_t offset) {
   return static_cast<int>(offset / per_value) * plan.format.width + plan.positions[offset % per_value];
 }
 
-// The values out[first .. first + values) that exist (below count), packed; absent ones read as zero.
-template <typename U>
-ONNXFLIP_HD uint64_t load_word(const U* out, int64_t first, int64_t count, int values) {
+// The values at(first .. first + values) that exist (below count), packed; absent ones read as zero.
+template <typename U, typename At>
+ONNXFLIP_HD uint64_t load_word(const At& at, int64_t first, int64_t count, int values) {
   uint64_t data = 0;
   for (int v = 0; v < values && first + v < count; ++v) {
-    data |= static_cast<uint64_t>(out[first + v]) << (v * static_cast<int>(sizeof(U)) * 8);
+    data |= static_cast<uint64_t>(at(first + v)) << (v * static_cast<int>(sizeof(U)) * 8);
   }
   return data;
 }
 
 // Writes back the values of a word that changed, through the nonfinite policy.
-template <typename U>
-ONNXFLIP_HD void store_word(U* out, int64_t first, int64_t count, uint64_t data, uint64_t written,
+template <typename U, typename At>
+ONNXFLIP_HD void store_word(const At& at, int64_t first, int64_t count, uint64_t data, uint64_t written,
                             const FlipPlan& plan) {
   constexpr int width = static_cast<int>(sizeof(U)) * 8;
   for (int v = 0; v < plan.word_values && first + v < count; ++v) {
     const U value = static_cast<U>(data >> (v * width));
-    if (value != static_cast<U>(written >> (v * width))) out[first + v] = apply_nonfinite(value, plan.format, plan.nonfinite);
+    if (value != static_cast<U>(written >> (v * width))) at(first + v) = apply_nonfinite(value, plan.format, plan.nonfinite);
   }
 }
 
-// Applies the plan's faults to out[0..count), the elements of block `block`, in place, and adds the words
+// Applies the plan's faults to at(0..count), the elements of block `block`, in place, and adds the words
 // read corrected, detected or silently wrong to counts (without ECC, every changed value is silent).
-template <typename U>
-ONNXFLIP_HD void fault_block(U* out, int64_t count, uint64_t block, const FlipPlan& plan, int64_t counts[kCountKinds]) {
+template <typename U, typename At>
+ONNXFLIP_HD void fault_elements(const At& out, int64_t count, uint64_t block, const FlipPlan& plan,
+                                int64_t counts[kCountKinds]) {
   if (!plan.active || count <= 0) return;
   const int64_t words = (count + plan.word_values - 1) / plan.word_values;
   const double per_word = static_cast<double>(plan.word_positions);
@@ -262,7 +303,7 @@ ONNXFLIP_HD void fault_block(U* out, int64_t count, uint64_t block, const FlipPl
     const double base = static_cast<double>(word) * per_word;
     const double end = base + per_word;
     const int64_t first = static_cast<int64_t>(word) * plan.word_values;
-    const uint64_t written = load_word(out, first, count, plan.word_values);
+    const uint64_t written = load_word<U>(out, first, count, plan.word_values);
     const Codeword stored{written, plan.code.data_bits ? secded_encode(plan.code, written) : 0u};
     Codeword read = stored;
     for (; next_flip < end; next_flip = next_flip + 1.0 + draw_gap(flip_rng, plan.inv_log1m_pmax)) {
@@ -283,8 +324,14 @@ ONNXFLIP_HD void fault_block(U* out, int64_t count, uint64_t block, const FlipPl
     } else {
       ++counts[read.data == written ? kCorrected : kSilent];
     }
-    store_word(out, first, count, read.data, written, plan);
+    store_word<U>(out, first, count, read.data, written, plan);
   }
+}
+
+// fault_elements on out[0..count), a block stored as its shape says.
+template <typename U>
+ONNXFLIP_HD void fault_block(U* out, int64_t count, uint64_t block, const FlipPlan& plan, int64_t counts[kCountKinds]) {
+  fault_elements<U>(PlainElements<U>{out}, count, block, plan, counts);
 }
 
 }  // namespace onnxflip

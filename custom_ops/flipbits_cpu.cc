@@ -1,6 +1,7 @@
 // flipbits_cpu.cc: Y = X with the FlipPlan's faults, one block per task on ORT's intra-op pool
 // (in place when ORT hands Y the buffer of X), and the words counted when the node has the counts output;
-// and the same on host memory through a C entry point, for callers without ONNX Runtime.
+// X in NCHWc blocks is copied whole first, then faulted by logical blocks at their elements' places; and the
+// same, plain, on host memory through a C entry point, for callers without ONNX Runtime.
 #include "flipbits_cpu.h"
 
 #include <atomic>
@@ -14,20 +15,31 @@ constexpr size_t kSerialBlocks = 16;  // below this, threading costs more than i
 struct Work {
   const uint8_t* in;
   uint8_t* out;
-  int64_t count;
+  int64_t count;     // logical elements (faulted)
+  int64_t physical;  // elements in memory (copied)
+  Layout layout;
   int bytes;
   const FlipPlan* plan;
   std::atomic<int64_t>* counts;  // kCountKinds totals
 };
 
+int64_t block_length(int64_t count, size_t block) {
+  const int64_t begin = static_cast<int64_t>(block) * kBlockElems;
+  return begin + kBlockElems < count ? kBlockElems : count - begin;
+}
+
 template <typename U>
 void copy_and_flip(const Work& w, size_t block) {
   const int64_t begin = static_cast<int64_t>(block) * kBlockElems;
-  const int64_t n = begin + kBlockElems < w.count ? kBlockElems : w.count - begin;
-  U* out = reinterpret_cast<U*>(w.out) + begin;
-  if (w.in != w.out) std::memcpy(out, reinterpret_cast<const U*>(w.in) + begin, static_cast<size_t>(n) * sizeof(U));
+  const int64_t n = block_length(w.count, block);
+  U* out = reinterpret_cast<U*>(w.out);
   int64_t counts[kCountKinds] = {0, 0, 0};
-  fault_block<U>(out, n, block, *w.plan, counts);
+  if (w.layout.block == 0) {
+    if (w.in != w.out) std::memcpy(out + begin, reinterpret_cast<const U*>(w.in) + begin, static_cast<size_t>(n) * sizeof(U));
+    fault_block<U>(out + begin, n, block, *w.plan, counts);
+  } else {  // copied apart (copy_block): the elements of a logical block lie all over the tensor
+    fault_elements<U>(LaidOutElements<U>{out, begin, w.layout}, n, block, *w.plan, counts);
+  }
   for (int k = 0; k < kCountKinds; ++k) {
     if (counts[k]) w.counts[k].fetch_add(counts[k], std::memory_order_relaxed);
   }
@@ -43,6 +55,21 @@ void run_block(void* data, size_t block) {
   }
 }
 
+void copy_block(void* data, size_t block) {
+  const Work& w = *static_cast<const Work*>(data);
+  const int64_t begin = static_cast<int64_t>(block) * kBlockElems * w.bytes;
+  std::memcpy(w.out + begin, w.in + begin, static_cast<size_t>(block_length(w.physical, block) * w.bytes));
+}
+
+void for_blocks(OrtKernelContext* context, void (*fn)(void*, size_t), int64_t count, Work& work) {
+  const size_t blocks = static_cast<size_t>((count + kBlockElems - 1) / kBlockElems);
+  if (blocks < kSerialBlocks) {
+    for (size_t b = 0; b < blocks; ++b) fn(&work, b);
+  } else {
+    Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, fn, blocks, 0, &work));
+  }
+}
+
 }  // namespace
 
 OrtStatusPtr FlipBitsCpuKernel::ComputeV2(OrtKernelContext* raw_context) {
@@ -50,20 +77,20 @@ OrtStatusPtr FlipBitsCpuKernel::ComputeV2(OrtKernelContext* raw_context) {
     Ort::KernelContext context{raw_context};
     const FlipPlan plan = plan_for(context);
     Ort::ConstValue x = context.GetInput(kX);
-    const auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    const auto info = x.GetTensorTypeAndShapeInfo();
+    const auto shape = info.GetShape();
+    int64_t logical = 0;
+    const Layout layout = layout_of(settings_, shape, node_, logical);
     Ort::UnownedValue y = context.GetOutput(0, shape);
     std::atomic<int64_t> totals[kCountKinds] = {{0}, {0}, {0}};
     Work work{static_cast<const uint8_t*>(x.GetTensorRawData()), static_cast<uint8_t*>(y.GetTensorMutableRawData()),
-              static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()), format_.width / 8, &plan, totals};
+              logical, static_cast<int64_t>(info.GetElementCount()), layout, format_.width / 8, &plan, totals};
     int64_t* counts = counts_output(context);
-    if (work.count > 0 && (work.in != work.out || plan.active)) {
-      const size_t blocks = static_cast<size_t>((work.count + kBlockElems - 1) / kBlockElems);
-      if (blocks < kSerialBlocks) {
-        for (size_t b = 0; b < blocks; ++b) run_block(&work, b);
-      } else {
-        Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(raw_context, run_block, blocks, 0, &work));
-      }
+    if (layout.block != 0 && work.in != work.out && work.physical > 0) {
+      for_blocks(raw_context, copy_block, work.physical, work);
     }
+    const bool copies = layout.block == 0 && work.in != work.out;
+    if (work.count > 0 && (copies || plan.active)) for_blocks(raw_context, run_block, work.count, work);
     if (counts != nullptr) {
       for (int k = 0; k < kCountKinds; ++k) counts[k] = totals[k].load();
     }
@@ -88,7 +115,8 @@ extern "C" __attribute__((visibility("default"))) int onnxflip_cpu_flip_bits(
     return -1;
   }
   std::atomic<int64_t> totals[kCountKinds] = {{0}, {0}, {0}};
-  Work work{static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), count, plan.format.width / 8, &plan, totals};
+  Work work{static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), count, count, Layout{0, 0, 0},
+            plan.format.width / 8, &plan, totals};
   if (work.in != work.out || plan.active) {
     const size_t blocks = static_cast<size_t>((count + kBlockElems - 1) / kBlockElems);
     for (size_t b = 0; b < blocks; ++b) run_block(&work, b);

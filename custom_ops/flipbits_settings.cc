@@ -105,7 +105,29 @@ FlipSettings read_attributes(const Ort::ConstKernelInfo& info, const Format& for
   if (s.ecc != Ecc::kNone && ecc_word_bits(s.ecc, format.width) == 0) {
     throw SettingsError{describe(node) + "ecc cannot protect " + std::to_string(format.width) + "-bit values"};
   }
+  attribute(info, kAttrNchwcBlock, s.nchwc_block);
+  attribute(info, kAttrChannels, s.channels);
+  if (s.nchwc_block < 0 || (s.nchwc_block > 0 && s.channels <= 0)) {
+    throw SettingsError{describe(node) + "an NCHWc layout needs nchwc_block > 0 and channels > 0"};
+  }
   return s;
+}
+
+Layout layout_of(const FlipSettings& s, const std::vector<int64_t>& shape, const std::string& node,
+                 int64_t& logical_count) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  logical_count = count;
+  if (s.nchwc_block == 0) return Layout{0, 0, 0};
+  const int64_t padded = (s.channels + s.nchwc_block - 1) / s.nchwc_block * s.nchwc_block;
+  if (shape.size() < 2 || shape[1] != padded) {
+    throw SettingsError{describe(node) + "X must have " + std::to_string(padded) + " channels (" +
+                        std::to_string(s.channels) + " in blocks of " + std::to_string(s.nchwc_block) + ")"};
+  }
+  int64_t spatial = 1;
+  for (size_t i = 2; i < shape.size(); ++i) spatial *= shape[i];
+  logical_count = shape[0] * s.channels * spatial;
+  return Layout{s.nchwc_block, s.channels, spatial};
 }
 
 FlipSettings with_inputs(FlipSettings s, Ort::KernelContext& context, const std::string& node) {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <onnxruntime_cxx_api.h>  // built with ORT_API_MANUAL_INIT
 
@@ -25,7 +26,14 @@ struct FlipSettings {
   double s1 = 0.0;  // ... at 1 (s0 + s1 <= 1: a cell is stuck at one value)
   Ecc ecc = Ecc::kNone;
   OnDetected on_detected = OnDetected::kKeep;
+  int64_t nchwc_block = 0;  // X in NCHWc blocks of this many channels; 0: as its shape says
+  int64_t channels = 0;     // the logical channels of an NCHWc X
 };
+
+// Where the elements of X lie (see Layout), and how many there are logically; throws SettingsError where X's
+// shape does not fit the node's layout.
+Layout layout_of(const FlipSettings& settings, const std::vector<int64_t>& shape, const std::string& node,
+                 int64_t& logical_count);
 
 // The contract's (kRandomnessNames, kNonFiniteNames, ...) value for a name; false when the name is not there.
 template <typename Enum, size_t N>

@@ -13,6 +13,9 @@ namespace onnxflip {
 OrtStatusPtr FlipBitsCudaKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guarded([&] {
     Ort::KernelContext context{raw_context};
+    if (settings_.nchwc_block != 0) {  // a layout of ONNX Runtime's CPU convolutions
+      throw SettingsError{"FlipBits node '" + node_ + "': an NCHWc layout (nchwc_block) runs on the CPU only"};
+    }
     const FlipPlan plan = plan_for(context);
     Ort::ConstValue x = context.GetInput(kX);
     const auto info = x.GetTensorTypeAndShapeInfo();

@@ -24,7 +24,10 @@ kernel and bound as the trial's constants into a model materialised once) and
 one pass over the samples, which are decoded once and held in memory when
 they fit (``Experiment.cache_bytes``, 2 GiB).  The trial's session runs in the process's shared
 arena (:func:`~onnxflip.runtime.session.session_options`), so its first pass
-costs what a warm session's does.
+costs what a warm session's does.  On the CPU, a float model's trials run
+the graph ONNX Runtime optimised once, with FlipBits on its NCHWc tensors
+(:mod:`onnxflip.runtime.nchwc`): the same flips, without a layout reorder
+on each side of every activation site.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, S
 from onnxflip.metrics import Metric, targets_of
 from onnxflip.protection import Protection
 from onnxflip.runtime.flip import as_ortvalue
+from onnxflip.runtime.nchwc import BlockedTemplate, blocked_options, blocked_template
 from onnxflip.runtime.session import (
     PROVIDERS,
     bound_per_session,
@@ -321,7 +325,9 @@ class LocalRunner:
         if bound is None:
             model, flips = runtime_bytes(self._materialize(controls)), {}
         else:
-            model, flips = bound
+            model, flips, optimised = bound
+            if optimised:
+                blocked_options(options)
             if flips:
                 options.add_external_initializers(list(flips), [as_ortvalue(a) for a in flips.values()])
         session = make_session(model, provider=self.settings.provider, options=options, threads=self.threads)
@@ -338,8 +344,9 @@ class LocalRunner:
             StoreInt8AsUint8Pass()(model)
         return model
 
-    def _bind_flips(self, controls: dict[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray]] | None:
-        """The model materialised once for all trials, and this trial's flipped parameters to bind into it.
+    def _bind_flips(self, controls: dict[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray], bool] | None:
+        """The model materialised once for all trials, this trial's flipped parameters to bind into it, and
+        whether that model is ONNX Runtime's optimised graph already (:mod:`onnxflip.runtime.nchwc`).
 
         In the materialised model (at p > 0, so every flip site is a
         constant) the flipped constants hold no data; the trial's session
@@ -348,7 +355,11 @@ class LocalRunner:
         optimises the graph.  That is the model :func:`materialize_parameters`
         makes for the trial, without a graph copy, a pass or a serialisation
         per trial.  None where that does not apply (ECC counts of parameters,
-        flips that feed flips): the caller materialises in full.
+        flips that feed flips): the caller materialises in full.  On the CPU,
+        a float model's template is the graph ONNX Runtime optimised from it
+        with FlipBits on its NCHWc tensors (no layout reorders around them),
+        where that applies: the flipped parameters are then bound as the
+        reordered filters that graph holds.
         """
         if self._template is False:
             return None
@@ -361,9 +372,13 @@ class LocalRunner:
             self._template = False if template is None else template
             if template is None:
                 return None
-        return self._template, {name: np.ascontiguousarray(array) for name, array in flips.items()}
+        flips = {name: np.ascontiguousarray(array) for name, array in flips.items()}
+        if isinstance(self._template, BlockedTemplate):
+            return self._template.model, self._template.arrays(flips), True
+        return self._template, flips, False
 
-    def _materialize_template(self, controls: dict[str, np.ndarray], flips: dict[str, np.ndarray]) -> bytes | None:
+    def _materialize_template(self, controls: dict[str, np.ndarray],
+                              flips: dict[str, np.ndarray]) -> bytes | BlockedTemplate | None:
         """The serialised model with every fixed parameter flip a constant whose data each trial binds; None
         when the flips are not exactly its constants (flips that feed flips: the sign bit of int8 weights
         stored as uint8)."""
@@ -372,7 +387,16 @@ class LocalRunner:
         constants = [init for init in proto.graph.initializer if init.name.endswith("_trial")]
         if set(flips) != {init.name for init in constants}:
             return None
-        return bound_per_session(proto, set(flips))
+        template = bound_per_session(proto, set(flips))
+        if self.settings.provider != "cpu" or self.settings.format == "int8":
+            return template
+        blocked = blocked_template(template, {name: np.ascontiguousarray(a) for name, a in flips.items()},
+                                   threads=self.threads)
+        if blocked is None:
+            return template
+        logger.info("%d FlipBits run on ONNX Runtime's NCHWc tensors (blocks of %d channels)", blocked.moved,
+                    blocked.block)
+        return blocked
 
     # --- trials
     def _clean_outputs(self, samples: int) -> np.ndarray | None:

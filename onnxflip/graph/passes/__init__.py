@@ -1,8 +1,10 @@
 """The graph transforms, one job each, as onnx_ir passes: :mod:`onnxflip.graph.inject` runs them in sequence
-(its docstring gives the order); a trial runs ``MaterializeParametersPass`` on the injected model."""
+(its docstring gives the order); a trial runs ``MaterializeParametersPass`` on the injected model, and
+``BlockedFlipBitsPass`` on the graph ONNX Runtime optimised from it (:mod:`onnxflip.runtime.nchwc`)."""
 
 from __future__ import annotations
 
+from onnxflip.graph.passes.blocked_flipbits import BlockedFlipBitsPass
 from onnxflip.graph.passes.fold_batchnorm import FoldBatchNormPass
 from onnxflip.graph.passes.infer_shapes import InferShapesPass
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
@@ -12,6 +14,7 @@ from onnxflip.graph.passes.store_in_format import StoreInFormatPass
 from onnxflip.graph.passes.stored_constants import LiftStoredConstantsPass
 
 __all__ = [
+    "BlockedFlipBitsPass",
     "FoldBatchNormPass",
     "InferShapesPass",
     "InsertFlipBitsPass",

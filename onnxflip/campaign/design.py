@@ -22,6 +22,24 @@ The search, given a bracket [low, high] in p:
    (around the midpoint, in steps of the fitted curve's scale) that most
    reduces the predicted variance of the midpoint (c-optimal design;
    Atkinson, Donev & Tobias, *Optimum Experimental Designs*, 2007, ch. 17).
+   At each look the samples per trial are revisited: where scoring n of the
+   N samples (the image term) takes more than half of the variance the
+   precision allows, later trials score more samples.  Where two looks in a
+   row find that the budget cannot reach the precision at the pace measured,
+   the search says so in one line, once.
+
+The estimand is the midpoint of the mean score over all N samples, over
+infinitely many trials.  A trial that scores the first n < N of them adds an
+image term, estimated on the normalised scale (score - floor) / (clean -
+floor) by a delete-a-block jackknife: every trial records the mean score of
+each block of ``image_block_size(N)`` consecutive samples (the clean pass
+too), and the image term is how much the mean normalised score of the trials
+near the midpoint moves when one block is left out of every trial and of its
+clean score (the first n samples taken as a random sample of the N, with the
+finite-population factor 1 - n/N).  Whether a sample is right when clean
+cancels on that scale, and the part of the spread that is each trial's own
+noise (already in the fit's variance) is taken out (Efron & Stein, 1981; Wolter,
+*Introduction to Variance Estimation*, 2nd ed., 2007, ch. 4).
 
 Trials are numbered per probability: trial t at p always uses the same
 seeds, so a point visited twice gets new trials, never repeated ones.
@@ -29,6 +47,7 @@ seeds, so a point visited twice gets new trials, never repeated ones.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -42,13 +61,18 @@ import numpy as np
 from onnxflip.campaign.estimate import MIN_TRIALS, PointData, _jacobian, fit_curve, survival, with_profile
 from onnxflip.errors import OnnxflipError
 
-__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "check_fall", "has_fall", "search_midpoint"]
+__all__ = ["Budget", "SearchSettings", "TrialOutcome", "TrialRunner", "block_means", "check_fall", "has_fall",
+           "image_block_size", "search_midpoint"]
+
+logger = logging.getLogger(__name__)
 
 _LN10 = math.log(10.0)
 GRID_STEP = 0.05  # decades: design points are snapped to this grid, so a point is revisited rather than crowded
 BRACKET_TRIALS = 2
 END_TRIALS = 20  # at most, at an end that is neither clearly intact nor clearly ruined
 PILOT_TRIALS = 6
+IMAGE_BLOCKS = 1000  # at most this many blocks of samples over the N: a block holds ceil(N / 1000) samples
+NEAR = 1.5  # trials within this many units of the fitted curve's scale (1 / (k ln 10)) of the midpoint are "near"
 DESIGN_MARGIN = 1.0  # decades beyond the bracket where the design may still place trials (a midpoint near an end)
 LOOK_MARGIN = 1.1  # plan a little beyond the trials the last width says are needed
 _SPREAD = (0.0, -0.3, 0.3, -0.15, 0.15, -0.6, 0.6)  # decades around the estimate, while there is no interval
@@ -81,9 +105,32 @@ class TrialOutcome:
     seed: int = 0
     # With ECC, per target: the words read corrected, detected and silently wrong, and the words read
     words: dict[str, dict[str, int]] | None = None
+    # The mean score of each block of image_block_size(N) consecutive samples, for the image term
+    block_scores: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_scores is not None and not isinstance(self.block_scores, tuple):
+            object.__setattr__(self, "block_scores", tuple(self.block_scores))  # as read back from JSON
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "words" or v is not None}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("words", "block_scores") or v is not None}
+        if self.block_scores is not None:
+            data["block_scores"] = [round(v, 6) for v in self.block_scores]
+        return data
+
+
+def image_block_size(total: int) -> int:
+    """Samples per block of a trial's ``block_scores`` when the estimand is over ``total`` samples."""
+    return max(1, -(-int(total) // IMAGE_BLOCKS))
+
+
+def block_means(scores: np.ndarray, total: int) -> tuple[float, ...]:
+    """The mean of each block of ``image_block_size(total)`` consecutive per-sample scores (the last may be
+    shorter)."""
+    size = image_block_size(total)
+    scores = np.asarray(scores, dtype=np.float64)
+    starts = np.arange(0, len(scores), size)
+    return tuple(float(v) for v in np.add.reduceat(scores, starts) / np.diff(np.append(starts, len(scores))))
 
 
 class TrialRunner(Protocol):
@@ -181,6 +228,7 @@ class _Campaign:
         self.began = clock()
         self.outcomes: list[TrialOutcome] = []
         self.clean: dict[int, float] = {}
+        self.clean_blocks: dict[int, tuple[float, ...] | None] = {}
         self.clean_seconds: dict[int, float] = {}
         self.next_trial: dict[float, int] = defaultdict(int)
         self.samples = min(runner.samples, settings.pilot_samples)
@@ -203,6 +251,7 @@ class _Campaign:
         if samples not in self.clean:
             (outcome,) = self.runner.run(0.0, [0], samples)
             self.clean[samples] = outcome.score
+            self.clean_blocks[samples] = outcome.block_scores
             self.clean_seconds[samples] = outcome.seconds
             self.outcomes.append(outcome)
             if self.on_trials:
@@ -243,11 +292,37 @@ class _Campaign:
     def score_range(self) -> float:
         return self.clean[self.samples] - self.runner.floor
 
-    def sample_variance_near(self, m: float, k: float) -> float:
-        """sigma_I^2 bound: the within-trial variance of per-sample scores, at points near the midpoint."""
-        near = [o for o in self.faulty() if o.samples == self.samples and abs(math.log10(o.p) - m) * k * _LN10 <= 1.5]
-        chosen = near or [o for o in self.faulty() if o.samples == self.samples]
-        return float(np.mean([o.sample_variance for o in chosen])) if chosen else 0.25
+    def near(self, m: float, k: float) -> list[TrialOutcome]:
+        """The faulty trials near the midpoint (all of them where none is)."""
+        near = [o for o in self.faulty() if abs(math.log10(o.p) - m) * k * _LN10 <= NEAR]
+        return near or self.faulty()
+
+    def image_variance(self, m: float, k: float) -> float:
+        """The variance the choice of samples adds to the mean normalised score near the midpoint (unit scale):
+        the delete-a-block jackknife of the module docstring, or, for trials that recorded no blocks, the bound
+        from the within-trial variance of the per-sample scores."""
+        total = self.runner.samples
+        near = self.near(m, k)
+        if not near or all(o.samples >= total for o in near):
+            return 0.0
+        deltas = _block_deltas(near, self.clean, self.clean_blocks, self.runner.floor, total)
+        if deltas is None:
+            return self._image_variance_bound(near)
+        count, blocks = deltas.shape
+        factor = (blocks - 1) / blocks
+        of_mean = factor * float(np.sum((deltas.mean(axis=0) - deltas.mean()) ** 2))
+        if count < 2:
+            return of_mean
+        # Each trial's own noise spreads its deltas too; it shrinks as 1/trials in the mean and is in the fit's
+        # variance already: what is left is the part every trial shares, the samples' own.
+        of_trials = factor * float(np.mean(np.sum((deltas - deltas.mean(axis=1, keepdims=True)) ** 2, axis=1)))
+        return max((count * of_mean - of_trials) / (count - 1), 0.0)
+
+    def _image_variance_bound(self, near: list[TrialOutcome]) -> float:
+        """sigma_I^2 (1/n - 1/N) / range^2: the within-trial variance of per-sample scores, an upper bound."""
+        total = self.runner.samples
+        terms = [o.sample_variance * max(1.0 / o.samples - 1.0 / total, 0.0) for o in near]
+        return float(np.mean(terms)) / self.score_range() ** 2
 
     def fit(self, *, profile: bool = False):
         """The curve through every trial so far, its interval widened for the samples left out.
@@ -263,13 +338,35 @@ class _Campaign:
             cold = fit_curve(points, confidence=self.settings.confidence)
             if cold is not None and cold.deviance < fit.deviance - 1e-9:
                 fit = cold
-        if fit is not None and self.samples < self.runner.samples:
-            variance = self.sample_variance_near(fit.m, fit.k) * (1.0 / self.samples - 1.0 / self.runner.samples)
-            fit = fit.with_sample_variance(variance, self.score_range())
+        if fit is not None:
+            fit = fit.with_image_variance(self.image_variance(fit.m, fit.k))
         if fit is not None and profile:
             fit = with_profile(points, fit)
         self.last_fit = fit
         return fit
+
+
+def _block_deltas(trials: list[TrialOutcome], clean: dict[int, float], clean_blocks: dict, floor: float,
+                  total: int) -> np.ndarray | None:
+    """trials x blocks: how each trial's normalised score moves when one block of samples is left out of it and
+    of its clean score, times sqrt(1 - n/N); None where a trial or its clean pass recorded no blocks."""
+    size = image_block_size(total)
+    widest = max(math.ceil(o.samples / size) for o in trials)
+    deltas = np.zeros((len(trials), widest))
+    for row, o in enumerate(trials):
+        blocks, reference = o.block_scores, clean_blocks.get(o.samples)
+        if blocks is None or reference is None or len(blocks) != len(reference) or len(blocks) < 2:
+            return None
+        n = o.samples
+        sizes = np.minimum(size, n - size * np.arange(len(blocks)))
+        rest = n - sizes
+        kept = (o.score * n - np.asarray(blocks) * sizes) / rest
+        kept_clean = (clean[n] * n - np.asarray(reference) * sizes) / rest
+        if np.any(kept_clean - floor <= 1e-9):
+            return None  # a block whose absence leaves no fall: no normalised score to move
+        z = (o.score - floor) / (clean[n] - floor)
+        deltas[row, : len(blocks)] = ((kept - floor) / (kept_clean - floor) - z) * math.sqrt(max(1 - n / total, 0.0))
+    return deltas
 
 
 def _bracket(c: _Campaign) -> tuple[float, float] | str:
@@ -316,7 +413,8 @@ def _choose_samples(c: _Campaign, fit) -> int:
     residual = float(np.mean([(o.score - expected[o.p]) ** 2 for o in central]))
     within = float(np.mean([o.sample_variance for o in central]))
     sigma_t = max(residual - within / n0, 0.0)  # between-trial component
-    sigma_i = within  # bound on the between-sample component
+    # The between-sample component (score units, per sample): the image term at n0 scaled back to one sample.
+    sigma_i = c.image_variance(fit.m, fit.k) * c.score_range() ** 2 / (1.0 / n0 - 1.0 / total)
     slope = fit.slope() if not fit.at_bound else -0.5
     half_width = c.settings.precision / 2 / 2.0
     target = (half_width * slope * c.score_range()) ** 2  # variance of a point's score that meets the precision
@@ -360,6 +458,46 @@ def _next_point(c: _Campaign, fit, lo: float, hi: float, count: int) -> float:
         if var < best_var:
             best_x, best_var = x, var
     return best_x
+
+
+def _revisit_samples(c: _Campaign, fit) -> int:
+    """More samples per trial where the image term takes more than half of the variance the precision allows:
+    the fewest of the candidate sizes whose image term (it falls as 1/n - 1/N) takes at most a quarter."""
+    total, n = c.runner.samples, c.samples
+    if n >= total or not 0 < fit.image_variance < math.inf:
+        return n
+    allowed = (c.settings.precision / 2 / fit.t_quantile()) ** 2
+    if fit.image_variance <= allowed / 2:
+        return n
+    per_sample = fit.image_variance / (1.0 / n - 1.0 / total)
+    for candidate in sorted({v for v in (2 * n, 1000, 2000, 5000, 10000, 20000, 50000) if n < v < total}):
+        if per_sample * (1.0 / candidate - 1.0 / total) <= allowed / 4:
+            return candidate
+    return total
+
+
+def _out_of_reach(c: _Campaign, fit, done: int) -> str | None:
+    """One line where the budget left cannot buy the trials the precision needs at the pace measured."""
+    budget = c.settings.budget
+    here = [o.seconds for o in c.faulty()[-40:] if o.samples == c.samples and o.seconds > 0]
+    if not fit.supported or (budget.seconds is None and budget.trials is None) or not here:
+        return None
+    t = fit.t_quantile()
+    trial_variance = float(fit.covariance[0, 0])
+    stretch = max(fit.width / fit.wald_width, 1.0) if math.isfinite(fit.width) and fit.wald_width > 0 else 1.0
+    allowed = (c.settings.precision / 2 / t / stretch) ** 2
+    if budget.seconds is not None:
+        affordable = max(budget.seconds - c.spent(), 0.0) / float(np.mean(here))
+    else:
+        affordable = max(budget.trials - c.trials_run(), 0)
+    room = allowed - fit.image_variance
+    needed = done * trial_variance / room - done if room > 0 else math.inf
+    if needed <= 1.25 * affordable:
+        return None
+    reach = 2 * t * stretch * math.sqrt(trial_variance * done / (done + affordable) + fit.image_variance)
+    more = f"about {needed:.0f} more trials are needed" if math.isfinite(needed) else "no number of trials will do"
+    return (f"the budget ({budget.describe()}) cannot reach a width of {c.settings.precision:g} decades at the pace "
+            f"measured: {more} and about {affordable:.0f} fit in what is left; expect about {reach:.2f} decades")
 
 
 @dataclass
@@ -411,6 +549,7 @@ def search_midpoint(runner: TrialRunner, settings: SearchSettings, *, clock: Cal
     status = "budget"
     spread = 0
     next_look = 0
+    warned, short = False, 0
     lo_design, hi_design = lo_all - DESIGN_MARGIN, min(hi_all + DESIGN_MARGIN, 0.0)
     while True:
         done = sum(p.trials for p in c.points())
@@ -421,6 +560,19 @@ def search_midpoint(runner: TrialRunner, settings: SearchSettings, *, clock: Cal
             if fit.width <= settings.precision:
                 status = "precision"
                 break
+            revised = _revisit_samples(c, fit)
+            if revised != c.samples:
+                step("samples", samples=revised, image_share=round(fit.image_variance / fit.standard_error**2, 3))
+                c.samples = revised
+                c.ensure_clean(revised)
+            elif not warned:
+                # Said once two looks in a row find the budget short: the first look's variances are rough.
+                line = _out_of_reach(c, fit, done)
+                short = short + 1 if line is not None else 0
+                if short >= 2:
+                    warned = True
+                    logger.warning(line)
+                    step("out of reach", note=line)
             width = max(fit.width, fit.wald_width) if math.isfinite(fit.width) else fit.wald_width
             planned = done * (width / settings.precision) ** 2 * LOOK_MARGIN
             next_look = int(min(max(planned, done * 1.25), done * 2 + 20))

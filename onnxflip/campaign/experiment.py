@@ -394,7 +394,11 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
                         "not reached": "no curve could be fitted (fewer than two probabilities above 0)"}[status],
         "fit": fit.to_json() if fit is not None else None,
         "curve": _curve(fit, clean, runner.floor, trials) if fit is not None else None,
-        "design": {"samples_per_trial": design_samples, "log": log},
+        "design": {"samples_per_trial": design_samples, "samples": runner.samples,
+                   "estimand": f"the midpoint of the mean score over all {runner.samples} samples, over infinitely "
+                               "many trials; a trial that scores only the first n of them counts them as a random "
+                               "sample of the whole (the interval's image term)",
+                   "log": log},
     })
     from onnxflip.report.plots import plot_results
 

@@ -43,7 +43,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxflip.campaign.design import TrialOutcome
+from onnxflip.campaign.design import TrialOutcome, block_means
 from onnxflip.data.base import DataSource
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel, WordCounts, words_per_run
@@ -525,7 +525,7 @@ class LocalRunner:
         return TrialOutcome(p=p, trial=trial, samples=samples, score=float(values.mean()),
                             sample_variance=float(values.var(ddof=1)) if len(values) > 1 else 0.0,
                             nonfinite=nonfinite / max(start, 1), seconds=time.perf_counter() - began, seed=trial_seed,
-                            words=self._words(counts, sizes))
+                            words=self._words(counts, sizes), block_scores=block_means(values, self.samples))
 
     def run(self, p: float, trials: Sequence[int], samples: int) -> list[TrialOutcome]:
         return [self.trial(p, t, samples) for t in trials]

@@ -908,10 +908,13 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
               show_default=True, help="Storage formats, one cell per model each.")
 @click.option("--targets", type=CommaList(TARGETS), default="activations", show_default=True,
               help="Which stored values flip in every cell.")
-@click.option("--bits", type=CommaList(("all", "exponent", "mantissa")), default="all", show_default=True,
-              help="Bit fields, one cell each (exponent and mantissa skip int8).")
+@click.option("--bits", type=CommaList(("all", "exponent", "mantissa")), default="all,exponent,mantissa",
+              show_default=True, help="Bit fields, one cell each (exponent and mantissa skip int8).")
 @click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
               help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
+@click.option("--field-models", type=CommaList(MODELS), default=None,
+              help="Models that get the exponent and mantissa cells (default: the shallowest and the deepest of "
+                   "--models).")
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
 @click.option("--p-range", default="1e-9:0.5", show_default=True, callback=_checked_by(SearchSettings.from_range),
               help="LOW:HIGH bracket of each cell's midpoint search, 0 < LOW < HIGH <= 1 (int8 weights and "
@@ -934,8 +937,9 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
 @click.option("--resume", is_flag=True, help="Keep the finished cells in --out and run the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @_apply(EXECUTOR_OPTIONS)
-def reproduce(models, models_dir, formats, targets, bits, field_formats, samples, p_range, precision, budget,
-              target_sets, no_float_bias, no_extras, memory, data, out, resume, overwrite, executor, ray_address):
+def reproduce(models, models_dir, formats, targets, bits, field_formats, field_models, samples, p_range, precision,
+              budget, target_sets, no_float_bias, no_extras, memory, data, out, resume, overwrite, executor,
+              ray_address):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
@@ -951,8 +955,10 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, samples
     target_sets = parse_target_sets(target_sets)
     if _given(("target_sets",)) and target_sets and not {"float32", "int8"} <= set(formats):
         raise click.UsageError("--target-sets compares float32 with int8 cells: give --formats with both")
+    if field_models is not None and not set(field_models) <= set(models):
+        raise click.UsageError("--field-models names models that --models leaves out")
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
-                    samples=samples, extras=not no_extras, target_sets=target_sets,
+                    field_models=field_models, samples=samples, extras=not no_extras, target_sets=target_sets,
                     float_bias=not no_float_bias, fault=memory,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])

@@ -163,7 +163,7 @@ def test_reproduce_runs_every_cell_under_the_memory_faults(synthetic_data, tmp_p
     models.mkdir()
     save_model(template_classifier(), models / "vgg11.onnx")
     out = tmp_path / "repro"
-    code = main(["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32", "--no-extras",
+    code = main(["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32", "--no-extras", "--bits", "all",
                  "--targets", "weights", "--p-range", "1e-6:0.3", "--precision", "1", "--budget", "60",
                  "--ecc", "secded64", "--on-detected", "zero", "--stuck-at1", "1e-4", "--data", str(synthetic_data),
                  "--out", str(out)])

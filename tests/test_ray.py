@@ -69,7 +69,7 @@ def test_evaluate_on_ray_writes_the_numbers_of_the_local_executor_and_resumes_it
 def test_a_two_model_two_format_grid_on_ray_equals_the_local_one(synthetic_data, tmp_path, capsys):
     models = write_zoo_models(tmp_path / "models", synthetic_data, ("vgg11", "vgg13"))
     args = ["reproduce", "--models", "vgg11,vgg13", "--models-dir", str(models), "--formats", "float32,int8",
-            "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras", "--target-sets", "none",
+            "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras", "--target-sets", "none", "--bits", "all",
             "--data", str(synthetic_data)]
     reports, errs = {}, {}
     for executor in ("local", "ray"):

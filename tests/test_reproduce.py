@@ -51,7 +51,7 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
 def test_every_target_combination_gets_its_float32_and_int8_cells(synthetic_data, tmp_path, capsys):
     models = write_zoo_models(tmp_path / "models", synthetic_data, ("vgg11",))
     args = ["reproduce", "--models", "vgg11", "--models-dir", str(models), "--formats", "float32,int8",
-            "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras",
+            "--p-range", "1e-8:0.3", "--precision", "1", "--budget", "40", "--no-extras", "--bits", "all",
             "--data", str(synthetic_data), "--out", str(tmp_path / "repro")]
     # The float32-bias variant needs its model: one line naming the command that makes it.
     assert main(args) == 1
@@ -104,6 +104,25 @@ def test_field_formats_limit_the_exponent_and_mantissa_cells():
     every = GridSpec(models=("vgg11",), formats=("float16", "float32", "int8"), bits=("all", "mantissa"), extras=False)
     assert {(c.format, c.bits) for c in every.cells()} == {
         ("float16", "all"), ("float32", "all"), ("int8", "all"), ("float16", "mantissa"), ("float32", "mantissa")}
+
+
+def test_the_default_grid_measures_exponent_and_mantissa_flips_at_both_ends_of_depth():
+    """Every float format of VGG-A and VGG-E gets exponent-only and mantissa-only cells by default (the paper's
+    two findings about bit fields); the middle depths and int8 do not; --field-models chooses others."""
+    from onnxflip.campaign.reproduce import GridSpec
+
+    fields = {(c.model, c.format, c.bits) for c in GridSpec().cells() if c.section == "grid" and c.bits != "all"}
+    assert fields == {(m, f, b) for m in ("vgg11", "vgg19") for f in ("float16", "bfloat16", "float32", "float64")
+                      for b in ("exponent", "mantissa")}
+    chosen = GridSpec(field_models=("vgg13",), extras=False, target_sets=())
+    assert {c.model for c in chosen.cells() if c.bits != "all"} == {"vgg13"}
+
+
+def test_field_models_outside_the_models_are_refused(tmp_path, capsys):
+    assert main(["reproduce", "--models", "vgg11", "--field-models", "vgg19", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onnxflip: error:") and "--field-models" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_target_sets_without_both_formats_are_refused(tmp_path, capsys):

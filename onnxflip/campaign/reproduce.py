@@ -87,8 +87,9 @@ class GridSpec:
     models: tuple[str, ...] = ("vgg11", "vgg13", "vgg16", "vgg19")
     formats: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64", "int8")
     targets: tuple[str, ...] = ("activations",)
-    bits: tuple[str, ...] = ("all",)
+    bits: tuple[str, ...] = ("all", "exponent", "mantissa")
     field_formats: tuple[str, ...] | None = None  # formats that get the exponent/mantissa cells (None: every float)
+    field_models: tuple[str, ...] | None = None  # models that get them (None: the shallowest and the deepest)
     samples: int | None = None
     batch_size: int = 500
     seed: int = 0
@@ -101,6 +102,14 @@ class GridSpec:
 
     def __post_init__(self) -> None:
         TrialSettings(fault=self.fault)  # a grid's fault model gives no flip probabilities or seed
+
+    def fielded_models(self) -> tuple[str, ...]:
+        """The models whose float formats get the exponent and mantissa cells: ``field_models``, else the
+        shallowest and the deepest of ``models`` (VGG-A and VGG-E by default)."""
+        if self.field_models is not None:
+            return tuple(m for m in self.models if m in self.field_models)
+        by_depth = sorted(self.models, key=lambda m: DEPTH.get(m, 0))
+        return tuple(dict.fromkeys((by_depth[0], by_depth[-1]))) if by_depth else ()
 
     def memory(self) -> tuple[tuple[str, object], ...]:
         """The memory faults that differ from the defaults (fault-free cells keep their earlier names)."""
@@ -118,9 +127,11 @@ class GridSpec:
 
     def cells(self) -> list[Cell]:
         memory = self.memory()
+        fielded = self.fielded_models()
         cells = [Cell(m, f, self.targets, b, memory=memory) for m in self.models for f in self.formats
                  for b in self.bits
-                 if b == "all" or (f != "int8" and (self.field_formats is None or f in self.field_formats))]
+                 if b == "all" or (f != "int8" and (self.field_formats is None or f in self.field_formats)
+                                   and m in fielded)]
         if self.extras:
             first = self.models[0]
             fmt = "float32" if "float32" in self.formats else self.formats[0]

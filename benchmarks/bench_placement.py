@@ -17,7 +17,10 @@ channels-last integer ops, onnxflip.graph.passes.qlinear) and in the earlier one
 (FlipBits between QuantizeLinear and DequantizeLinear, which ONNX Runtime
 cannot fuse); the shipped VGG-11 float32 with all targets.  Then the share
 of each op type in ONNX Runtime's per-node profile of one batch, and the op
-counts of the graph ONNX Runtime runs, for each injected model.
+counts of the graph ONNX Runtime runs, for each injected model (for float32
+that is the injected model as `inject` writes it, FlipBits between layout
+reorders; a float32 trial runs FlipBits on the NCHWc tensors instead, whose
+profile benchmarks/bench_nchwc.py prints).
 
 Usage: python benchmarks/bench_placement.py [--data DIR] [--samples 10000] [--batch-size 500] [--repeats 3]
 """

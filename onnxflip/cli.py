@@ -47,7 +47,7 @@ from onnxflip.protection import Protection, read_plan
 from onnxflip.report.summary import count, evaluation_summary
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
 from onnxflip.runtime.session import PROVIDERS
-from onnxflip.zoo import LANGUAGE_MODEL, MODELS, PAPER_NAMES
+from onnxflip.zoo import ARCHITECTURES, LANGUAGE_MODEL, MODELS, PAPER_NAMES, VGG_MODELS
 from onnxflip.zoo.noise import NOISE_TARGETS
 
 __all__ = ["OptionGroup", "cli", "main"]
@@ -799,15 +799,16 @@ def quantize(model: pathlib.Path, output: pathlib.Path, data: pathlib.Path | Non
 
 @cli.group()
 def zoo() -> None:
-    """Train and export the zoo's VGG models and its small language model (needs the zoo extra: pip install
-    'onnxflip[zoo]')."""
+    """Train and export the zoo's CIFAR-10 networks (VGGs, ResNet-20, a small MobileNetV2) and its small language
+    model (needs the zoo extra: pip install 'onnxflip[zoo]')."""
 
 
 def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
-    """``zoo train --model lm``: the VGG-only options refused, the rest with the language model's defaults."""
+    """``zoo train --model lm``: the CIFAR-10 networks' options refused, the rest with the language model's
+    defaults."""
     _refuse_with(f"--model {LANGUAGE_MODEL}", ["width", "epochs", "data", "checkpoint", "noise_p", "noise_targets",
                                                "noise_bits"],
-                 "the VGG models; lm reads this Python's standard library source and trains for --steps")
+                 "the CIFAR-10 networks; lm reads this Python's standard library source and trains for --steps")
     import torch
 
     from onnxflip.modelio import check_output_path
@@ -828,9 +829,11 @@ def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
 
 @zoo.command()
 @click.option("--model", "name", type=click.Choice((*MODELS, LANGUAGE_MODEL)), default=MODELS[0], show_default=True,
-              help=f"Which VGG: {', '.join(f'{m} ({PAPER_NAMES[m]})' for m in MODELS)}; or {LANGUAGE_MODEL}, the "
+              help=f"Which network: a VGG, {', '.join(f'{m} ({PAPER_NAMES[m]})' for m in VGG_MODELS)}; "
+                   f"{'; '.join(f'{m} ({text})' for m, text in ARCHITECTURES.items())}; or {LANGUAGE_MODEL}, the "
                    "byte-level language model, which trains on this Python's standard library source (no --data).")
-@click.option("--width", type=click.FloatRange(0.01, 4), default=0.25, show_default=True, help="Channel width multiplier.")
+@click.option("--width", type=click.FloatRange(0.01, 4), default=None,
+              help="Channel width multiplier (default: 0.25 for the VGGs, 1 for the other networks).")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Passes over the training set.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
               help="Images per training step (lm: windows per step, default 16).")
@@ -856,7 +859,7 @@ def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
               help="Bits that may flip in training: all, sign, exponent, mantissa or a float32 mask like 0x7fffff.")
 def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, data, output, checkpoint, noise_p,
           noise_targets, noise_bits):
-    """Train a VGG on CIFAR-10, or the language model on the standard library's source, and export it to ONNX."""
+    """Train a CIFAR-10 network, or the language model on the standard library's source, and export it to ONNX."""
     from onnxflip.zoo import require_extra
 
     require_extra("onnxflip zoo train")
@@ -889,19 +892,20 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
                          progress=sys.stderr.isatty())  # a bar on a terminal; a log gets no bar lines
     params = sum(p.numel() for p in result.model.parameters())
     noisy = {"noise_skipped_steps": result.skipped_steps} if noise.enabled else {}
-    export_onnx(result.model, output, info={"model": name, "width": width, "epochs": epochs, "seed": seed,
+    export_onnx(result.model, output, info={"model": name, "width": config.width, "epochs": epochs, "seed": seed,
                                             "parameters": params, "test_accuracy": result.test_accuracy,
                                             "train_seconds": round(result.wall_seconds), "noise": noise.to_json(),
                                             **noisy})
     trained_with = (f", trained with flips (p {noise.p:g}, {noise.targets}, bits {noise.bits}; "
                     f"{count(result.skipped_steps, 'step')} skipped)") if noise.enabled else ""
-    click.echo(f"wrote {output}: {name} width {width}, {params:,} parameters, test accuracy "
+    click.echo(f"wrote {output}: {name} width {config.width}, {params:,} parameters, test accuracy "
                f"{result.test_accuracy:.4f}{trained_with}, {result.wall_seconds / 60:.1f} min")
 
 
 @cli.command()
-@click.option("--models", type=CommaList(MODELS), default=",".join(MODELS), show_default=True,
-              help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx).")
+@click.option("--models", type=CommaList(MODELS), default=",".join(VGG_MODELS), show_default=True,
+              help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx); only the VGGs have a depth for the "
+                   "midpoint-vs-depth comparison.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("models"),
               show_default=True, help="Folder holding the zoo models.")
 @click.option("--formats", type=CommaList(tuple(FORMATS)), default="float16,bfloat16,float32,float64,int8",
@@ -913,8 +917,8 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
 @click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
               help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
 @click.option("--field-models", type=CommaList(MODELS), default=None,
-              help="Models that get the exponent and mantissa cells (default: the shallowest and the deepest of "
-                   "--models).")
+              help="Models that get the exponent and mantissa cells (default: the shallowest and the deepest VGG "
+                   "of --models).")
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
 @click.option("--p-range", default="1e-9:0.5", show_default=True, callback=_checked_by(SearchSettings.from_range),
               help="LOW:HIGH bracket of each cell's midpoint search, 0 < LOW < HIGH <= 1 (int8 weights and "

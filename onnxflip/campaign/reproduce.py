@@ -34,12 +34,12 @@ from onnxflip.faults import FaultModel
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import write_atomically
 from onnxflip.report.reproduction import render_report
+from onnxflip.zoo.configs import DEPTH, VGG_MODELS
 
 __all__ = ["TARGET_SETS", "Cell", "GridSpec", "parse_target_sets", "run_grid"]
 
 logger = logging.getLogger(__name__)
 
-DEPTH = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
 # The combinations of noisy stored values whose int8/float32 ratio the "targets" section measures.
 TARGET_SETS = (("activations",), ("weights",), ("biases",), ("activations", "weights"),
                ("activations", "weights", "biases"))
@@ -84,7 +84,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class GridSpec:
-    models: tuple[str, ...] = ("vgg11", "vgg13", "vgg16", "vgg19")
+    models: tuple[str, ...] = VGG_MODELS
     formats: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64", "int8")
     targets: tuple[str, ...] = ("activations",)
     bits: tuple[str, ...] = ("all", "exponent", "mantissa")
@@ -105,10 +105,11 @@ class GridSpec:
 
     def fielded_models(self) -> tuple[str, ...]:
         """The models whose float formats get the exponent and mantissa cells: ``field_models``, else the
-        shallowest and the deepest of ``models`` (VGG-A and VGG-E by default)."""
+        shallowest and the deepest VGG of ``models`` (VGG-A and VGG-E by default; the other networks have no
+        depth, so they get these cells only when ``field_models`` names them)."""
         if self.field_models is not None:
             return tuple(m for m in self.models if m in self.field_models)
-        by_depth = sorted(self.models, key=lambda m: DEPTH.get(m, 0))
+        by_depth = sorted((m for m in self.models if m in DEPTH), key=DEPTH.__getitem__)
         return tuple(dict.fromkeys((by_depth[0], by_depth[-1]))) if by_depth else ()
 
     def memory(self) -> tuple[tuple[str, object], ...]:

@@ -216,7 +216,8 @@ def findings(report: dict) -> list[tuple[str, str, str]]:
 def render_report(report: dict) -> str:
     cells = report["cells"]
     grid = [c for c in cells if c["section"] == "grid"]
-    lines = ["# Reproduction: bit flips in VGG on CIFAR-10", ""]
+    networks = "VGG" if all(c.get("depth") for c in cells) else "the zoo's networks"  # only the VGGs have a depth
+    lines = [f"# Reproduction: bit flips in {networks} on CIFAR-10", ""]
     lines += _claim_summary(claim_by_targets(report))
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
@@ -269,14 +270,18 @@ def render_report(report: dict) -> str:
     lines += _table(["model", "format", "all", "exponent", "mantissa"], rows)
 
     lines += ["", "## Midpoint vs depth", ""]
-    models = list(dict.fromkeys(c["model"] for c in grid))
+    every_model = list(dict.fromkeys(c["model"] for c in grid))
+    models = [m for m in every_model if _find(grid, model=m)["depth"]]
+    if len(models) < len(every_model):
+        left_out = ", ".join(m for m in every_model if m not in models)
+        lines += [f"Networks without a depth (not VGGs), left out here: {left_out}.", ""]
     rows = []
     for f in dict.fromkeys(c["format"] for c in grid):
         rows.append([f] + [_mid(c) if (c := _find(grid, model=m, format=f, bits="all")) else "-" for m in models])
     lines += _table(["format"] + [f"{m} ({c['depth']})" for m in models
                                   for c in [_find(grid, model=m)]], rows)
     lines += ["", "![midpoint vs depth](midpoint_vs_depth.png)", ""]
-    lines += [f"![{m}](curves_{m}.png)" for m in models]
+    lines += [f"![{m}](curves_{m}.png)" for m in every_model]
 
     lines += ["", "## The paper's findings", ""]
     lines += _table(["finding", "measured", "numbers"], [list(f) for f in findings(report)])

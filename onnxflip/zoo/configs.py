@@ -1,8 +1,10 @@
-"""The zoo's VGG configurations by name: plain data, readable without torch."""
+"""The zoo's model names and configurations: plain data, readable without torch."""
 
 from __future__ import annotations
 
-__all__ = ["CONFIGS", "LANGUAGE_MODEL", "MODELS", "PAPER_NAMES"]
+__all__ = ["ARCHITECTURES", "CONFIGS", "DEPTH", "LANGUAGE_MODEL", "MOBILENET_HEAD", "MOBILENET_STAGES",
+           "MOBILENET_STEM", "MODELS", "PAPER_NAMES", "RESNET20_BLOCKS", "RESNET20_STAGES", "VGG_MODELS",
+           "default_width"]
 
 # torchvision.models.vgg.cfgs, by the paper's names.
 CONFIGS: dict[str, list[int | str]] = {
@@ -11,8 +13,44 @@ CONFIGS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-MODELS: tuple[str, ...] = tuple(CONFIGS)
+VGG_MODELS: tuple[str, ...] = tuple(CONFIGS)  # the paper's networks: reproduce's default grid
 PAPER_NAMES = {"vgg11": "VGG-A", "vgg13": "VGG-B", "vgg16": "VGG-D", "vgg19": "VGG-E"}
+# The paper's depth of each VGG (weight layers); the other architectures have none, so depth comparisons cover
+# the VGGs alone.
+DEPTH = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+
+# The zoo's CIFAR-10 networks beyond VGG (onnxflip.zoo.resnet, onnxflip.zoo.mobilenet), with what they are.
+ARCHITECTURES = {
+    "resnet20": "ResNet-20, He et al. 2016's CIFAR-10 network: 3 stages of 3 basic blocks, option A shortcuts",
+    "mobilenetv2s": "a small MobileNetV2 for 32x32 images: inverted residuals of depthwise-separable "
+                    "convolutions, ReLU6",
+}
+MODELS: tuple[str, ...] = (*VGG_MODELS, *ARCHITECTURES)
+
+# ResNet-20: the channels of its three stages (16, 32, 64 at width 1) and the basic blocks in each.
+RESNET20_STAGES: tuple[int, ...] = (16, 32, 64)
+RESNET20_BLOCKS = 3
+# The small MobileNetV2: a 3x3 stem conv of MOBILENET_STEM channels, then (expansion t, output channels c,
+# blocks n, stride of the first s) per stage, as in Sandler et al. 2018's Table 2, cut after the 96-channel
+# stage and with strides 1 where ImageNet's network halves a 224-pixel image; a 1x1 conv of MOBILENET_HEAD
+# channels before the pooling.
+MOBILENET_STEM = 32
+MOBILENET_STAGES: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+)
+MOBILENET_HEAD = 512
+
+# The channel width multiplier `zoo train` uses unless given: the VGGs are trained at a quarter of their width,
+# the other architectures at their own (already small) width.
+_DEFAULT_WIDTH = {**dict.fromkeys(VGG_MODELS, 0.25), **dict.fromkeys(ARCHITECTURES, 1.0)}
+
+
+def default_width(model: str) -> float:
+    """The width multiplier a zoo model trains at unless told otherwise."""
+    if model not in _DEFAULT_WIDTH:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    return _DEFAULT_WIDTH[model]
+
 
 # The small byte-level language model (onnxflip.zoo.lm), trained on the Python standard library's source.
 LANGUAGE_MODEL = "lm"

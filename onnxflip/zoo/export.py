@@ -1,4 +1,4 @@
-"""Export a zoo model to ONNX: BatchNorm folded, dynamic batch, preprocessing built in.
+"""Export a zoo CIFAR-10 network to ONNX: BatchNorm folded, dynamic batch, preprocessing built in.
 
 The exported graph takes ``input``: float32 RGB images in [0, 1], shape
 (batch, 3, 32, 32), and returns ``logits`` (batch, 10).  Normalisation is
@@ -19,32 +19,43 @@ from torch import nn
 
 from onnxflip.data import CLASSES, PREPROCESS_METADATA_KEY, Preprocess
 from onnxflip.data.sources import MODEL_METADATA_KEY
+from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import save_model
 from onnxflip.runtime.session import runtime_proto
-from onnxflip.zoo.vgg import VGG
 
 __all__ = ["MODEL_METADATA_KEY", "export_onnx", "fold_batchnorm_torch"]
 
 
-def fold_batchnorm_torch(model: VGG) -> VGG:
-    """A copy of the model with every Conv -> BatchNorm pair fused into one Conv."""
-    folded = copy.deepcopy(model).eval()
-    layers = list(folded.features)
+def _fused(layers: list[nn.Module]) -> list[nn.Module]:
+    """The layers with each Conv2d -> BatchNorm2d pair replaced by one Conv2d."""
     fused: list[nn.Module] = []
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, nn.Conv2d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
-            fused.append(torch.nn.utils.fusion.fuse_conv_bn_eval(layer, layers[i + 1]))
-            i += 2
+    for layer in layers:
+        if isinstance(layer, nn.BatchNorm2d) and fused and isinstance(fused[-1], nn.Conv2d):
+            fused[-1] = torch.nn.utils.fusion.fuse_conv_bn_eval(fused[-1], layer)
             continue
         fused.append(layer)
-        i += 1
-    folded.features = nn.Sequential(*fused)
+    return fused
+
+
+def fold_batchnorm_torch(model: nn.Module) -> nn.Module:
+    """A copy of the model in eval mode with every Conv2d -> BatchNorm2d pair of an nn.Sequential (at any depth:
+    a VGG's features, a ResNet's or MobileNet's blocks) fused into one Conv2d.  A BatchNorm2d anywhere else is
+    an error: the export would keep it."""
+    folded = copy.deepcopy(model).eval()
+    for module in list(folded.modules()):
+        if isinstance(module, nn.Sequential):
+            layers = _fused(list(module))
+            module._modules.clear()
+            for i, layer in enumerate(layers):
+                module.add_module(str(i), layer)
+    left = [name for name, module in folded.named_modules() if isinstance(module, nn.BatchNorm2d)]
+    if left:
+        raise OnnxflipError(f"BatchNorm2d {', '.join(left)} does not follow a Conv2d in an nn.Sequential: "
+                            "cannot fold it")
     return folded
 
 
-def export_onnx(model: VGG, path: str | os.PathLike[str], *, info: dict | None = None) -> onnx.ModelProto:
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, info: dict | None = None) -> onnx.ModelProto:
     """Export with the dynamo exporter and write the model atomically; returns the proto."""
     folded = fold_batchnorm_torch(model)
     example = torch.rand(2, 3, 32, 32)

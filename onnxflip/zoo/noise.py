@@ -5,13 +5,19 @@ Conv2d and Linear parameters; with ``activations``, the outputs of the layers
 whose ONNX export is an activation site flip::
 
     Conv(x, W, b) -> Conv(x, FlipBits(W), FlipBits(b))     (and Linear alike)
-    ReLU(x)       -> FlipBits(ReLU(x))                     (and MaxPool2d; the logits too)
+    ReLU(x)       -> FlipBits(ReLU(x))                     (and ReLU6, MaxPool2d; the logits too)
 
 The activation sites mirror :func:`onnxflip.graph.sites.find_sites` on the
 exported model: there, in a float graph, the outputs of the ops in
-``DEFAULT_ACTIVATION_OPS`` (Relu and MaxPool in a zoo VGG) and the graph
-output are sites; BatchNorm is folded into the Conv before it, so ``Conv ->
-BatchNorm -> ReLU`` is one write, the ReLU's.  The weight sites differ in
+``DEFAULT_ACTIVATION_OPS`` (Relu and MaxPool in a zoo VGG, Relu in ResNet-20,
+Clip, ReLU6's export, in the small MobileNetV2) and the graph output are
+sites; BatchNorm is folded into the Conv before it, so ``Conv -> BatchNorm
+-> ReLU`` is one write, the ReLU's.  In ResNet-20 the residual sum is read
+only by the ReLU after it, which is the write; the global average pool is
+exported as ReduceMean, no site, so it does not flip in training either.  The
+small MobileNetV2's linear bottlenecks (a projection Conv with no activation,
+and the residual Add after it) are no sites by default, so they do not flip
+either.  Depthwise convolutions are Conv2d: their weights are weight sites.  The weight sites differ in
 one respect: training flips the Conv weights as torch holds them, before
 BatchNorm is folded into them, and the BatchNorm parameters never flip.
 
@@ -55,7 +61,7 @@ NOISE_TARGETS = ("weights", "activations", "all")
 # torch.nn layers by name: those whose parameters are weight sites, and those whose output is an activation site
 # (the zoo's layers whose ONNX export is an op of DEFAULT_ACTIVATION_OPS).
 WEIGHT_LAYERS = ("Conv2d", "Linear")
-_EXPORTED_AS = {"ReLU": "Relu", "MaxPool2d": "MaxPool"}
+_EXPORTED_AS = {"ReLU": "Relu", "ReLU6": "Clip", "MaxPool2d": "MaxPool"}
 ACTIVATION_LAYERS = tuple(layer for layer, op in _EXPORTED_AS.items() if op in DEFAULT_ACTIVATION_OPS)
 
 
@@ -109,7 +115,8 @@ def weight_sites(model: nn.Module) -> list[str]:
 
 
 def activation_sites(model: nn.Module) -> list[nn.Module]:
-    """The model's ACTIVATION_LAYERS, in module order (a zoo VGG's forward order); the logits come on top."""
+    """The model's ACTIVATION_LAYERS, in module order (the zoo networks register them in forward order, each
+    used once); the logits come on top."""
     return [module for module in model.modules() if isinstance(module, _layers(ACTIVATION_LAYERS))]
 
 

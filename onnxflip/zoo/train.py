@@ -1,4 +1,4 @@
-"""Train a zoo VGG on CIFAR-10: SGD, one-cycle schedule, crop+flip augmentation, optionally with bit flips in
+"""Train a zoo network (a VGG, ResNet-20 or the small MobileNetV2) on CIFAR-10: SGD, one-cycle schedule, crop+flip augmentation, optionally with bit flips in
 the forward pass (:mod:`onnxflip.zoo.noise`).
 
 Checkpoints are written after every epoch and a run resumes from its
@@ -24,8 +24,9 @@ from torch import nn
 
 from onnxflip.data import Split, load_split
 from onnxflip.errors import OnnxflipError
+from onnxflip.zoo.configs import default_width
+from onnxflip.zoo.models import build_model
 from onnxflip.zoo.noise import NoiseSettings, noisy_forward
-from onnxflip.zoo.vgg import build_vgg
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_torch", "train"]
 
@@ -34,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "vgg11"
-    width: float = 0.25
+    model: str = "vgg11"  # any of onnxflip.zoo.configs.MODELS
+    width: float | None = None  # None: the model's default width (configs.default_width)
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.1
@@ -45,6 +46,10 @@ class TrainConfig:
     threads: int | None = None
     max_steps: int | None = None
     noise: NoiseSettings = field(default_factory=NoiseSettings)  # p = 0: no flips
+
+    def __post_init__(self) -> None:
+        if self.width is None:
+            object.__setattr__(self, "width", default_width(self.model))
 
     def to_json(self) -> dict:
         """The settings as a checkpoint holds them (the noise as a dict)."""
@@ -119,7 +124,7 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = build_vgg(config.model, width=config.width).to(config.device)
+    model = build_model(config.model, width=config.width).to(config.device)
     train_split = load_split(data_dir, "train")
     images, labels = _to_tensor(train_split, config.device)
     steps_per_epoch = len(labels) // config.batch_size

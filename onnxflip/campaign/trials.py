@@ -391,7 +391,7 @@ class LocalRunner:
         if self.settings.provider != "cpu" or self.settings.format == "int8":
             return template
         blocked = blocked_template(template, {name: np.ascontiguousarray(a) for name, a in flips.items()},
-                                   threads=self.threads)
+                                   threads=self.threads, external_folder=self._external_folder)
         if blocked is None:
             return template
         logger.info("%d FlipBits run on ONNX Runtime's NCHWc tensors (blocks of %d channels)", blocked.moved,

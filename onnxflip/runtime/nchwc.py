@@ -37,7 +37,7 @@ from onnx import helper, numpy_helper
 
 from onnxflip.graph.passes.blocked_flipbits import NCHWC_DOMAIN, BlockedFlipBitsPass
 from onnxflip.runtime.flip import as_ortvalue
-from onnxflip.runtime.session import IR_VERSION, bound_per_session, session_options
+from onnxflip.runtime.session import IR_VERSION, bound_per_session, read_external_data_from, session_options
 
 __all__ = ["BlockedTemplate", "blocked_options", "blocked_template", "nchwc_block_size"]
 
@@ -152,20 +152,42 @@ def _gather(array: np.ndarray, flips: Mapping[str, np.ndarray],
     return source, full.reshape(array.shape)
 
 
-def blocked_template(template: bytes, flips: Mapping[str, np.ndarray], *,
-                     threads: int | None = None) -> BlockedTemplate | None:
+# The ops ONNX Runtime may run in NCHWc on the CPU: a model without any has no reorders to remove.
+_NCHWC_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+
+
+def blocked_template(template: bytes, flips: Mapping[str, np.ndarray], *, threads: int | None = None,
+                     external_folder: str | None = None) -> BlockedTemplate | None:
     """The template (whose flipped parameters ``flips`` each trial binds, as :func:`bound_per_session` left
-    them) as ONNX Runtime optimises it on this CPU, with its FlipBits on NCHWc tensors; None where no FlipBits
-    sits between NCHWc ops, or where ONNX Runtime computes from the flipped parameters more than a reordering."""
+    them) as ONNX Runtime optimises it on this CPU, with its FlipBits on NCHWc tensors; None (the trials keep
+    the plain placement, which is always right) where no FlipBits sits between NCHWc ops, where ONNX Runtime
+    computes from the flipped parameters more than a reordering, where its optimised graph no longer takes
+    every input the template takes (a control input a trial feeds), or where it cannot be read back.
+    ``external_folder``: where the template's external tensors lie (see
+    :func:`~onnxflip.runtime.session.external_data_folder`)."""
     block = nchwc_block_size()
     coded = _codes(flips)
     if block is None or coded is None:
         return None
+    original = onnx.ModelProto.FromString(template)
+    if not any(node.op_type in _NCHWC_OPS and node.domain in ("", "ai.onnx") for node in original.graph.node):
+        return None
     codes, offsets = coded
-    options = session_options(threads=threads)
+    options = read_external_data_from(session_options(threads=threads), external_folder)
     if codes:
         options.add_external_initializers(list(codes), [as_ortvalue(a) for a in codes.values()])
-    optimised = _optimised(template, options)
+    try:
+        optimised = _optimised(template, options)
+        model = ir.serde.deserialize_model(optimised)
+    except Exception as error:  # noqa: BLE001  the plain placement is the fallback for whatever the runtime does
+        logger.info("ONNX Runtime's optimised graph cannot be used (%s): FlipBits stay on plain tensors",
+                    str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
+    missing = {i.name for i in original.graph.input} - {i.name for i in optimised.graph.input}
+    if missing:
+        logger.info("ONNX Runtime's optimised graph no longer takes %s: FlipBits stay on plain tensors",
+                    ", ".join(sorted(missing)))
+        return None
     kept, gathers = [], {}
     for init in optimised.graph.initializer:
         if init.name in flips:
@@ -180,7 +202,6 @@ def blocked_template(template: bytes, flips: Mapping[str, np.ndarray], *,
             gathers[init.name] = found
     if {source for source, _ in gathers.values()} | set(kept) != set(flips):
         return None
-    model = ir.serde.deserialize_model(optimised)
     moved = sum(node.attributes.get("nchwc_block") is not None for node in BlockedFlipBitsPass(block)(model).model.graph
                 if node.domain != NCHWC_DOMAIN)
     if not moved:

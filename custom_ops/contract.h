@@ -140,23 +140,20 @@ struct Parameter {
   const char* c_type;
 };
 
+// The parameters both entries take, in order; the CUDA entry adds its stream after them.
+#define ONNXFLIP_ENTRY_PARAMETERS                                                                              \
+  {"x", "const void*"}, {"y", "void*"}, {"count", "int64_t"}, {"onnx_type", "int32_t"}, {kAttrP01, "double"},   \
+      {kAttrP10, "double"}, {kAttrSeed, "int64_t"}, {"stream_id", "int64_t"}, {"run", "uint32_t"},               \
+      {"mask", "uint64_t"}, {kAttrNonFinite, "int32_t"}, {kAttrS0, "double"}, {kAttrS1, "double"},               \
+      {"stuck_seed", "int64_t"}, {kAttrEcc, "int32_t"}, {kAttrOnDetected, "int32_t"}, {"counts", "int64_t*"}
+
 constexpr const char* kCpuEntryName = "onnxflip_cpu_flip_bits";
-constexpr Parameter kCpuEntryParameters[] = {
-    {"x", "const void*"},   {"y", "void*"},        {"count", "int64_t"},       {"onnx_type", "int32_t"},
-    {kAttrP01, "double"},   {kAttrP10, "double"},  {kAttrSeed, "int64_t"},     {"stream_id", "int64_t"},
-    {"run", "uint32_t"},    {"mask", "uint64_t"},  {kAttrNonFinite, "int32_t"}, {kAttrS0, "double"},
-    {kAttrS1, "double"},    {"stuck_seed", "int64_t"}, {kAttrEcc, "int32_t"},  {kAttrOnDetected, "int32_t"},
-    {"counts", "int64_t*"},
-};
+constexpr Parameter kCpuEntryParameters[] = {ONNXFLIP_ENTRY_PARAMETERS};
 
 constexpr const char* kCudaEntryName = "onnxflip_cuda_flip_bits";
-constexpr Parameter kCudaEntryParameters[] = {
-    {"x", "const void*"},   {"y", "void*"},        {"count", "int64_t"},       {"onnx_type", "int32_t"},
-    {kAttrP01, "double"},   {kAttrP10, "double"},  {kAttrSeed, "int64_t"},     {"stream_id", "int64_t"},
-    {"run", "uint32_t"},    {"mask", "uint64_t"},  {kAttrNonFinite, "int32_t"}, {kAttrS0, "double"},
-    {kAttrS1, "double"},    {"stuck_seed", "int64_t"}, {kAttrEcc, "int32_t"},  {kAttrOnDetected, "int32_t"},
-    {"counts", "int64_t*"}, {"cuda_stream", "void*"},
-};
+constexpr Parameter kCudaEntryParameters[] = {ONNXFLIP_ENTRY_PARAMETERS, {"cuda_stream", "void*"}};
+
+#undef ONNXFLIP_ENTRY_PARAMETERS
 
 }  // namespace onnxflip
 

@@ -94,21 +94,39 @@ def needs_zoo_extra() -> None:
         pytest.importorskip(module, reason="needs the zoo extra: pip install 'onnxflip[zoo]'")
 
 
-def tiny_vgg(seed: int = 0):
-    """A randomly initialised VGG-11 at width 1/8 with non-trivial BatchNorm statistics."""
+def tiny_network(name: str, *, width: float, seed: int = 0):
+    """A randomly initialised zoo network with non-trivial BatchNorm statistics, in eval mode."""
     needs_zoo_extra()
     import torch
 
-    from onnxflip.zoo import build_vgg
+    from onnxflip.zoo import build_model
 
     torch.manual_seed(seed)
-    model = build_vgg("vgg11", width=0.125)
+    model = build_model(name, width=width)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def tiny_vgg(seed: int = 0):
+    """A randomly initialised VGG-11 at width 1/8 with non-trivial BatchNorm statistics."""
+    return tiny_network("vgg11", width=0.125, seed=seed)
+
+
+def assert_export_matches(model, path, batches: tuple[int, ...]) -> None:
+    """The exported model at ``path`` computes what the torch ``model`` does, for random inputs of each batch
+    size (within 1e-4)."""
+    import torch
+
+    for batch in batches:
+        x = np.random.default_rng(batch).random((batch, 3, 32, 32), dtype=np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        (got,) = run_model(path, {"input": x})
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from conftest import four_logit_model, needs_zoo_extra, run_model, tiny_vgg
+from conftest import assert_export_matches, four_logit_model, needs_zoo_extra, run_model, tiny_vgg
 
 needs_zoo_extra()
 import torch  # noqa: E402 - after the skip where the zoo extra is missing
@@ -43,12 +43,7 @@ def test_export_matches_torch_and_has_a_dynamic_batch(vgg_path):
     assert proto.ir_version <= IR_VERSION
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["onnxflip.model"])
     assert meta["classes"][0] == "airplane"
-    for batch in (1, 7):
-        x = np.random.default_rng(batch).random((batch, 3, 32, 32), dtype=np.float32)
-        with torch.no_grad():
-            expected = model(torch.from_numpy(x)).numpy()
-        (got,) = run_model(vgg_path, {"input": x})
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert_export_matches(model, vgg_path, (1, 7))
 
 
 def test_quantised_model_is_qdq_and_close_to_float(vgg_path, qdq_path):

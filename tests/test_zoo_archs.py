@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import needs_zoo_extra, run_model
+from conftest import assert_export_matches, needs_zoo_extra, run_model, tiny_network
 
 needs_zoo_extra()
 import torch  # noqa: E402 - after the skip where the zoo extra is missing
@@ -32,14 +32,7 @@ TINY_WIDTH = {"resnet20": 0.5, "mobilenetv2s": 0.5}
 
 def tiny(name: str, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised network at a small width with non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    model = build_model(name, width=TINY_WIDTH[name])
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-    return model.eval()
+    return tiny_network(name, width=TINY_WIDTH[name], seed=seed)
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
@@ -73,12 +66,7 @@ def test_export_folds_batchnorm_and_matches_torch_at_any_batch(exported):
     assert "BatchNormalization" not in ops
     assert ops["Add"] == {"resnet20": 9, "mobilenetv2s": 8}[name]  # one residual sum per block that keeps its shape
     assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
-    for batch in (1, 5):
-        x = np.random.default_rng(batch).random((batch, 3, 32, 32), dtype=np.float32)
-        with torch.no_grad():
-            expected = model(torch.from_numpy(x)).numpy()
-        (got,) = run_model(path, {"input": x})
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert_export_matches(model, path, (1, 5))
 
 
 def test_the_site_finder_finds_every_activation_and_parameter(exported):

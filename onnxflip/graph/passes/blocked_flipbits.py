@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from onnxflip.graph.passes.store_in_format import take_over_output
 from onnxflip.runtime.contract import is_flipbits
 
 __all__ = ["NCHWC_DOMAIN", "BlockedFlipBitsPass"]
@@ -88,11 +89,6 @@ class BlockedFlipBitsPass(ir.passes.InPlacePass):
         for user, index in readers:
             user.replace_input_with(index, result)
         if out.is_graph_output():
-            name = out.name
-            out.name = f"{name}_nchwc"
-            result.name = name
-            for i, value in enumerate(graph.outputs):
-                if value is out:
-                    graph.outputs[i] = result
+            take_over_output(out, result, suffix="_nchwc")
         else:
             result.name = f"{out.name}_plain"

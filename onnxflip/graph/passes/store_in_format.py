@@ -20,11 +20,12 @@ from onnxflip.graph.sites import STORE_PREFIX, Site
 __all__ = ["StoreInFormatPass", "take_over_output"]
 
 
-def take_over_output(value: ir.Value, result: ir.Value) -> None:
-    """Make ``result`` the graph output ``value`` was, under the same name; ``value`` is renamed ``<name>_clean``."""
+def take_over_output(value: ir.Value, result: ir.Value, *, suffix: str = "_clean") -> None:
+    """Make ``result`` the graph output ``value`` was, under the same name; ``value`` is renamed
+    ``<name><suffix>``."""
     graph = value.graph
     name = value.name
-    value.name = f"{name}_clean"
+    value.name = f"{name}{suffix}"
     result.name = name
     for i, out in enumerate(graph.outputs):
         if out is value:

@@ -538,6 +538,10 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @click.option("--batch-size", type=click.IntRange(1), default=500, show_default=True,
               help="Samples per ONNX Runtime run (a model with a fixed batch size: that size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed; every trial and batch seed derives from it.")
+@click.option("--parameter-randomness", type=click.Choice(RANDOMNESS), default="fixed", show_default=True,
+              help="fixed: a trial writes the weights and biases once, with their flips, and every batch reads "
+                   "them (write noise); per_run: every batch of --batch-size reads them with flips of its own "
+                   "(read noise).")
 @PROVIDER_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=None,
               help="Results folder (default results/<model>-<format>).")
@@ -547,8 +551,8 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @SELECTION
 @FOLD_OPTION
 def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, protect, midpoint, p_range,
-             precision, budget, p_spec, trials, scoring, batch_size, seed, provider, out, resume, overwrite, executor,
-             ray_address, selection, no_fold_batchnorm):
+             precision, budget, p_spec, trials, scoring, batch_size, seed, parameter_randomness, provider, out, resume,
+             overwrite, executor, ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
     MODEL may be clean (it is injected with these options) or injected (its
@@ -582,7 +586,8 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
         settings = TrialSettings(targets=targets, fault=dataclasses.replace(memory, bits=bits, nonfinite=nonfinite),
                                  direction=direction, batch_size=batch_size, seed=seed, provider=provider,
                                  selection=selection, fold_batchnorm=not no_fold_batchnorm, sweep=sweep,
-                                 flip_p=flip_p, protection=_protection(protect))
+                                 flip_p=flip_p, protection=_protection(protect),
+                                 parameter_randomness=parameter_randomness)
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
     context = click.get_current_context()
@@ -806,8 +811,8 @@ def zoo() -> None:
 def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
     """``zoo train --model lm``: the CIFAR-10 networks' options refused, the rest with the language model's
     defaults."""
-    _refuse_with(f"--model {LANGUAGE_MODEL}", ["width", "epochs", "data", "checkpoint", "noise_p", "noise_targets",
-                                               "noise_bits"],
+    _refuse_with(f"--model {LANGUAGE_MODEL}", ["width", "epochs", "data", "checkpoint", "init", "noise_p",
+                                               "noise_targets", "noise_bits"],
                  "the CIFAR-10 networks; lm reads this Python's standard library source and trains for --steps")
     import torch
 
@@ -848,6 +853,9 @@ def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
 @OUTPUT_OPTION("the ONNX model")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="Start from the weights of another run's checkpoint (same --model and --width) with a fresh "
+                   "optimiser and schedule: a fine-tune, e.g. retraining a trained network with --noise-p.")
 @click.option("--noise-p", type=PROBABILITY, default=0.0, show_default=True,
               help="Train with bit flips: at every step each allowed float32 bit of the --noise-targets flips with "
                    "this probability in the forward pass (FlipBits' own flips, new ones each step, keyed by --seed); "
@@ -857,7 +865,7 @@ def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
                    "max-pool outputs and the logits, the activation sites of the exported model) or all.")
 @click.option("--noise-bits", default="all", show_default=True,
               help="Bits that may flip in training: all, sign, exponent, mantissa or a float32 mask like 0x7fffff.")
-def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, data, output, checkpoint, noise_p,
+def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, data, output, checkpoint, init, noise_p,
           noise_targets, noise_bits):
     """Train a CIFAR-10 network, or the language model on the standard library's source, and export it to ONNX."""
     from onnxflip.zoo import require_extra
@@ -868,6 +876,8 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
                   output=output)
         return
     _refuse_with(f"--model {name}", ["steps"], f"--model {LANGUAGE_MODEL}")
+    if init is not None and init.resolve() == (checkpoint or output.with_suffix(".ckpt")).resolve():
+        raise click.UsageError("--init names this run's own checkpoint: give the trained run's checkpoint")
     if noise_p == 0:
         _refuse_with("training without --noise-p", ["noise_targets", "noise_bits"], "--noise-p above 0")
     from onnxflip.modelio import check_output_path
@@ -887,7 +897,7 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
     if device == "cuda" and not torch.cuda.is_available():
         raise OnnxflipError("--device cuda: torch finds no usable CUDA GPU here; use --device cpu")
     config = TrainConfig(model=name, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         device=device, threads=threads, noise=noise)
+                         device=device, threads=threads, noise=noise, init=None if init is None else str(init))
     result = train_model(config, data_dir=data, checkpoint=checkpoint or output.with_suffix(".ckpt"),
                          progress=sys.stderr.isatty())  # a bar on a terminal; a log gets no bar lines
     params = sum(p.numel() for p in result.model.parameters())
@@ -895,7 +905,7 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
     export_onnx(result.model, output, info={"model": name, "width": config.width, "epochs": epochs, "seed": seed,
                                             "parameters": params, "test_accuracy": result.test_accuracy,
                                             "train_seconds": round(result.wall_seconds), "noise": noise.to_json(),
-                                            **noisy})
+                                            **noisy, **({"init": init.name} if init is not None else {})})
     trained_with = (f", trained with flips (p {noise.p:g}, {noise.targets}, bits {noise.bits}; "
                     f"{count(result.skipped_steps, 'step')} skipped)") if noise.enabled else ""
     click.echo(f"wrote {output}: {name} width {config.width}, {params:,} parameters, test accuracy "
@@ -903,9 +913,9 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
 
 
 @cli.command()
-@click.option("--models", type=CommaList(MODELS), default=",".join(VGG_MODELS), show_default=True,
-              help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx); only the VGGs have a depth for the "
-                   "midpoint-vs-depth comparison.")
+@click.option("--models", type=CommaList(MODELS), default=",".join(MODELS), show_default=True,
+              help="Zoo models (MODELS-DIR/<name>.onnx and <name>_int8.onnx); the VGGs form the depth series, the "
+                   "other networks are judged each on its own.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("models"),
               show_default=True, help="Folder holding the zoo models.")
 @click.option("--formats", type=CommaList(tuple(FORMATS)), default="float16,bfloat16,float32,float64,int8",
@@ -915,10 +925,11 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
 @click.option("--bits", type=CommaList(("all", "exponent", "mantissa")), default="all,exponent,mantissa",
               show_default=True, help="Bit fields, one cell each (exponent and mantissa skip int8).")
 @click.option("--field-formats", type=CommaList(tuple(f for f in FORMATS if f != "int8")), default=None,
-              help="Formats that get the exponent and mantissa cells (default: every float format in --formats).")
+              help="Formats that get the exponent and mantissa cells (default: every float format in --formats for "
+                   "the VGGs, float32 for the other networks).")
 @click.option("--field-models", type=CommaList(MODELS), default=None,
               help="Models that get the exponent and mantissa cells (default: the shallowest and the deepest VGG "
-                   "of --models).")
+                   "of --models and every other network).")
 @click.option("--samples", type=click.IntRange(1), default=None, help="First N test images (default all).")
 @click.option("--p-range", default="1e-9:0.5", show_default=True, callback=_checked_by(SearchSettings.from_range),
               help="LOW:HIGH bracket of each cell's midpoint search, 0 < LOW < HIGH <= 1 (int8 weights and "
@@ -933,7 +944,8 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
                    "--formats), ';'-separated, each '+'-joined; 'none' for no such cells.")
 @click.option("--no-float-bias", is_flag=True,
               help="Skip the int8 cells with float32 biases (MODELS-DIR/<name>_int8_floatbias.onnx).")
-@click.option("--no-extras", is_flag=True, help="Skip the one-direction and nonfinite-policy sections.")
+@click.option("--no-extras", is_flag=True,
+              help="Skip the one-direction, nonfinite-policy and write-vs-read-noise sections.")
 @MEMORY_FAULTS
 @DATA_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),

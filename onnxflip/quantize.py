@@ -108,6 +108,12 @@ def quantize_model(
     converted = converted_format(loaded)
     if converted is not None:
         raise OnnxflipError(f"{model_path} is converted to {converted}; quantise the original model")
+    nonfinite = [init.name for init in loaded.graph.initializers.values()
+                 if init.const_value is not None and init.const_value.dtype.is_floating_point()
+                 and not np.isfinite(init.const_value.numpy()).all()]
+    if nonfinite:
+        raise OnnxflipError(f"{model_path} holds NaN or infinite values in {len(nonfinite)} initializer(s) (first: "
+                            f"{nonfinite[0]}): int8 scales cannot be calibrated")
     data = _calibration_source(calibration, model_inputs(model), samples, where=str(model_path))
     if fixed is not None:
         batch_size = fixed
@@ -126,19 +132,14 @@ def quantize_model(
         onnx.save(model, str(source), save_as_external_data=external, location="float.onnx.data")
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
                           all_tensors_to_one_file=True, external_data_location="prepared.onnx.data")
-        quantize_static(
-            prepared,
-            out,
-            _Batches(data, batch_size),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=excluded,
-            use_external_data_format=external,
-            extra_options={"QuantizeBias": bias == "int32"},
-        )
+        try:
+            quantize_static(prepared, out, _Batches(data, batch_size), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                            use_external_data_format=external, extra_options={"QuantizeBias": bias == "int32"})
+        except AssertionError as exc:  # the quantiser's own checks, e.g. a NaN range: one line, nothing written
+            raise OnnxflipError(f"ONNX Runtime's quantiser refused {model_path} ({exc or 'an internal check'}); its "
+                                "values on the calibration data may not be finite") from None
         quantized = load_model(out)
         quantized.metadata_props[QUANT_METADATA_KEY] = json.dumps({
             "format": "QDQ",

@@ -170,6 +170,8 @@ def test_bad_probability_lists(text):
         (["--resume"], "has no results.json to resume"),
         (["--on-detected", "zero"], "--on-detected needs --ecc"),
         (["--sweep", "stuck-at", "--direction", "10"], "a stuck-at sweep without --flip-p does not use --direction"),
+        (["--parameter-randomness", "per_run", "--targets", "activations"], "hold no stored parameters"),
+        (["--parameter-randomness", "per_run", "--stuck-at0", "1e-3"], "without stuck-at cells and ECC"),
     ],
 )
 def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_path, capsys, extra, message):
@@ -177,7 +179,8 @@ def test_bad_campaign_input_is_one_line(classifier_path, synthetic_data, tmp_pat
     code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--out", str(out), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code in (1, 2) and len(err) == 1 and message in err[0], err
-    if not {"--p", "--p-range", "--trials", "--budget", "--resume", "--on-detected", "--direction"} & set(extra):
+    if not {"--p", "--p-range", "--trials", "--budget", "--resume", "--on-detected", "--direction",
+            "--parameter-randomness"} & set(extra):
         assert code == 1
     assert not out.exists()
 
@@ -311,3 +314,29 @@ def test_a_budget_in_trials_is_a_cap(classifier_path, synthetic_data, tmp_path, 
                  "1e-7:1e-1", "--precision", "0.05", "--budget", str(trials), "--out", str(out)]) == 0
     data = json.loads((out / "results.json").read_text())
     assert data["evaluations"] == len(data["trials"]) == trials and data["stop_reason"] == "the budget was spent"
+
+
+def test_read_noise_keeps_the_mean_score_and_narrows_the_trials(source):
+    """Write noise (one set of weight flips per trial, read by every batch) and read noise (each batch of 10 reads
+    its own flips) give every sample the same chance of a flip pattern, so the same expected score; a trial's
+    30 independent reads average out much of what one write leaves to chance.  60 trials each, at p where the
+    score is about half the clean one: the means within 4 standard errors, the read-noise trials' standard
+    deviation under half the write-noise trials'."""
+    scores = {}
+    for randomness in ("fixed", "per_run"):
+        trials = runner(source, targets=("weights",), batch_size=10, parameter_randomness=randomness)
+        scores[randomness] = np.array([o.score for o in trials.run(3e-5, range(60), len(source))])
+    write, read = scores["fixed"], scores["per_run"]
+    se = np.sqrt(write.var(ddof=1) / len(write) + read.var(ddof=1) / len(read))
+    assert abs(write.mean() - read.mean()) < 4 * se, (write.mean(), read.mean(), se)
+    assert read.std(ddof=1) < 0.5 * write.std(ddof=1), (read.std(ddof=1), write.std(ddof=1))
+    assert 0.2 < read.mean() < 0.8  # a p where flips matter, not the clean or the ruined model
+
+
+def test_read_noise_is_recorded_with_the_results(classifier_path, synthetic_data, tmp_path, capsys):
+    out = tmp_path / "r"
+    code = main(["evaluate", str(classifier_path), "--data", str(synthetic_data), "--targets", "weights",
+                 "--parameter-randomness", "per_run", "--batch-size", "100", "--p", "0,3e-5", "--trials", "2",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["settings"]["parameter_randomness"] == "per_run"

@@ -198,3 +198,55 @@ def test_cli_refuses_contradictory_noise_options_in_one_line(tmp_path, capsys, e
     code = main(["zoo", "train", *vgg, "-o", str(out), *extra])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0] and not out.exists(), lines
+
+
+def test_a_run_can_start_from_another_runs_weights(synthetic_data, tmp_path, capsys):
+    plain = tmp_path / "plain.onnx"
+    common = ["zoo", "train", "--model", "vgg11", "--width", "0.125", "--epochs", "1", "--batch-size", "50",
+              "--data", str(synthetic_data)]
+    assert main([*common, "-o", str(plain)]) == 0
+    base = torch.load(plain.with_suffix(".ckpt"), weights_only=False)["model"]
+    tuned = tmp_path / "tuned.onnx"
+    code = main([*common, "--lr", "1e-9", "--init", str(plain.with_suffix(".ckpt")), "--noise-p", "1e-4",
+                 "--noise-targets", "weights", "--noise-bits", "mantissa", "-o", str(tuned)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    state = torch.load(tuned.with_suffix(".ckpt"), weights_only=False)
+    assert state["config"]["init"] == str(plain.with_suffix(".ckpt"))
+    # A peak learning rate of 1e-9 leaves the weights where the first run left them (a random start would not).
+    for key, value in base.items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(state["model"][key], value, atol=1e-6, rtol=0, msg=key)
+    meta = json.loads({p.key: p.value for p in onnx.load(tuned).metadata_props}["onnxflip.model"])
+    assert meta["init"] == "plain.ckpt"
+
+
+@pytest.mark.parametrize(("model", "width", "message"), [("vgg11", "0.25", "not vgg11 at width 0.25"),
+                                                         ("vgg13", "0.125", "not vgg13 at width 0.125")])
+def test_a_start_from_another_network_is_refused_in_one_line(synthetic_data, tmp_path, capsys, model, width,
+                                                            message):
+    plain = tmp_path / "plain.onnx"
+    common = ["--epochs", "1", "--batch-size", "50", "--data", str(synthetic_data)]
+    assert main(["zoo", "train", "--model", "vgg11", "--width", "0.125", *common, "-o", str(plain)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "other.onnx"
+    code = main(["zoo", "train", "--model", model, "--width", width, *common, "--init",
+                 str(plain.with_suffix(".ckpt")), "-o", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and message in lines[0] and not out.exists(), lines
+
+
+def test_a_step_the_flips_make_non_finite_changes_nothing(synthetic_data):
+    """At p = 0.3 every step's flips make the loss, a gradient or a BatchNorm statistic inf or NaN: no step
+    updates the weights, and the BatchNorm statistics stay as they were (the forward pass alone would change
+    them)."""
+    from onnxflip.zoo.models import build_model
+
+    config = TrainConfig(model="vgg11", width=0.125, epochs=1, batch_size=25, lr=0.05, max_steps=3,
+                         noise=NoiseSettings(p=0.3, targets="activations"))
+    result = train(config, data_dir=synthetic_data, progress=False)
+    torch.manual_seed(config.seed)
+    initial = build_model("vgg11", width=0.125).state_dict()
+    assert result.skipped_steps == 3
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, initial[key]), key

@@ -92,3 +92,19 @@ def test_float_biases_stay_float32_and_are_the_bias_sites(synthetic_data, tmp_pa
     with pytest.raises(OnnxflipError, match="bias type"):
         quantize_model(tmp_path / "float.onnx", tmp_path / "bad.onnx", calibration=calibration, bias="int16")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_model_with_nan_weights_is_refused_in_one_line(vgg_path, tmp_path):
+    """Noisy training can leave NaN weights behind; their int8 scales cannot be calibrated."""
+    proto = onnx.load(vgg_path)
+    weight = next(init for init in proto.graph.initializer if len(init.dims) == 4)
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[3] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    broken = tmp_path / "nan.onnx"
+    onnx.save(proto, broken)
+    out = tmp_path / "int8.onnx"
+    calibration = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(OnnxflipError, match=f"NaN or infinite values in 1 initializer.*first: {weight.name}") as info:
+        quantize_model(broken, out, calibration=calibration)
+    assert "\n" not in str(info.value) and not out.exists()

@@ -19,15 +19,17 @@ from scipy.stats import spearmanr
 from onnxflip.report.reproduction import render_report
 
 DEPTHS = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
+LAYERS = {**DEPTHS, "resnet20": 20, "mobilenetv2s": 41}  # weight layers of the networks beyond VGG
 EDGE = 1e-6  # decades either side of a threshold
 
 
 def cell(model: str, fmt: str, bits: str = "all", midpoint: float | None = None, *, bound: str | None = None,
          bound_p: float | None = None, targets: tuple[str, ...] = ("activations",), section: str = "grid",
-         bias: str = "int32") -> dict:
+         bias: str = "int32", randomness: str = "fixed") -> dict:
     """One grid cell as report.json holds it."""
     return {
-        "section": section, "bias": bias, "model": model, "depth": DEPTHS[model], "format": fmt,
+        "section": section, "bias": bias, "model": model, "depth": DEPTHS.get(model), "layers": LAYERS[model],
+        "randomness": randomness, "batch_size": 50 if randomness == "per_run" else 500, "format": fmt,
         "targets": list(targets),
         "bits": bits, "direction": "both", "nonfinite": "keep", "clean_accuracy": 0.9, "midpoint": midpoint,
         "low": midpoint / 2 if midpoint else None, "high": midpoint * 2 if midpoint else None, "bound": bound,
@@ -40,17 +42,23 @@ def report(cells: list[dict]) -> dict:
             "spec": {"search": {"low": 1e-9, "high": 1e-2, "precision": 0.2, "budget": {"seconds": 600, "trials": None}}}}
 
 
-def verdicts(cells: list[dict]) -> dict[str, tuple[str, str]]:
-    """{finding: (verdict, numbers)} from the findings table of the rendered report."""
+def verdicts(cells: list[dict], network: str = "VGG") -> dict[str, tuple[str, str]]:
+    """{finding: (verdict, numbers)} of one network from the findings table of the rendered report."""
     text = render_report(report(cells))
-    table = text.split("## The paper's findings", 1)[1].strip().splitlines()
-    assert table[0] == "| finding | measured | numbers |"
+    table = text.split("## The paper's findings", 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    assert table[0] == "| network | finding | measured | numbers |"
     rows = [line.strip("| ").split(" | ") for line in table[2:] if line.startswith("|")]
     keys = {"Exponent": "exponent", "Deeper": "depth", "int8": "int8", "Confining": "mantissa"}
     found = {next(k for prefix, k in keys.items() if finding.startswith(prefix)): (verdict, numbers)
-             for finding, verdict, numbers in rows}
+             for net, finding, verdict, numbers in rows if net == network}
     assert sorted(found) == sorted(keys.values()), rows
     return found
+
+
+def int8_verdict_line(verdict: str) -> str:
+    """The findings table's int8 verdict where one combination of noisy values has the given verdict."""
+    return "agrees for 1 of 1 combinations of noisy values" if verdict == "agrees" else \
+        "disagrees for all 1 combinations of noisy values"
 
 
 # --- int8 raises the tolerable probability by about three orders of magnitude -------------------------------------
@@ -76,10 +84,11 @@ def test_int8_ratio_verdict_at_the_edges(log_ratios):
              for c in (cell(m, "float32", midpoint=float32), cell(m, "int8", midpoint=float32 * 10**r))]
     mean = sum(log_ratios) / len(log_ratios)
     verdict, numbers = verdicts(cells)["int8"]
-    assert verdict == expected_int8_verdict(mean)
-    assert numbers.endswith(f"mean 10^{mean:.2f}")
-    for m, r in zip(models, log_ratios):
-        assert f"{m}: 10^{r:.2f}" in numbers
+    assert verdict == int8_verdict_line(expected_int8_verdict(mean))
+    assert numbers == f"activations: 10^{mean:.2f} ({expected_int8_verdict(mean)})"
+    text = render_report(report(cells))
+    for m, r in zip(models, log_ratios):  # each model's ratio in the table of ratios
+        assert f"| {m} | {float32 * 10**r:.3g} | {float32:.3g} | {10**r:.3g} (10^{r:.2f}) |" in text
 
 
 # --- confining noise to the mantissa helps a lot (mantissa-only midpoint >= 10x all bits) -------------------------
@@ -116,10 +125,11 @@ def test_int8_ratio_table_gives_a_bound_where_a_midpoint_lies_beyond_the_range()
                     ["vgg13", "0.0003", "1e-06", f"{300:.3g} (10^{math.log10(300):.2f})"]]
     # Without int8 cells there is no ratio table, not an empty one.
     assert "int8 / float32 midpoint ratio" not in render_report(report([c for c in cells if c["format"] != "int8"]))
-    # The finding's mean counts only the measured ratio.
+    # The finding's mean counts the bound as a value: the mean is a bound too, and says so.
     verdict, numbers = verdicts(cells)["int8"]
-    assert numbers == f"vgg13: 10^{math.log10(300):.2f}; mean 10^{math.log10(300):.2f}"
-    assert verdict == expected_int8_verdict(math.log10(300))
+    mean = (math.log10(0.5 / 2e-6) + math.log10(300)) / 2
+    assert numbers == f"activations: bound 10^{mean:.2f} ({expected_int8_verdict(mean)})"
+    assert verdict == int8_verdict_line(expected_int8_verdict(mean))
 
 
 # --- exponent flips do more harm than mantissa flips ---------------------------------------------------------------
@@ -191,9 +201,11 @@ def test_findings_without_their_cells_are_not_measured():
 def claim_table(text: str) -> dict[tuple[str, str], tuple[str, str]]:
     """{(noisy values, int8 biases): (mean ratio, verdict)} from the per-combination verdict table of report.md."""
     section = text.split("## The int8 claim per combination of noisy values", 1)[1].split("\n## ", 1)[0]
-    header = "| noisy values | int8 biases | mean ratio | three orders of magnitude? |"
+    header = "| network | noisy values | int8 biases | mean ratio | three orders of magnitude? |"
     rows = section.split(header, 1)[1].strip().splitlines()[1:]
-    return {tuple(r.strip("| ").split(" | ")[:2]): tuple(r.strip("| ").split(" | ")[2:]) for r in rows}
+    cells = [r.strip("| ").split(" | ") for r in rows]
+    assert all(c[0] == "VGG" for c in cells)
+    return {tuple(c[1:3]): tuple(c[3:]) for c in cells}
 
 
 @pytest.mark.parametrize("log_ratios", [
@@ -232,3 +244,42 @@ def test_int8_claim_per_target_combination_follows_the_numbers(log_ratios):
                   "disagrees": "are reversed"}[verdict]
         clause = next(c for c in summary.split("; ") if phrase in c)
         assert label in re.findall(r"([a-z+]+(?: \(float32 biases\))?) \(10\^", clause), (label, clause)
+
+
+# --- the networks beyond VGG are judged each on its own --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resnet_midpoint", [1e-6, 1e-4, 1e-2])
+def test_another_network_is_judged_on_its_own_and_against_the_vggs_for_depth(resnet_midpoint):
+    vgg = {"vgg11": 4e-5, "vgg13": 3e-5, "vgg16": 2e-5, "vgg19": 1e-5}
+    cells = [cell(m, "float32", midpoint=p) for m, p in vgg.items()]
+    cells += [cell(m, "int8", midpoint=p * 1e3) for m, p in vgg.items()]  # VGGs: exactly 10^3
+    cells += [cell("resnet20", "float32", midpoint=resnet_midpoint), cell("resnet20", "int8", midpoint=resnet_midpoint * 10),
+              cell("resnet20", "float32", "exponent", resnet_midpoint),
+              cell("resnet20", "float32", "mantissa", bound=">", bound_p=0.5)]
+    vggs, resnet = verdicts(cells), verdicts(cells, "ResNet-20")
+    assert vggs["int8"] == (int8_verdict_line("agrees"), "activations: 10^3.00 (agrees)")
+    assert resnet["int8"] == (int8_verdict_line("partly: int8 is more tolerant, by fewer orders"),
+                              "activations: 10^1.00 (partly: int8 is more tolerant, by fewer orders)")
+    # ResNet-20 has 20 weight layers: deeper than VGG-E (19), so it should tolerate less than VGG-E, per format.
+    pairs = [("float32", resnet_midpoint, vgg["vgg19"]), ("int8", resnet_midpoint * 10, vgg["vgg19"] * 1e3)]
+    below = sum(mine < theirs for _, mine, theirs in pairs)
+    assert resnet["depth"] == (f"against the VGGs: agrees in {below} of 2 formats" if below else
+                               "against the VGGs: disagrees (tolerates more than a shallower VGG)",
+                               "; ".join(f"{f}: resnet20 (20 layers) {mine:.3g} vs vgg19 (19) {theirs:.3g}"
+                                         for f, mine, theirs in pairs))
+    assert vggs["depth"][0] == "agrees in 2 of 2 formats"  # the VGGs' midpoints fall with depth in both formats
+    assert resnet["exponent"][0] == "agrees in 1 of 1" and resnet["mantissa"][0] == "agrees in 1 of 1"
+    assert vggs["exponent"][0] == "not measured"
+
+
+def test_write_and_read_noise_are_set_side_by_side():
+    cells = [cell("vgg11", "float32", midpoint=1e-5),
+             cell("vgg11", "float32", midpoint=3e-6, targets=("weights",), section="targets"),
+             cell("vgg11", "float32", midpoint=3e-5, targets=("weights",), section="reads", randomness="per_run")]
+    text = render_report(report(cells))
+    section = text.split("## Write noise and read noise", 1)[1]
+    assert "every batch of 50 images reads them with flips of its own" in section
+    row = "| vgg11 | float32 | weights | 3e-06 [1.5e-06, 6e-06], 9 trials | 3e-05 [1.5e-05, 6e-05], 9 trials | 10^+1.00 |"
+    assert row in section
+    assert "## Write noise and read noise" not in render_report(report(cells[:2]))

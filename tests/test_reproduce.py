@@ -25,8 +25,15 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
     report = json.loads((out / "report.json").read_text())
     text = (out / "report.md").read_text()
     grid = [c for c in report["cells"] if c["section"] == "grid"]
-    # 2 models x (2 float formats x 3 bit fields + int8 all bits) and 3 extra cells
-    assert len(grid) == 14 and len(report["cells"]) == 17
+    # 2 models x (2 float formats x 3 bit fields + int8 all bits), 3 extra cells, and VGG-A's float32 weights
+    # written once per trial and read by every batch
+    assert len(grid) == 14 and len(report["cells"]) == 19
+    reads = [c for c in report["cells"] if c["section"] == "reads"]
+    assert [(c["model"], c["targets"], c["randomness"], c["batch_size"]) for c in reads] == [
+        ("vgg11", ["weights"], "fixed", 500), ("vgg11", ["weights"], "per_run", 50)]
+    settings = json.loads((out / reads[1]["folder"] / "results.json").read_text())["settings"]
+    assert settings["parameter_randomness"] == "per_run" and settings["batch_size"] == 50
+    assert "## Write noise and read noise" in text
     # Every cell's time counts, also where the midpoint lies beyond the searched range.
     assert any(c["bound"] for c in report["cells"]) and all(c["wall_seconds"] > 0 for c in report["cells"])
     for cell in grid:
@@ -107,13 +114,15 @@ def test_field_formats_limit_the_exponent_and_mantissa_cells():
 
 
 def test_the_default_grid_measures_exponent_and_mantissa_flips_at_both_ends_of_depth():
-    """Every float format of VGG-A and VGG-E gets exponent-only and mantissa-only cells by default (the paper's
-    two findings about bit fields); the middle depths and int8 do not; --field-models chooses others."""
+    """Every float format of VGG-A and VGG-E, and float32 of each network beyond VGG, gets exponent-only and
+    mantissa-only cells by default (the paper's two findings about bit fields); the middle depths and int8 do not;
+    --field-models chooses others."""
     from onnxflip.campaign.reproduce import GridSpec
 
     fields = {(c.model, c.format, c.bits) for c in GridSpec().cells() if c.section == "grid" and c.bits != "all"}
     assert fields == {(m, f, b) for m in ("vgg11", "vgg19") for f in ("float16", "bfloat16", "float32", "float64")
-                      for b in ("exponent", "mantissa")}
+                      for b in ("exponent", "mantissa")} | {
+        (m, "float32", b) for m in ("resnet20", "mobilenetv2s") for b in ("exponent", "mantissa")}
     chosen = GridSpec(field_models=("vgg13",), extras=False, target_sets=())
     assert {c.model for c in chosen.cells() if c.bits != "all"} == {"vgg13"}
 
@@ -154,3 +163,17 @@ def test_overwrite_never_deletes_the_models_or_another_folder(synthetic_data, tm
                  "--target-sets", "none", "--data", str(synthetic_data), "--out", str(tmp_path / "typo"), "--resume"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "nothing to resume" in err[0] and not (tmp_path / "typo").exists()
+
+
+def test_the_default_grid_pairs_write_and_read_noise_once_per_network():
+    from onnxflip.campaign.reproduce import GridSpec
+
+    spec = GridSpec()
+    reads = [c for c in spec.cells() if c.randomness == "per_run"]
+    assert [(c.model, c.format, c.targets, c.batch_size) for c in reads] == [
+        (m, "float32", ("weights",), 50) for m in ("vgg11", "resnet20", "mobilenetv2s")]
+    writes = {c.key for c in spec.cells() if c.targets == ("weights",) and c.format == "float32"}
+    assert {c.model for c in reads} <= {k.split("-")[0] for k in writes}  # each read cell has its write cell
+    assert len({c.key for c in spec.cells()}) == len(spec.cells())  # every cell its own folder
+    assert GridSpec(extras=False).cells() == [c for c in spec.cells() if c.section not in
+                                              ("asymmetric", "nonfinite", "reads")]

@@ -22,6 +22,7 @@ from onnxflip.cli import main  # noqa: E402
 from onnxflip.graph.sites import find_sites  # noqa: E402
 from onnxflip.quantize import quantize_model  # noqa: E402
 from onnxflip.zoo import ARCHITECTURES, VGG_MODELS, build_model  # noqa: E402
+from onnxflip.zoo.configs import WEIGHT_LAYERS  # noqa: E402
 from onnxflip.zoo.export import export_onnx, fold_batchnorm_torch  # noqa: E402
 from onnxflip.zoo.noise import NoiseSettings, activation_sites, noisy_forward, weight_sites  # noqa: E402
 from onnxflip.zoo.train import TrainConfig, train  # noqa: E402
@@ -138,12 +139,23 @@ def test_fold_refuses_a_batchnorm_it_cannot_fold():
         fold_batchnorm_torch(model)
 
 
-def test_reproduce_keeps_the_vggs_by_default_and_gives_other_networks_no_depth():
-    assert GridSpec().models == VGG_MODELS
+def test_reproduce_takes_every_network_and_fields_the_others_in_float32():
+    assert GridSpec().models == (*VGG_MODELS, *ARCHITECTURES)
     spec = GridSpec(models=("resnet20", "vgg13", "mobilenetv2s", "vgg11"))
-    assert spec.fielded_models() == ("vgg11", "vgg13")
-    assert GridSpec(models=("resnet20",)).fielded_models() == ()
-    assert GridSpec(models=("resnet20",), field_models=("resnet20",)).fielded_models() == ("resnet20",)
+    assert spec.fielded_models() == ("resnet20", "vgg13", "mobilenetv2s", "vgg11")
+    assert spec.fielded_formats("resnet20") == ("float32",)
+    assert spec.fielded_formats("vgg11") == ("float16", "bfloat16", "float32", "float64")
+    assert GridSpec(models=("resnet20",), field_formats=("float16",)).fielded_formats("resnet20") == ("float16",)
+    assert GridSpec(models=("vgg11", "resnet20"), field_models=("vgg11",)).fielded_models() == ("vgg11",)
+
+
+def test_the_weight_layers_are_the_networks_conv_and_linear_layers():
+    """The networks beyond VGG count their Conv and Linear layers; the VGGs keep the paper's names (the zoo's
+    smaller head has two Linear layers, not three)."""
+    for name in ARCHITECTURES:
+        layers = WEIGHT_LAYERS[name]
+        model = build_model(name, width=0.25)
+        assert sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()) == layers, name
 
 
 def test_noise_flips_the_new_networks_activation_layers():

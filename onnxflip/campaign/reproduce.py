@@ -10,8 +10,13 @@ for each combination of noisy stored values (activations, weights, biases
 and their unions), with the int8 biases stored as int32 (ONNX Runtime's
 quantiser) and as float32 (``<model>_int8_floatbias.onnx``, from
 ``onnxflip quantize --bias float``); flips in one direction only; and the
-nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's code applied).
-Memory faults (stuck-at rates, ECC) given to the grid apply to every cell:
+nonfinite policy (``keep`` vs ``nan_to_num``, which the paper's code applied);
+and write noise against read noise (one model per network, its float32
+weights written once per trial or read by every batch of ``READ_BATCH`` images
+with flips of their own).  The models are the four VGGs (a depth series) and
+the zoo's other networks, whose findings the report judges apart.
+Memory faults (stuck-at rates, ECC) given to the grid apply to every cell
+(the read-noise cells, which need a memory without them, are then left out):
 they are part of each cell's settings and of its folder name.
 """
 
@@ -34,7 +39,7 @@ from onnxflip.faults import FaultModel
 from onnxflip.graph.sites import TARGETS
 from onnxflip.modelio import write_atomically
 from onnxflip.report.reproduction import render_report
-from onnxflip.zoo.configs import DEPTH, VGG_MODELS
+from onnxflip.zoo.configs import DEPTH, MODELS, WEIGHT_LAYERS, network
 
 __all__ = ["TARGET_SETS", "Cell", "GridSpec", "parse_target_sets", "run_grid"]
 
@@ -43,6 +48,11 @@ logger = logging.getLogger(__name__)
 # The combinations of noisy stored values whose int8/float32 ratio the "targets" section measures.
 TARGET_SETS = (("activations",), ("weights",), ("biases",), ("activations", "weights"),
                ("activations", "weights", "biases"))
+# Write noise against read noise: the weights of one model per network, float32, read by batches of this size.
+READ_TARGETS = ("weights",)
+READ_BATCH = 50
+# The float formats that get exponent-only and mantissa-only cells on the networks beyond VGG (the VGGs: all).
+FIELD_FORMATS_BEYOND_VGG = ("float32",)
 
 
 
@@ -74,22 +84,26 @@ class Cell:
     section: str = "grid"
     bias: str = "int32"  # how an int8 model stores its biases: int32 or float (quantize --bias float)
     memory: tuple[tuple[str, object], ...] = ()  # (name, value) of the memory faults that are not the defaults
+    randomness: str = "fixed"  # the parameters' flips: written once per trial (fixed) or read anew (per_run)
+    batch_size: int | None = None  # the grid's unless given (read noise: the batch is one read)
 
     @property
     def key(self) -> str:
         parts = [self.model, self.format, "+".join(self.targets), self.bits, self.direction, self.nonfinite]
         parts += ["floatbias"] if self.bias == "float" else []
+        parts += [f"read{self.batch_size or ''}"] if self.randomness == "per_run" else []
         return "-".join(parts + [f"{name}_{value}" for name, value in self.memory])
 
 
 @dataclass(frozen=True)
 class GridSpec:
-    models: tuple[str, ...] = VGG_MODELS
+    models: tuple[str, ...] = MODELS
     formats: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64", "int8")
     targets: tuple[str, ...] = ("activations",)
     bits: tuple[str, ...] = ("all", "exponent", "mantissa")
-    field_formats: tuple[str, ...] | None = None  # formats that get the exponent/mantissa cells (None: every float)
-    field_models: tuple[str, ...] | None = None  # models that get them (None: the shallowest and the deepest)
+    # formats that get the exponent/mantissa cells (None: every float of a VGG, FIELD_FORMATS_BEYOND_VGG of another)
+    field_formats: tuple[str, ...] | None = None
+    field_models: tuple[str, ...] | None = None  # models that get them (None: the shallowest and deepest VGG, the rest)
     samples: int | None = None
     batch_size: int = 500
     seed: int = 0
@@ -105,12 +119,27 @@ class GridSpec:
 
     def fielded_models(self) -> tuple[str, ...]:
         """The models whose float formats get the exponent and mantissa cells: ``field_models``, else the
-        shallowest and the deepest VGG of ``models`` (VGG-A and VGG-E by default; the other networks have no
-        depth, so they get these cells only when ``field_models`` names them)."""
+        shallowest and the deepest VGG of ``models`` (VGG-A and VGG-E by default) and every other network."""
         if self.field_models is not None:
             return tuple(m for m in self.models if m in self.field_models)
         by_depth = sorted((m for m in self.models if m in DEPTH), key=DEPTH.__getitem__)
-        return tuple(dict.fromkeys((by_depth[0], by_depth[-1]))) if by_depth else ()
+        ends = (by_depth[0], by_depth[-1]) if by_depth else ()
+        return tuple(m for m in self.models if m in ends or m not in DEPTH)
+
+    def fielded_formats(self, model: str) -> tuple[str, ...]:
+        """The formats of ``model`` with exponent and mantissa cells: ``field_formats``, else every float format
+        of a VGG and ``FIELD_FORMATS_BEYOND_VGG`` of the other networks."""
+        floats = tuple(f for f in self.formats if f != "int8")
+        if self.field_formats is not None:
+            return tuple(f for f in floats if f in self.field_formats)
+        return floats if model in DEPTH else tuple(f for f in floats if f in FIELD_FORMATS_BEYOND_VGG)
+
+    def read_models(self) -> tuple[str, ...]:
+        """One model per network for the write-vs-read pair: the first of ``models`` (the shallowest VGG)."""
+        by_network: dict[str, str] = {}
+        for m in sorted(self.models, key=lambda m: DEPTH.get(m, 0)):
+            by_network.setdefault(network(m), m)
+        return tuple(m for m in self.models if m in by_network.values())
 
     def memory(self) -> tuple[tuple[str, object], ...]:
         """The memory faults that differ from the defaults (fault-free cells keep their earlier names)."""
@@ -130,9 +159,7 @@ class GridSpec:
         memory = self.memory()
         fielded = self.fielded_models()
         cells = [Cell(m, f, self.targets, b, memory=memory) for m in self.models for f in self.formats
-                 for b in self.bits
-                 if b == "all" or (f != "int8" and (self.field_formats is None or f in self.field_formats)
-                                   and m in fielded)]
+                 for b in self.bits if b == "all" or (m in fielded and f in self.fielded_formats(m))]
         if self.extras:
             first = self.models[0]
             fmt = "float32" if "float32" in self.formats else self.formats[0]
@@ -150,6 +177,13 @@ class GridSpec:
                     if self.float_bias and "biases" in targets:
                         cells.append(Cell(m, "int8", tuple(targets), "all", section="targets", bias="float",
                                           memory=memory))
+        if self.extras and "float32" in self.formats and not memory:  # read noise has no stuck cells or ECC
+            for m in self.read_models():
+                write = Cell(m, "float32", READ_TARGETS, "all", section="targets", memory=memory)
+                if write not in cells:
+                    cells.append(replace(write, section="reads"))
+                cells.append(Cell(m, "float32", READ_TARGETS, "all", section="reads", memory=memory,
+                                  randomness="per_run", batch_size=READ_BATCH))
         return cells
 
 
@@ -173,17 +207,20 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
     experiment = Experiment(
         trials=TrialSettings(format=cell.format, targets=cell.targets,
                              fault=replace(spec.fault, bits=cell.bits, nonfinite=cell.nonfinite),
-                             direction=cell.direction, batch_size=spec.batch_size, seed=spec.seed),
+                             direction=cell.direction, batch_size=cell.batch_size or spec.batch_size, seed=spec.seed,
+                             parameter_randomness=cell.randomness),
         search=spec.search, samples=spec.samples)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
                resume=results.is_file(), overwrite=not results.is_file(), executor=executor)
 
 
-def _summary(cell: Cell, data: dict) -> dict:
+def _summary(cell: Cell, data: dict, spec: GridSpec) -> dict:
     mid = data["midpoint"]
     side = {"above": ">", "below": "<"}.get(mid["status"])
     return {
-        "model": cell.model, "depth": DEPTH.get(cell.model), "format": cell.format, "targets": list(cell.targets),
+        "model": cell.model, "depth": DEPTH.get(cell.model), "layers": WEIGHT_LAYERS.get(cell.model),
+        "format": cell.format, "targets": list(cell.targets), "randomness": cell.randomness,
+        "batch_size": cell.batch_size or spec.batch_size,
         "bits": cell.bits, "direction": cell.direction, "nonfinite": cell.nonfinite, "section": cell.section,
         "bias": cell.bias,
         "memory": dict(cell.memory),
@@ -220,7 +257,7 @@ def run_grid(spec: GridSpec, *, models_dir: pathlib.Path, data_dir, out: pathlib
     began = time.perf_counter()
     summaries = []
     for cell in tqdm(cells, desc="reproduce", unit="cell", disable=None, file=sys.stderr):
-        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out, executor)))
+        summaries.append(_summary(cell, _run_cell(cell, spec, models_dir, data_dir, out, executor), spec))
     report = {
         "command": command,
         "spec": spec.to_json(),

@@ -46,7 +46,7 @@ import onnxruntime as ort
 from onnxflip.campaign.design import TrialOutcome, block_means
 from onnxflip.data.base import DataSource
 from onnxflip.errors import OnnxflipError
-from onnxflip.faults import FaultModel, WordCounts, words_per_run
+from onnxflip.faults import RANDOMNESS, FaultModel, WordCounts, words_per_run
 from onnxflip.graph.cache import cache_pairs
 from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
 from onnxflip.graph.inject import insert_flipbits
@@ -117,6 +117,9 @@ class TrialSettings:
     sweep: str = "flip"
     flip_p: float = 0.0  # flip probability (in ``direction``) of every trial of a stuck-at sweep
     protection: Protection = field(default_factory=Protection)  # bits that never flip, per site
+    # fixed: a trial's weights and biases are written once, with their flips, and every batch reads them (write
+    # noise, the paper's model); per_run: every batch reads them with flips of its own (read noise)
+    parameter_randomness: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.sweep not in SWEEPS:
@@ -130,6 +133,15 @@ class TrialSettings:
             raise OnnxflipError("a flip sweep sets the flip probability itself; a fixed one is for a stuck-at sweep")
         if not 0.0 <= self.flip_p <= 1.0:
             raise OnnxflipError(f"flip_p = {self.flip_p} is not a probability in [0, 1]")
+        if self.parameter_randomness not in RANDOMNESS:
+            raise OnnxflipError(f"parameter randomness must be one of {', '.join(RANDOMNESS)}")
+        if self.parameter_randomness == "per_run" and (self.fault.stuck or self.fault.ecc != "none"
+                                                       or self.sweep == "stuck-at"):
+            raise OnnxflipError("read noise on the parameters (per_run) is measured without stuck-at cells and "
+                                "ECC: a trial's memory would change with every batch")
+        if self.parameter_randomness == "per_run" and all(t in PER_SAMPLE_TARGETS for t in self.targets):
+            raise OnnxflipError(f"parameter randomness per_run: the targets ({', '.join(self.targets)}) hold no "
+                                "stored parameters; activations are written anew by every batch already")
         if self.direction not in DIRECTIONS:
             raise OnnxflipError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if self.batch_size < 1:
@@ -153,6 +165,8 @@ class TrialSettings:
                 "flip_p": self.flip_p, "ecc": fault.ecc, "on_detected": fault.on_detected}
         if self.protection.masks:
             data["protection"] = self.protection.to_json()
+        if self.parameter_randomness != "fixed":  # write noise: results without the field stay comparable
+            data["parameter_randomness"] = self.parameter_randomness
         return data
 
     def rates(self, x: float) -> tuple[float, float, float, float]:
@@ -507,8 +521,11 @@ class LocalRunner:
         clean = self._clean_outputs(samples)
         p01, p10, s0, s1 = rates
         trial_session = self._session(p01, p10, trial_seed, s0, s1)
+        reads = self.settings.parameter_randomness == "per_run" and p > 0 and self._parameter_targets()
         scores, nonfinite, start, counts, sizes = [], 0, 0, [], []
         for b, batch in enumerate(self._batches(samples)):
+            if reads and b:  # read noise: the batch reads the parameters with flips of its own
+                trial_session = self._session(p01, p10, mix_seed(mix_seed(trial_seed, 0), b), s0, s1)
             out, batch_counts = self._outputs(trial_session.session, trial_session.inputs, batch.feeds,
                                               mix_seed(trial_seed, 1 + b), rates, trial_seed)
             counts.append(batch_counts)
@@ -529,6 +546,10 @@ class LocalRunner:
 
     def run(self, p: float, trials: Sequence[int], samples: int) -> list[TrialOutcome]:
         return [self.trial(p, t, samples) for t in trials]
+
+    def _parameter_targets(self) -> list[str]:
+        """The targets flipped once per session (weights and biases), not anew by every run."""
+        return [t for t in self.targets if t not in PER_SAMPLE_TARGETS]
 
 
 def _rebuild_runner(model, source, metric, settings, output, floor, threads) -> LocalRunner:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from onnxflip.zoo.configs import NETWORK_NAMES, network
+
 __all__ = ["claim_by_targets", "findings", "orders_verdict", "render_report", "target_ratios"]
 
 FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -88,8 +90,8 @@ def target_ratios(report: dict) -> list[dict]:
                 q = next((c for c in match if c["format"] == "int8" and c.get("bias", "int32") == bias), None)
                 if q and f:
                     log_ratio, kind = _ratio_bound(q, f)
-                    out.append({"targets": targets, "bias": bias, "model": m, "int8": q, "float32": f,
-                                "log_ratio": log_ratio, "kind": kind})
+                    out.append({"targets": targets, "bias": bias, "model": m, "network": network(m), "int8": q,
+                                "float32": f, "log_ratio": log_ratio, "kind": kind})
     return out
 
 
@@ -107,42 +109,50 @@ def _ratio_text(r: dict) -> str:
 
 
 def claim_by_targets(report: dict) -> list[dict]:
-    """The int8 claim's verdict for each combination of noisy values and bias type, from the mean log ratio."""
+    """The int8 claim's verdict for each network (the VGGs together, each other architecture alone), combination
+    of noisy values and bias type, from the mean log ratio over the network's models."""
     rows = target_ratios(report)
     out = []
-    for key in dict.fromkeys((r["targets"], r["bias"]) for r in rows):
-        group = [r for r in rows if (r["targets"], r["bias"]) == key and r["log_ratio"] is not None]
+    for key in dict.fromkeys((r["network"], r["targets"], r["bias"]) for r in rows):
+        group = [r for r in rows if (r["network"], r["targets"], r["bias"]) == key and r["log_ratio"] is not None]
         if not group:
             continue
         mean = sum(r["log_ratio"] for r in group) / len(group)
         bounded = any(r["kind"] != "=" for r in group)
-        out.append({"targets": key[0], "bias": key[1], "mean": mean, "verdict": orders_verdict(mean),
-                    "bounded": bounded, "models": group})
+        out.append({"network": key[0], "targets": key[1], "bias": key[2], "mean": mean,
+                    "verdict": orders_verdict(mean), "bounded": bounded, "models": group})
     return out
 
 
+def _network_name(key: str) -> str:
+    return NETWORK_NAMES.get(key, key)
+
+
+def _combination(c: dict) -> str:
+    return "+".join(c["targets"]) + (" (float32 biases)" if c["bias"] == "float" and "biases" in c["targets"] else "")
+
+
 def _claim_summary(claims: list[dict]) -> list[str]:
-    """One paragraph: under which assumptions the paper's three orders of magnitude hold, from the numbers."""
+    """One paragraph: under which assumptions the paper's three orders of magnitude hold, per network, from the
+    numbers."""
     if not claims:
         return []
-
-    def name(c: dict) -> str:
-        return "+".join(c["targets"]) + (" (float32 biases)" if c["bias"] == "float" and "biases" in c["targets"]
-                                        else "")
-
-    shown = [c for c in claims if c["bias"] == "int32" or "biases" in c["targets"]]
-    groups = {v: [c for c in shown if c["verdict"] == v] for v in dict.fromkeys(c["verdict"] for c in shown)}
-    parts = []
-    for verdict, label in (("agrees", "hold when the noisy values are"),
-                           ("int8 gains more than three orders", "are exceeded when the noisy values are"),
-                           ("partly: int8 is more tolerant, by fewer orders", "do not hold (int8 gains fewer) for"),
-                           ("disagrees", "are reversed (float32 tolerates more) for")):
-        if groups.get(verdict):
-            listed = ", ".join(f"{name(c)} (10^{c['mean']:.2f})" for c in groups[verdict])
-            parts.append(f"{label} {listed}")
+    sentences = []
+    for net in dict.fromkeys(c["network"] for c in claims):
+        shown = [c for c in claims if c["network"] == net and (c["bias"] == "int32" or "biases" in c["targets"])]
+        groups = {v: [c for c in shown if c["verdict"] == v] for v in dict.fromkeys(c["verdict"] for c in shown)}
+        parts = []
+        for verdict, label in (("agrees", "hold when the noisy values are"),
+                               ("int8 gains more than three orders", "are exceeded when the noisy values are"),
+                               ("partly: int8 is more tolerant, by fewer orders", "do not hold (int8 gains fewer) for"),
+                               ("disagrees", "are reversed (float32 tolerates more) for")):
+            if groups.get(verdict):
+                listed = ", ".join(f"{_combination(c)} (10^{c['mean']:.2f})" for c in groups[verdict])
+                parts.append(f"{label} {listed}")
+        sentences.append(f"{_network_name(net)}: " + "; ".join(parts) + ".")
     return ["**Summary.** The paper's \"about three orders of magnitude\" (int8 over float32, mean log10 midpoint "
-            "ratio over the models within 3 +- 0.5) " + "; ".join(parts) + ". The int8 biases are int32 as ONNX "
-            "Runtime's quantiser stores them unless marked float32 biases.", ""]
+            "ratio over a network's models within 3 +- 0.5) " + " ".join(sentences) + " The int8 biases are int32 "
+            "as ONNX Runtime's quantiser stores them unless marked float32 biases.", ""]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -151,66 +161,104 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def findings(report: dict) -> list[tuple[str, str, str]]:
-    """(finding, verdict, numbers) for each of the paper's findings, from the grid cells."""
+def findings(report: dict) -> list[tuple[str, str, str, str]]:
+    """(network, finding, verdict, numbers) for each of the paper's findings and each network of the grid: the
+    VGGs together (their depths a series), each other architecture alone."""
     grid = [c for c in report["cells"] if c["section"] == "grid"]
-    models = list(dict.fromkeys(c["model"] for c in grid))
+    claims = claim_by_targets(report)
     out = []
+    for net in dict.fromkeys(network(c["model"]) for c in grid):
+        cells = [c for c in grid if network(c["model"]) == net]
+        name = _network_name(net)
+        out += [(name, *row) for row in (_fields_finding(cells), _depth_finding(cells, grid, net),
+                                         _int8_finding(cells, report, [c for c in claims if c["network"] == net]),
+                                         _mantissa_finding(cells))]
+    return out
 
+
+def _fields_finding(grid: list[dict]) -> tuple[str, str, str]:
+    models = list(dict.fromkeys(c["model"] for c in grid))
     pairs = [(m, f, _find(grid, model=m, format=f, bits="exponent"), _find(grid, model=m, format=f, bits="mantissa"))
              for m in models for f in FLOATS]
     pairs = [(m, f, e, n) for m, f, e, n in pairs if e and n and _upper(e) and _lower(n)]
-    if pairs:
-        agree = sum(_upper(e) < _lower(n) for _, _, e, n in pairs)
-        numbers = "; ".join(f"{m} {f}: {_mid(e)} vs {_mid(n)}" for m, f, e, n in pairs)
-        out.append(("Exponent-bit flips do more harm than mantissa flips (lower midpoint)",
-                    f"agrees in {agree} of {len(pairs)}" if agree else "disagrees", numbers))
-    else:
-        out.append(("Exponent-bit flips do more harm than mantissa flips", "not measured",
-                    "run with --bits all,exponent,mantissa"))
+    if not pairs:
+        return ("Exponent-bit flips do more harm than mantissa flips", "not measured",
+                "run with --bits all,exponent,mantissa")
+    agree = sum(_upper(e) < _lower(n) for _, _, e, n in pairs)
+    numbers = "; ".join(f"{m} {f}: {_mid(e)} vs {_mid(n)}" for m, f, e, n in pairs)
+    return ("Exponent-bit flips do more harm than mantissa flips (lower midpoint)",
+            f"agrees in {agree} of {len(pairs)}" if agree else "disagrees", numbers)
 
-    rhos = []
-    for fmt in dict.fromkeys(c["format"] for c in grid):
-        points = [(c["depth"], c["midpoint"]) for c in grid if c["format"] == fmt and c["bits"] == "all"
-                  and c["midpoint"] and c["depth"]]
-        rho = _spearman(*zip(*points)) if len(points) >= 3 else None
-        if rho is not None:
-            rhos.append((fmt, rho, points))
-    if rhos:
+
+def _layers(cell: dict) -> int | None:
+    return cell.get("layers") or cell.get("depth")
+
+
+def _depth_finding(cells: list[dict], grid: list[dict], net: str) -> tuple[str, str, str]:
+    """The VGGs: the Spearman correlation of midpoint and depth per format.  Another architecture, one depth:
+    against the deepest VGG shallower than it, per format (deeper should tolerate less)."""
+    finding = "Deeper networks tolerate less (midpoint falls with depth)"
+    if net == "vgg":
+        rhos = []
+        for fmt in dict.fromkeys(c["format"] for c in cells):
+            points = [(c["depth"], c["midpoint"]) for c in cells if c["format"] == fmt and c["bits"] == "all"
+                      and c["midpoint"] and c["depth"]]
+            rho = _spearman(*zip(*points)) if len(points) >= 3 else None
+            if rho is not None:
+                rhos.append((fmt, rho, points))
+        if not rhos:
+            return ("Deeper networks tolerate less", "not measured", "needs at least three depths")
         agree = sum(rho < 0 for _, rho, _ in rhos)
         numbers = "; ".join(f"{fmt}: Spearman {rho:+.2f} ({', '.join(f'{d}: {_p(p)}' for d, p in pts)})"
                             for fmt, rho, pts in rhos)
-        out.append(("Deeper networks tolerate less (midpoint falls with depth)",
-                    f"agrees in {agree} of {len(rhos)} formats" if agree else "disagrees", numbers))
-    else:
-        out.append(("Deeper networks tolerate less", "not measured", "needs at least three depths"))
+        return (finding, f"agrees in {agree} of {len(rhos)} formats" if agree else "disagrees", numbers)
+    vggs = [c for c in grid if network(c["model"]) == "vgg" and c["bits"] == "all" and c["midpoint"]]
+    compared = []
+    for c in cells:
+        layers = _layers(c)
+        if c["bits"] != "all" or not c["midpoint"] or not layers:
+            continue
+        shallower = [v for v in vggs if v["format"] == c["format"] and v["depth"] < layers]
+        if shallower:
+            compared.append((c, max(shallower, key=lambda v: v["depth"])))
+    if not compared:
+        return (finding, "not measured", "needs the VGGs' cells in the same formats")
+    agree = sum(c["midpoint"] < v["midpoint"] for c, v in compared)
+    numbers = "; ".join(f"{c['format']}: {c['model']} ({_layers(c)} layers) {_p(c['midpoint'])} vs {v['model']} "
+                        f"({v['depth']}) {_p(v['midpoint'])}" for c, v in compared)
+    verdict = (f"against the VGGs: agrees in {agree} of {len(compared)} formats" if agree
+               else "against the VGGs: disagrees (tolerates more than a shallower VGG)")
+    return (finding, verdict, numbers)
 
-    ratios = [(r["model"], r["log_ratio"]) for r in _grid_ratios(report) if r["kind"] == "="]  # both midpoints measured
-    if ratios:
-        mean = sum(r for _, r in ratios) / len(ratios)
-        verdict = orders_verdict(mean)
-        noisy = "+".join(grid[0]["targets"]) if grid and grid[0].get("targets") else "the grid's targets"
-        out.append((f"int8 raises the tolerable probability by about three orders of magnitude over float32 "
-                    f"(noisy: {noisy}; per combination below)", verdict, "; ".join(f"{m}: 10^{r:.2f}" for m, r in ratios) + f"; mean 10^{mean:.2f}"))
-    else:
-        out.append(("int8 raises tolerance by about three orders of magnitude", "not measured",
-                    "needs int8 and float32 cells"))
 
+def _int8_finding(cells: list[dict], report: dict, claims: list[dict]) -> tuple[str, str, str]:
+    """The verdict per combination of noisy values (int32 biases, and float32 biases where biases are noisy)."""
+    finding = "int8 raises the tolerable probability by about three orders of magnitude over float32"
+    shown = [c for c in claims if c["bias"] == "int32" or "biases" in c["targets"]]
+    if not shown:
+        return (finding, "not measured", "needs int8 and float32 cells")
+    agree = [c for c in shown if c["verdict"] == "agrees"]
+    verdict = (f"agrees for {len(agree)} of {len(shown)} combinations of noisy values" if agree else
+               f"disagrees for all {len(shown)} combinations of noisy values")
+    numbers = "; ".join(f"{_combination(c)}: {'bound ' if c['bounded'] else ''}10^{c['mean']:.2f} ({c['verdict']})"
+                        for c in shown)
+    return (finding + " (per combination of noisy values)", verdict, numbers)
+
+
+def _mantissa_finding(grid: list[dict]) -> tuple[str, str, str]:
+    models = list(dict.fromkeys(c["model"] for c in grid))
     gains = [(m, f, _log_ratio(_lower(n), _upper(a)), n)
              for m in models for f in FLOATS
              for n, a in [(_find(grid, model=m, format=f, bits="mantissa"), _find(grid, model=m, format=f, bits="all"))]
              if n and a]
     gains = [(m, f, g, n) for m, f, g, n in gains if g is not None]
-    if gains:
-        agree = sum(g >= 1 for _, _, g, _ in gains)
-        out.append(("Confining noise to the mantissa improves robustness a lot (mantissa-only midpoint >= 10x all-bits)",
-                    f"agrees in {agree} of {len(gains)}" if agree else "disagrees",
-                    "; ".join(f"{m} {f}: x10^{g:.2f}" + (" or more" if not n.get("midpoint") else "")
-                              for m, f, g, n in gains)))
-    else:
-        out.append(("Confining noise to the mantissa improves robustness a lot", "not measured",
-                    "run with --bits all,mantissa"))
-    return out
+    if not gains:
+        return ("Confining noise to the mantissa improves robustness a lot", "not measured",
+                "run with --bits all,mantissa")
+    agree = sum(g >= 1 for _, _, g, _ in gains)
+    return ("Confining noise to the mantissa improves robustness a lot (mantissa-only midpoint >= 10x all-bits)",
+            f"agrees in {agree} of {len(gains)}" if agree else "disagrees",
+            "; ".join(f"{m} {f}: x10^{g:.2f}" + (" or more" if not n.get("midpoint") else "") for m, f, g, n in gains))
 
 
 def render_report(report: dict) -> str:
@@ -256,8 +304,9 @@ def render_report(report: dict) -> str:
                          _mid(r["float32"]), _mid(r["int8"]), _ratio_text(r)])
         lines += _table(["noisy values", "int8 biases", "model", "float32", "int8", "int8 / float32"], rows)
         lines += [""]
-        lines += _table(["noisy values", "int8 biases", "mean ratio", "three orders of magnitude?"],
-                        [["+".join(c["targets"]), "float32" if c["bias"] == "float" else "int32",
+        lines += _table(["network", "noisy values", "int8 biases", "mean ratio", "three orders of magnitude?"],
+                        [[_network_name(c["network"]), "+".join(c["targets"]),
+                          "float32" if c["bias"] == "float" else "int32",
                           f"{'bound: ' if c['bounded'] else ''}10^{c['mean']:.2f}", c["verdict"]] for c in claims])
 
     lines += ["", "## Exponent, mantissa and all bits", ""]
@@ -284,7 +333,8 @@ def render_report(report: dict) -> str:
     lines += [f"![{m}](curves_{m}.png)" for m in every_model]
 
     lines += ["", "## The paper's findings", ""]
-    lines += _table(["finding", "measured", "numbers"], [list(f) for f in findings(report)])
+    lines += _table(["network", "finding", "measured", "numbers"], [list(f) for f in findings(report)])
+    lines += _reads_section(cells)
 
     for section, title, key in (("asymmetric", "Flips in one direction", "direction"),
                                 ("nonfinite", "Nonfinite policy", "nonfinite")):
@@ -297,3 +347,30 @@ def render_report(report: dict) -> str:
         rows += [[c["model"], c["format"], c[key], _mid(c), _interval(c)] for c in extra]
         lines += _table(["model", "format", key, "midpoint", "95% interval"], rows)
     return "\n".join(lines) + "\n"
+
+
+def _reads_section(cells: list[dict]) -> list[str]:
+    """Write noise (a trial's weights written once with their flips) against read noise (every batch reads them
+    with flips of its own), per network: the paper's model against a memory that flips at read."""
+    reads = [c for c in cells if c.get("randomness", "fixed") == "per_run"]
+    if not reads:
+        return []
+    rows = []
+    for read in reads:
+        write = next((c for c in cells if c["model"] == read["model"] and c["format"] == read["format"]
+                      and c["targets"] == read["targets"] and c["bits"] == read["bits"]
+                      and c.get("randomness", "fixed") == "fixed" and c["section"] in ("targets", "reads", "grid")
+                      and c.get("direction", "both") == "both" and c.get("nonfinite", "keep") == "keep"
+                      and c.get("bias", "int32") == read.get("bias", "int32")), None)
+        ratio = _log_ratio(read.get("midpoint"), write.get("midpoint")) if write else None
+        rows.append([read["model"], read["format"], "+".join(read["targets"]),
+                     f"{_mid(write)} {_interval(write)}, {write['evaluations']} trials" if write else "-",
+                     f"{_mid(read)} {_interval(read)}, {read['evaluations']} trials",
+                     f"10^{ratio:+.2f}" if ratio is not None else "-"])
+    batch = reads[0].get("batch_size")
+    return ["", "## Write noise and read noise", "",
+            "Write noise (the paper's model): a trial writes the weights once, with their flips, and every batch "
+            f"reads them.  Read noise: every batch{f' of {batch} images' if batch else ''} reads them with flips of "
+            "its own.", "",
+            *_table(["model", "format", "noisy values", "write: midpoint, 95% interval", "read: midpoint, 95% interval",
+                     "read / write"], rows)]

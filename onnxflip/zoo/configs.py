@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 __all__ = ["ARCHITECTURES", "CONFIGS", "DEPTH", "LANGUAGE_MODEL", "MOBILENET_HEAD", "MOBILENET_STAGES",
-           "MOBILENET_STEM", "MODELS", "PAPER_NAMES", "RESNET20_BLOCKS", "RESNET20_STAGES", "VGG_MODELS",
-           "default_width"]
+           "MOBILENET_STEM", "MODELS", "NETWORK_NAMES", "PAPER_NAMES", "RESNET20_BLOCKS", "RESNET20_STAGES",
+           "VGG_MODELS", "WEIGHT_LAYERS", "default_width", "network"]
 
 # torchvision.models.vgg.cfgs, by the paper's names.
 CONFIGS: dict[str, list[int | str]] = {
@@ -26,6 +26,17 @@ ARCHITECTURES = {
                     "convolutions, ReLU6",
 }
 MODELS: tuple[str, ...] = (*VGG_MODELS, *ARCHITECTURES)
+# Weight layers (Conv and Linear) on each network's longest path, the paper's measure of depth: the VGGs' DEPTH
+# (their names: the zoo's smaller head has one Linear layer fewer), ResNet-20's 19 convolutions and one Linear
+# (option A shortcuts hold none), the MobileNetV2's 40 convolutions (13 of them depthwise) and one Linear.
+WEIGHT_LAYERS = {**DEPTH, "resnet20": 20, "mobilenetv2s": 41}
+NETWORK_NAMES = {"vgg": "VGG", "resnet20": "ResNet-20", "mobilenetv2s": "MobileNetV2"}
+
+
+def network(model: str) -> str:
+    """The architecture a zoo model belongs to, as the reproduction judges the paper's findings: "vgg" for the
+    four VGGs (one depth series), else the model itself."""
+    return "vgg" if model in VGG_MODELS else model
 
 # ResNet-20: the channels of its three stages (16, 32, 64 at width 1) and the basic blocks in each.
 RESNET20_STAGES: tuple[int, ...] = (16, 32, 64)

@@ -4,7 +4,9 @@ the forward pass (:mod:`onnxflip.zoo.noise`).
 Checkpoints are written after every epoch and a run resumes from its
 checkpoint, so an interrupted training loses at most one epoch.  A checkpoint
 holds the settings, the noise's included, and a run resumes only with the
-same ones.
+same ones.  A run may start from another run's checkpoint (``init``): its
+weights and BatchNorm statistics, with a fresh optimiser and schedule (a
+fine-tune, as when a trained network is retrained with noise).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import os
 import pathlib
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +49,7 @@ class TrainConfig:
     threads: int | None = None
     max_steps: int | None = None
     noise: NoiseSettings = field(default_factory=NoiseSettings)  # p = 0: no flips
+    init: str | None = None  # a checkpoint whose model weights the run starts from (a fine-tune), else random
 
     def __post_init__(self) -> None:
         if self.width is None:
@@ -62,7 +66,7 @@ class TrainResult:
     test_accuracy: float
     wall_seconds: float
     losses: list[float]
-    skipped_steps: int = 0  # steps whose loss the flips made non-finite: no update
+    skipped_steps: int = 0  # steps whose loss or gradient the flips made non-finite: no update
 
 
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -111,6 +115,22 @@ def _load_checkpoint(path: pathlib.Path, device: str) -> dict:
     return state
 
 
+def _finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _start_from(model: nn.Module, path: pathlib.Path, config: TrainConfig) -> None:
+    """Load the model weights of checkpoint ``path`` into ``model``; its network and width must be ``config``'s."""
+    if not path.is_file():
+        raise OnnxflipError(f"{path}: no such checkpoint to start from")
+    state = _load_checkpoint(path, config.device)
+    saved = state["config"]
+    if (saved.get("model"), saved.get("width")) != (config.model, config.width):
+        raise OnnxflipError(f"{path} holds {saved.get('model')} at width {saved.get('width')}, not {config.model} "
+                            f"at width {config.width}")
+    model.load_state_dict(state["model"])
+
+
 def train(
     config: TrainConfig,
     *,
@@ -125,6 +145,8 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = build_model(config.model, width=config.width).to(config.device)
+    if config.init is not None:
+        _start_from(model, pathlib.Path(config.init), config)
     train_split = load_split(data_dir, "train")
     images, labels = _to_tensor(train_split, config.device)
     steps_per_epoch = len(labels) // config.batch_size
@@ -139,7 +161,8 @@ def train(
     forward = noisy_forward(model, config.noise, seed=config.seed)
     if checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, config.device)
-        saved = {"noise": NoiseSettings().to_json(), **state["config"]}  # checkpoints from before noise had none
+        # checkpoints from before the noise and init settings had none
+        saved = {"noise": NoiseSettings().to_json(), "init": None, **state["config"]}
         if saved != config.to_json():
             raise OnnxflipError(f"checkpoint {checkpoint} was made with other settings: {saved}")
         model.load_state_dict(state["model"])
@@ -161,15 +184,26 @@ def train(
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             x = _augment(images[idx], generator)
+            # Under flips, a step whose loss, gradient or BatchNorm statistics the flips made inf or NaN makes no
+            # update and leaves the statistics as they were (the loss can stay finite where a gradient is not).
+            kept = [b.clone() for b in model.buffers()] if config.noise.enabled else None
             loss = F.cross_entropy(forward(x, step), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             value = loss.item()
-            if math.isfinite(value) or not config.noise.enabled:
+            finite = kept is None or (math.isfinite(value) and _finite(model.buffers()))
+            if finite:
                 loss.backward()
+                finite = kept is None or _finite(p.grad for p in model.parameters() if p.grad is not None)
+            if finite:
                 optimizer.step()
-            else:  # a flip made the loss inf or NaN: its gradient would wreck every weight
+            else:
                 skipped += 1
-            scheduler.step()
+                with torch.no_grad():
+                    for buffer, before in zip(model.buffers(), kept):
+                        buffer.copy_(before)
+            with warnings.catch_warnings():  # the schedule goes on where the flips skipped the first update
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                scheduler.step()
             running += value
             losses.append(value)
             bar.set_postfix(loss=f"{running / (i + 1):.3f}")
@@ -178,7 +212,7 @@ def train(
                 break
         logger.info("%s epoch %d: mean loss %.4f", config.model, epoch + 1, running / max(1, i + 1))
         if skipped:
-            logger.warning("%d steps so far had a non-finite loss under the flips and made no update", skipped)
+            logger.warning("%d steps so far had a non-finite loss or gradient under the flips and made no update", skipped)
         if checkpoint is not None:
             tmp = checkpoint.with_suffix(".tmp")
             torch.save(

@@ -960,9 +960,11 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, field_m
 
     One midpoint search per model x format x bit field, then tables of
     midpoints, int8/float32 ratios, exponent vs mantissa, midpoint vs depth,
-    figures, and for each of the paper's findings whether the measurement
-    agrees.  Stuck-at cells and ECC (--stuck-at0, --stuck-at1, --ecc,
-    --on-detected) apply to every cell and are part of its folder name.
+    write vs read noise, figures, and for each of the paper's findings and
+    each network (the VGGs together, each other architecture alone) whether
+    the measurement agrees.  Stuck-at cells and ECC (--stuck-at0,
+    --stuck-at1, --ecc, --on-detected) apply to every cell and are part of
+    its folder name.
     """
     from onnxflip.campaign.design import Budget
     from onnxflip.campaign.reproduce import GridSpec, run_grid

@@ -213,10 +213,12 @@ def test_a_run_can_start_from_another_runs_weights(synthetic_data, tmp_path, cap
     assert code == 0, captured.err
     state = torch.load(tuned.with_suffix(".ckpt"), weights_only=False)
     assert state["config"]["init"] == str(plain.with_suffix(".ckpt"))
-    # A peak learning rate of 1e-9 leaves the weights where the first run left them (a random start would not).
+    # A peak learning rate of 1e-9 leaves the weights where the first run left them (a random start would not),
+    # and a fine-tune keeps the BatchNorm statistics as they were (the flipped activations never reach them).
     for key, value in base.items():
-        if value.is_floating_point() and "running" not in key:
-            torch.testing.assert_close(state["model"][key], value, atol=1e-6, rtol=0, msg=key)
+        if value.is_floating_point():
+            torch.testing.assert_close(state["model"][key], value, atol=1e-6 if "running" not in key else 0,
+                                       rtol=0, msg=key)
     meta = json.loads({p.key: p.value for p in onnx.load(tuned).metadata_props}["onnxflip.model"])
     assert meta["init"] == "plain.ckpt"
 

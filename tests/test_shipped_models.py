@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 
 from onnxflip.data import load_split
+from onnxflip.zoo.configs import MODELS as ZOO
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
 DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "cifar10"
-NAMES = sorted(p.stem for p in MODELS.glob("vgg*.onnx") if "_int8" not in p.stem)
+NAMES = [name for name in ZOO if (MODELS / f"{name}.onnx").is_file()]  # the CIFAR-10 networks shipped
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["ARCHITECTURES", "CONFIGS", "DEPTH", "LANGUAGE_MODEL", "MOBILENET_HEAD", "MOBILENET_STAGES",
-           "MOBILENET_STEM", "MODELS", "NETWORK_NAMES", "PAPER_NAMES", "RESNET20_BLOCKS", "RESNET20_STAGES",
+           "MOBILENET_STEM", "MOBILENET_STEM_STRIDE", "MODELS", "NETWORK_NAMES", "PAPER_NAMES", "RESNET20_BLOCKS", "RESNET20_STAGES",
            "VGG_MODELS", "WEIGHT_LAYERS", "default_width", "network"]
 
 # torchvision.models.vgg.cfgs, by the paper's names.
@@ -41,11 +41,12 @@ def network(model: str) -> str:
 # ResNet-20: the channels of its three stages (16, 32, 64 at width 1) and the basic blocks in each.
 RESNET20_STAGES: tuple[int, ...] = (16, 32, 64)
 RESNET20_BLOCKS = 3
-# The small MobileNetV2: a 3x3 stem conv of MOBILENET_STEM channels, then (expansion t, output channels c,
-# blocks n, stride of the first s) per stage, as in Sandler et al. 2018's Table 2, cut after the 96-channel
-# stage and with strides 1 where ImageNet's network halves a 224-pixel image; a 1x1 conv of MOBILENET_HEAD
-# channels before the pooling.
+# The small MobileNetV2: a 3x3 stem conv of MOBILENET_STEM channels and stride MOBILENET_STEM_STRIDE, then
+# (expansion t, output channels c, blocks n, stride of the first s) per stage, as in Sandler et al. 2018's
+# Table 2, cut after the 96-channel stage and with stride 1 where ImageNet's network halves a 112-pixel map
+# (the 24-channel stage); a 1x1 conv of MOBILENET_HEAD channels before the pooling.
 MOBILENET_STEM = 32
+MOBILENET_STEM_STRIDE = 2  # the stem halves the 32x32 image, as ImageNet's network's stem halves its input
 MOBILENET_STAGES: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
 )

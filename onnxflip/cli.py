@@ -855,7 +855,8 @@ def _train_lm(*, batch_size, lr, steps, seed, device, threads, output) -> None:
               help="Checkpoint file, written every epoch; an existing one is resumed (default: OUTPUT.ckpt).")
 @click.option("--init", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Start from the weights of another run's checkpoint (same --model and --width) with a fresh "
-                   "optimiser and schedule: a fine-tune, e.g. retraining a trained network with --noise-p.")
+                   "optimiser and schedule, its BatchNorm statistics kept as they are: a fine-tune, e.g. retraining "
+                   "a trained network with --noise-p.")
 @click.option("--noise-p", type=PROBABILITY, default=0.0, show_default=True,
               help="Train with bit flips: at every step each allowed float32 bit of the --noise-targets flips with "
                    "this probability in the forward pass (FlipBits' own flips, new ones each step, keyed by --seed); "
@@ -964,7 +965,8 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, field_m
     each network (the VGGs together, each other architecture alone) whether
     the measurement agrees.  Stuck-at cells and ECC (--stuck-at0,
     --stuck-at1, --ecc, --on-detected) apply to every cell and are part of
-    its folder name.
+    its folder name (the write-vs-read-noise cells, which need a memory
+    without them, are then left out).
     """
     from onnxflip.campaign.design import Budget
     from onnxflip.campaign.reproduce import GridSpec, run_grid

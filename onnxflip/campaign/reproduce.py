@@ -135,7 +135,8 @@ class GridSpec:
         return floats if model in DEPTH else tuple(f for f in floats if f in FIELD_FORMATS_BEYOND_VGG)
 
     def read_models(self) -> tuple[str, ...]:
-        """One model per network for the write-vs-read pair: the first of ``models`` (the shallowest VGG)."""
+        """One model per network for the write-vs-read pair: the shallowest VGG of ``models`` and each other
+        network."""
         by_network: dict[str, str] = {}
         for m in sorted(self.models, key=lambda m: DEPTH.get(m, 0)):
             by_network.setdefault(network(m), m)

@@ -13,10 +13,10 @@ CONFIGS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-VGG_MODELS: tuple[str, ...] = tuple(CONFIGS)  # the paper's networks: reproduce's default grid
+VGG_MODELS: tuple[str, ...] = tuple(CONFIGS)  # the paper's networks: reproduce's depth series
 PAPER_NAMES = {"vgg11": "VGG-A", "vgg13": "VGG-B", "vgg16": "VGG-D", "vgg19": "VGG-E"}
-# The paper's depth of each VGG (weight layers); the other architectures have none, so depth comparisons cover
-# the VGGs alone.
+# The paper's depth of each VGG (weight layers): the depth series of the reproduction; the other architectures are
+# compared with it by their WEIGHT_LAYERS.
 DEPTH = {"vgg11": 11, "vgg13": 13, "vgg16": 16, "vgg19": 19}
 
 # The zoo's CIFAR-10 networks beyond VGG (onnxflip.zoo.resnet, onnxflip.zoo.mobilenet), with what they are.

@@ -69,7 +69,7 @@ class TrainResult:
     test_accuracy: float
     wall_seconds: float
     losses: list[float]
-    skipped_steps: int = 0  # steps whose loss or gradient the flips made non-finite: no update
+    skipped_steps: int = 0  # steps whose loss, gradient or BatchNorm statistics the flips made non-finite
 
 
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -226,7 +226,8 @@ def train(
                 break
         logger.info("%s epoch %d: mean loss %.4f", config.model, epoch + 1, running / max(1, i + 1))
         if skipped:
-            logger.warning("%d steps so far had a non-finite loss or gradient under the flips and made no update", skipped)
+            logger.warning("%d steps so far had a non-finite loss, gradient or BatchNorm statistic under the flips and made no "
+                           "update", skipped)
         if checkpoint is not None:
             tmp = checkpoint.with_suffix(".tmp")
             torch.save(

@@ -57,8 +57,7 @@ def verdicts(cells: list[dict], network: str = "VGG") -> dict[str, tuple[str, st
 
 def int8_verdict_line(verdict: str) -> str:
     """The findings table's int8 verdict where one combination of noisy values has the given verdict."""
-    return "agrees for 1 of 1 combinations of noisy values" if verdict == "agrees" else \
-        "disagrees for all 1 combinations of noisy values"
+    return f"agrees for {int(verdict == 'agrees')} of 1 combinations of noisy values"
 
 
 # --- int8 raises the tolerable probability by about three orders of magnitude -------------------------------------

@@ -238,8 +238,7 @@ def _int8_finding(cells: list[dict], report: dict, claims: list[dict]) -> tuple[
     if not shown:
         return (finding, "not measured", "needs int8 and float32 cells")
     agree = [c for c in shown if c["verdict"] == "agrees"]
-    verdict = (f"agrees for {len(agree)} of {len(shown)} combinations of noisy values" if agree else
-               f"disagrees for all {len(shown)} combinations of noisy values")
+    verdict = f"agrees for {len(agree)} of {len(shown)} combinations of noisy values"
     numbers = "; ".join(f"{_combination(c)}: {'bound ' if c['bounded'] else ''}10^{c['mean']:.2f} ({c['verdict']})"
                         for c in shown)
     return (finding + " (per combination of noisy values)", verdict, numbers)

@@ -171,7 +171,7 @@ def findings(report: dict) -> list[tuple[str, str, str, str]]:
         cells = [c for c in grid if network(c["model"]) == net]
         name = _network_name(net)
         out += [(name, *row) for row in (_fields_finding(cells), _depth_finding(cells, grid, net),
-                                         _int8_finding(cells, report, [c for c in claims if c["network"] == net]),
+                                         _int8_finding([c for c in claims if c["network"] == net]),
                                          _mantissa_finding(cells))]
     return out
 
@@ -231,7 +231,7 @@ def _depth_finding(cells: list[dict], grid: list[dict], net: str) -> tuple[str, 
     return (finding, verdict, numbers)
 
 
-def _int8_finding(cells: list[dict], report: dict, claims: list[dict]) -> tuple[str, str, str]:
+def _int8_finding(claims: list[dict]) -> tuple[str, str, str]:
     """The verdict per combination of noisy values (int32 biases, and float32 biases where biases are noisy)."""
     finding = "int8 raises the tolerable probability by about three orders of magnitude over float32"
     shown = [c for c in claims if c["bias"] == "int32" or "biases" in c["targets"]]

@@ -41,7 +41,7 @@ from onnxflip.campaign.trials import DIRECTIONS, SWEEPS
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel, resolve_probabilities
 from onnxflip.graph.config import InjectionConfig
-from onnxflip.graph.formats import FORMATS
+from onnxflip.graph.formats import COMPUTES, FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
 from onnxflip.protection import Protection, read_plan
 from onnxflip.report.summary import count, evaluation_summary
@@ -164,6 +164,12 @@ FORMAT_OPTION = _option(
     "--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
     help="Number format the values are stored in, hence which bits can flip [default: the model's own: int8 "
          "for a quantised model, else the float type it computes in, float32 for most].",
+)
+COMPUTE_OPTION = _option(
+    "--compute", type=click.Choice(list(COMPUTES)), default=None,
+    help="How float16, bfloat16 and float64 compute: native (float64 in float64; float16 and bfloat16 with every "
+         "op's result rounded to the format, summed in float32 as GPU kernels do) or float32 (the format met only "
+         "where a value is stored) [default: native, or what an injected or converted model was made with].",
 )
 TARGETS_OPTION = _option(
     "--targets", type=CommaList(TARGETS), default=",".join(DEFAULT_TARGETS), show_default=True,
@@ -303,9 +309,9 @@ def _protection(path: pathlib.Path | None) -> Protection:
         raise click.ClickException(str(exc)) from None
 
 
-def _injection_config(*, fmt, faults, selection, no_fold_batchnorm, protect=None) -> InjectionConfig:
+def _injection_config(*, fmt, faults, selection, no_fold_batchnorm, protect=None, compute=None) -> InjectionConfig:
     fields = {target.replace("-", "_"): fault for target, fault in faults.items()}  # kv-cache: kv_cache
-    return InjectionConfig(format=fmt, selection=selection, fold_batchnorm=not no_fold_batchnorm,
+    return InjectionConfig(format=fmt, compute=compute, selection=selection, fold_batchnorm=not no_fold_batchnorm,
                            protection=_protection(protect), **fields)
 
 
@@ -314,8 +320,8 @@ SELECTION = OptionGroup("selection", SELECTION_OPTIONS, _selection)
 MEMORY_FAULTS = OptionGroup("memory", MEMORY_FAULT_OPTIONS, _memory_faults, usage_errors=False)
 FAULTS = OptionGroup("faults", [TARGETS_OPTION, *FAULT_OPTIONS, MEMORY_FAULTS], _fault_models)
 SITE_FAULTS = OptionGroup("faults", [TARGETS_OPTION, BITS_OPTION], _site_fault_models)
-INJECTION = OptionGroup("config", [FORMAT_OPTION, FAULTS, SELECTION, FOLD_OPTION, PROTECT_OPTION], _injection_config)
-SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
+INJECTION = OptionGroup("config", [FORMAT_OPTION, COMPUTE_OPTION, FAULTS, SELECTION, FOLD_OPTION, PROTECT_OPTION], _injection_config)
+SITE_PLAN = OptionGroup("config", [FORMAT_OPTION, COMPUTE_OPTION, SITE_FAULTS, SELECTION, FOLD_OPTION], _injection_config)
 
 DIRECTION_OPTION = click.option(
     "--direction", type=click.Choice(DIRECTIONS), default=DIRECTIONS[0], show_default=True,
@@ -466,17 +472,20 @@ def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None
 @OUTPUT_OPTION("the converted model")
 @click.option("--format", "fmt", type=click.Choice([f for f in FORMATS if f != "int8"]), required=True,
               help="Storage format to round every stored value through.")
-def convert(model: pathlib.Path, output: pathlib.Path, fmt: str) -> None:
+@COMPUTE_OPTION
+def convert(model: pathlib.Path, output: pathlib.Path, fmt: str, compute: str | None) -> None:
     """Write MODEL with its stored values in another format, without flips.
 
     This is what inject computes at p = 0: the clean baseline of a format.
     """
+    from onnxflip.graph.formats import describe_compute
     from onnxflip.graph.inject import convert_format
     from onnxflip.modelio import check_output_path, load_model, save_model
 
     check_output_path(output, inputs=(model,))
-    save_model(convert_format(load_model(model), format=fmt), output)
-    click.echo(f"wrote {output}: format {fmt}")
+    compute = compute or "native"
+    save_model(convert_format(load_model(model), format=fmt, compute=compute), output)
+    click.echo(f"wrote {output}: format {fmt}, computed in {describe_compute(fmt, compute)}")
 
 
 def _data_folder(ctx, param, value):
@@ -516,6 +525,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
               help="Number format the values are stored in [default: the injected model's, else int8 for a "
                    "quantised model, else the float type it computes in].")
+@COMPUTE_OPTION
 @TARGETS_OPTION
 @BITS_OPTION
 @DIRECTION_OPTION
@@ -550,7 +560,7 @@ CIFAR10_OPTION = _data_option("The CIFAR-10 folder the zoo trains on: its ImageF
 @_apply(EXECUTOR_OPTIONS)
 @SELECTION
 @FOLD_OPTION
-def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_p, memory, protect, midpoint, p_range,
+def evaluate(model, data, fmt, compute, targets, bits, direction, nonfinite, sweep, flip_p, memory, protect, midpoint, p_range,
              precision, budget, p_spec, trials, scoring, batch_size, seed, parameter_randomness, provider, out, resume,
              overwrite, executor, ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
@@ -593,7 +603,7 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     context = click.get_current_context()
     given = frozenset(name for name in ("targets", "bits", "batch_size")
                       if context.get_parameter_source(name) != DEFAULT)
-    settings = settings_for_model(clean_or_injected, settings, fmt=fmt, given=given)
+    settings = settings_for_model(clean_or_injected, settings, fmt=fmt, given=given, compute=compute)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(
         trials=settings,
@@ -698,6 +708,7 @@ def _time_budget(text: str) -> float:
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
               help="Number format the values are stored in [default: int8 for a quantised model, else the float "
                    "type it computes in].")
+@COMPUTE_OPTION
 @TARGETS_OPTION
 @BITS_OPTION
 @click.option("--samples", type=click.IntRange(1), default=100, show_default=True,
@@ -724,7 +735,7 @@ def _time_budget(text: str) -> float:
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @SELECTION
 @FOLD_OPTION
-def sensitivity(model, data, fmt, targets, bits, samples, metric, output, floor, preprocess, classes,
+def sensitivity(model, data, fmt, compute, targets, bits, samples, metric, output, floor, preprocess, classes,
                 batch_size, seed, budget, width, plan_budgets, measure_plans, out, overwrite, selection,
                 no_fold_batchnorm):
     """Map how much one flip of each bit of each site costs, and where to protect.
@@ -736,7 +747,7 @@ def sensitivity(model, data, fmt, targets, bits, samples, metric, output, floor,
     ranked by damage) to the results folder; with --plan-budget, plan.json
     files for `evaluate --protect`.
     """
-    from onnxflip.campaign.experiment import resolve_format
+    from onnxflip.campaign.experiment import resolve_compute, resolve_format
     from onnxflip.campaign.sensitivity import SensitivitySettings, run
     from onnxflip.modelio import load_model
     from onnxflip.report.sensitivity import summary_lines
@@ -749,8 +760,9 @@ def sensitivity(model, data, fmt, targets, bits, samples, metric, output, floor,
         raise click.UsageError(f"--plan-budget: {','.join(plan_budgets)} is not a list of shares") from None
     if any(not 0 < b <= 1 for b in budgets):
         raise click.UsageError("--plan-budget: a share of the stored bits is in (0, 1]")
-    fmt = resolve_format(load_model(model), fmt)
-    settings = SensitivitySettings(format=fmt, targets=tuple(targets), bits=bits, seed=seed, batch_size=batch_size,
+    loaded = load_model(model)
+    fmt = resolve_format(loaded, fmt)
+    settings = SensitivitySettings(format=fmt, compute=resolve_compute(loaded, fmt, compute), targets=tuple(targets), bits=bits, seed=seed, batch_size=batch_size,
                                    width=width, budget=_time_budget(budget), selection=selection,
                                    fold_batchnorm=not no_fold_batchnorm)
     out = out or pathlib.Path("results") / f"{model.stem}-{fmt}-sensitivity"

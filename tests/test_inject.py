@@ -16,6 +16,7 @@ from onnxflip import OnnxflipError
 from onnxflip.faults import FaultModel
 from onnxflip.graph.config import InjectionConfig, control_input_name
 from onnxflip.graph.inject import convert_format, insert_flipbits
+from onnxflip.graph.passes import LowerFloat64Pass
 from onnxflip.graph.passes.fold_batchnorm import fold_batchnorm
 from onnxflip.graph.passes.materialize import materialize_parameters
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
@@ -173,16 +174,20 @@ def test_reinjection_is_refused():
         insert_flipbits(insert_flipbits(conv_model()))
 
 
+@pytest.mark.parametrize("compute", ["native", "float32"])
 @pytest.mark.parametrize("fmt", ["float16", "bfloat16", "float64"])
-def test_emulated_formats_store_in_the_format(fmt):
+def test_emulated_formats_store_in_the_format(fmt, compute):
+    """Stored in the format, whichever the compute (tests/test_compute.py: how each computes); the converted
+    float64 graph is written in ops ONNX Runtime's CPU provider has, as the injection is."""
     model = conv_model()
     feeds = {"x": RNG.random((2, 3, 8, 8), dtype=np.float32)}
-    injected = insert_flipbits(model, config=InjectionConfig(format=fmt))
+    injected = insert_flipbits(model, config=InjectionConfig(format=fmt, compute=compute))
     check(injected)
     flips = [n for n in injected.graph if n.op_type == "FlipBits"]
     assert {n.inputs[0].dtype.name.lower() for n in flips} == {{"float16": "float16", "bfloat16": "bfloat16",
                                                                  "float64": "double"}[fmt]}
-    clean = convert_format(model, format=fmt)
+    clean = convert_format(model, format=fmt, compute=compute)
+    LowerFloat64Pass()(clean)
     out = run_model(injected, feeds, exact=True)[0]
     np.testing.assert_array_equal(out, run_model(clean, feeds, exact=True)[0])
     eps = {"float16": np.finfo(np.float16).eps, "bfloat16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps),

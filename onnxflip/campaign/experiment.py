@@ -41,12 +41,13 @@ from onnxflip.data.base import DataSource, model_outputs
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import check_labels, match_classes, model_class_names, open_source, resolve_data
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.formats import model_format
+from onnxflip.graph.formats import converted_compute, converted_format, model_format
 from onnxflip.graph.inputs import batch_dimension
+from onnxflip.graph.record import InjectionRecord
 from onnxflip.metrics import Metric, metric_from_spec
 from onnxflip.modelio import load_model
 
-__all__ = ["Experiment", "parse_probabilities", "resolve_format", "run", "settings_for_model"]
+__all__ = ["Experiment", "parse_probabilities", "resolve_compute", "resolve_format", "run", "settings_for_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +123,31 @@ def resolve_format(model, requested: str | None) -> str:
     return recorded or requested or model_format(model)
 
 
+def resolve_compute(model, fmt: str, requested: str | None) -> str:
+    """How to compute ``fmt``: as an injected model records, else as ``convert`` wrote the model, else as asked
+    for, else native (:data:`~onnxflip.graph.formats.COMPUTES`)."""
+    record = InjectionRecord.read(model)
+    fixed = record.config.compute if record is not None else (
+        converted_compute(model) if converted_format(model) == fmt else None)
+    if fixed is not None and requested is not None and requested != fixed:
+        how = "injected" if record is not None else f"converted to {fmt}"
+        raise OnnxflipError(f"the model is {how} with --compute {fixed}, not {requested}; leave --compute out, or "
+                            "give the original model")
+    return fixed or requested or "native"
+
+
 def settings_for_model(model: ir.Model, settings: TrialSettings, *, fmt: str | None,
-                       given: frozenset[str]) -> TrialSettings:
+                       given: frozenset[str], compute: str | None = None) -> TrialSettings:
     """The trial settings of a campaign on ``model``: in the batch size its inputs fix (unless ``batch_size`` is
     in ``given``, the settings set by the user), with the targets and bits an injected model holds (see
-    :func:`~onnxflip.campaign.trials.injected_settings`), in the format :func:`resolve_format` gives."""
+    :func:`~onnxflip.campaign.trials.injected_settings`), in the format :func:`resolve_format` gives, computed
+    as :func:`resolve_compute` says."""
     fixed = batch_dimension(model)
     if fixed is not None and "batch_size" not in given:
         settings = dataclasses.replace(settings, batch_size=fixed)  # exported with a fixed batch: batches of it
     settings = injected_settings(model, settings, given=given)
-    return dataclasses.replace(settings, format=resolve_format(model, fmt))
+    fmt = resolve_format(model, fmt)
+    return dataclasses.replace(settings, format=fmt, compute=resolve_compute(model, fmt, compute))
 
 
 class _Replay:

@@ -107,6 +107,7 @@ class SensitivitySettings:
     """Everything that decides the numbers of a map (recorded with it)."""
 
     format: str = "float32"
+    compute: str = "native"  # how the format computes (onnxflip.graph.formats.COMPUTES)
     targets: tuple[str, ...] = DEFAULT_TARGETS
     bits: str = "all"
     seed: int = 0
@@ -301,7 +302,8 @@ def measure(model, source: DataSource, metric: Metric, settings: SensitivitySett
     began = time.perf_counter()
     if hasattr(metric, "generate"):
         raise OnnxflipError(f"a map scores single runs; {metric.name} generates over many: use perplexity or agreement")
-    probes = insert_probes(model, format=settings.format, targets=settings.targets, bits=settings.bits,
+    probes = insert_probes(model, format=settings.format, compute=settings.compute, targets=settings.targets,
+                           bits=settings.bits,
                            selection=settings.selection, fold_batchnorm=settings.fold_batchnorm)
     fixed = batch_dimension(probes.probed)
     batch_size = settings.batch_size
@@ -487,7 +489,7 @@ def _measure_plans(model_path, data, out, settings, plans, *, metric, samples, o
     for name, plan in [("unprotected", None), *plans]:
         protection = Protection() if plan is None else Protection.of_pairs(
             [(p["site"], p["bit"]) for p in plan["protect"]], format=plan["format"])
-        trials = TrialSettings(format=settings.format, targets=settings.targets, fault=FaultModel(bits=settings.bits),
+        trials = TrialSettings(format=settings.format, compute=settings.compute, targets=settings.targets, fault=FaultModel(bits=settings.bits),
                                seed=settings.seed,
                                batch_size=settings.batch_size, selection=settings.selection,
                                fold_batchnorm=settings.fold_batchnorm, protection=protection)

@@ -49,6 +49,7 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.faults import RANDOMNESS, FaultModel, WordCounts, words_per_run
 from onnxflip.graph.cache import cache_pairs
 from onnxflip.graph.config import InjectionConfig, control_input_name, counts_output_name
+from onnxflip.graph.formats import COMPUTES
 from onnxflip.graph.inject import insert_flipbits
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
@@ -106,6 +107,7 @@ class TrialSettings:
     """
 
     format: str = "float32"
+    compute: str = "native"  # how the format computes (onnxflip.graph.formats.COMPUTES)
     targets: tuple[str, ...] = DEFAULT_TARGETS
     fault: FaultModel = field(default_factory=FaultModel)
     direction: str = "both"
@@ -122,6 +124,8 @@ class TrialSettings:
     parameter_randomness: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.compute not in COMPUTES:
+            raise OnnxflipError(f"compute must be one of {', '.join(COMPUTES)}, not {self.compute!r}")
         if self.sweep not in SWEEPS:
             raise OnnxflipError(f"sweep must be one of {', '.join(SWEEPS)}, not {self.sweep!r}")
         if self.fault.p01 or self.fault.p10 or self.fault.seed or self.fault.randomness != "fixed":
@@ -165,6 +169,8 @@ class TrialSettings:
                 "flip_p": self.flip_p, "ecc": fault.ecc, "on_detected": fault.on_detected}
         if self.protection.masks:
             data["protection"] = self.protection.to_json()
+        if self.format not in ("float32", "int8"):  # how the format computed (float32 and int8 compute as stored)
+            data["compute"] = self.compute
         if self.parameter_randomness != "fixed":  # write noise: results without the field stay comparable
             data["parameter_randomness"] = self.parameter_randomness
         return data
@@ -180,7 +186,7 @@ class TrialSettings:
     def injection(self) -> InjectionConfig:
         """Activations flip with fixed randomness too: each batch is fed its own seed, so every number is
         reproducible from the run seed.  The rates are the trials' control inputs; ECC is the nodes'."""
-        return InjectionConfig.build(format=self.format, targets=self.targets,
+        return InjectionConfig.build(format=self.format, compute=self.compute, targets=self.targets,
                                      fault=replace(self.fault, s0=0.0, s1=0.0) if self.fault.stuck else self.fault,
                                      activation_randomness="fixed", selection=self.selection,
                                      fold_batchnorm=self.fold_batchnorm, protection=self.protection)
@@ -278,6 +284,9 @@ class LocalRunner:
             self.injected = model
             if record.config.format != settings.format:
                 raise OnnxflipError(f"the model is injected in format {record.config.format}, not {settings.format}")
+            if record.config.compute != settings.compute and settings.format not in ("float32", "int8"):
+                raise OnnxflipError(f"the model is injected with --compute {record.config.compute}, not "
+                                    f"{settings.compute}")
             _check_injected_ecc(record, settings)
         else:
             self.injected = insert_flipbits(model, config=settings.injection())

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel
+from onnxflip.graph.formats import COMPUTES
 from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
 from onnxflip.protection import Protection
 
@@ -34,6 +35,7 @@ class InjectionConfig:
     """What to inject: the storage format, the fault model per target class, the site selection."""
 
     format: str = "float32"
+    compute: str | None = "native"  # how the format computes (formats.COMPUTES); None: the model's own
     activations: FaultModel | None = field(default_factory=lambda: FaultModel(randomness="per_run"))
     weights: FaultModel | None = field(default_factory=FaultModel)
     biases: FaultModel | None = field(default_factory=FaultModel)
@@ -48,6 +50,7 @@ class InjectionConfig:
         cls,
         *,
         format: str = "float32",
+        compute: str | None = "native",
         targets: Iterable[str] = DEFAULT_TARGETS,
         fault: FaultModel | None = None,
         activation_randomness: str = "per_run",
@@ -70,10 +73,14 @@ class InjectionConfig:
             randomness = activation_randomness if target in PER_SAMPLE_TARGETS else parameter_randomness
             return fault if fault.randomness == randomness else replace(fault, randomness=randomness)
 
-        return cls(format=format, activations=for_target("activations"), weights=for_target("weights"),
+        return cls(format=format, compute=compute, activations=for_target("activations"), weights=for_target("weights"),
                    biases=for_target("biases"), qparams=for_target("qparams"), kv_cache=for_target("kv-cache"),
                    selection=selection or Selection(), fold_batchnorm=fold_batchnorm,
                    protection=protection or Protection())
+
+    def __post_init__(self) -> None:
+        if self.compute is not None and self.compute not in COMPUTES:
+            raise OnnxflipError(f"compute must be one of {', '.join(COMPUTES)}, not {self.compute!r}")
 
     def fault_model(self, target: str) -> FaultModel | None:
         return getattr(self, target.replace("-", "_"))
@@ -106,7 +113,9 @@ class InjectionConfig:
         if "activation_ops" in selection:
             selection["activation_ops"] = tuple(selection["activation_ops"])
         protection = Protection.of_masks([(site, int(mask, 16)) for site, mask in (data.get("protection") or {}).items()])
-        return cls(format=data["format"], activations=fault("activations"), weights=fault("weights"),
+        # A record written before the compute was recorded: its float16, bfloat16 and float64 were emulated.
+        compute = data.get("compute", "native" if data["format"] in ("float32", "int8") else "float32")
+        return cls(format=data["format"], compute=compute, activations=fault("activations"), weights=fault("weights"),
                    biases=fault("biases"), qparams=fault("qparams"), kv_cache=fault("kv-cache"),
                    selection=Selection(**selection), fold_batchnorm=data.get("fold_batchnorm", True),
                    protection=protection)

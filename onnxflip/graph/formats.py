@@ -1,13 +1,22 @@
 """Storage formats: the number format in which a model's values sit in memory.
 
 * ``float32`` is native: FlipBits acts on the tensors the kernels read.
-* ``float16``, ``bfloat16`` and ``float64`` are emulated: the graph computes
-  in float32, and every stored value is cast to the format where it is
-  written, flipped there and cast back; weights and biases are held as
-  initializers of that format.  ONNX Runtime's CPU provider has no bfloat16
-  or float64 Conv, and runs a float16 graph's convolutions in float32 anyway
-  (its optimiser removes the Casts and uses its float32 NCHWc kernels), so
-  emulation is what the CPU computes in every case, made explicit.
+* ``float16``, ``bfloat16`` and ``float64`` store every value in the format:
+  it is cast to the format where it is written, flipped there and cast back;
+  weights and biases are held as initializers of that format.  How the graph
+  computes between the stored values is the *compute* (:data:`COMPUTES`,
+  ``--compute``):
+
+  - ``native`` (the default) computes as the format computes
+    (:mod:`onnxflip.graph.passes.compute_in_format`): float64 in float64
+    throughout (the ops ONNX Runtime's CPU provider has no float64 kernel for
+    written in float64 ops it has, :mod:`onnxflip.graph.passes.lower_float64`),
+    so a flipped value up to 2^1023 stays finite; float16 and bfloat16 with
+    every op's result rounded to the format, accumulated in float32 as GPU
+    kernels do, so a result beyond the format's range overflows as it would.
+  - ``float32`` is the emulation: computed in float32, the format met only
+    where a value is stored (a float64 value beyond float32's range becomes
+    inf there; a float16 sum beyond 65504 between two stored values does not).
 * ``int8`` takes a quantised model and flips its stored integers as they are:
   in a QDQ model (``onnxflip quantize``, ONNX Runtime's QDQ quantiser) the
   int8 tensors between QuantizeLinear and DequantizeLinear, the int8 weights
@@ -34,12 +43,27 @@ from onnxflip.errors import OnnxflipError
 from onnxflip.graph.stored import COMPUTE_OPS, all_nodes, quantised_form
 from onnxflip.runtime.contract import ElementType, element_type
 
-__all__ = ["FORMATS", "FORMAT_METADATA_KEY", "StorageFormat", "converted_format", "is_qdq", "is_quantised",
-           "model_format", "native_float_type", "require_format_fits",
-           "storage_format"]
+__all__ = [
+    "COMPUTES",
+    "COMPUTE_METADATA_KEY",
+    "FORMATS",
+    "FORMAT_METADATA_KEY",
+    "StorageFormat",
+    "converted_compute",
+    "converted_format",
+    "describe_compute",
+    "is_qdq",
+    "is_quantised",
+    "model_format",
+    "native_float_type",
+    "require_format_fits",
+    "storage_format",
+]
 
 _BFLOAT16_CAST_OPSET = 13  # the first opset whose Cast takes bfloat16
 FORMAT_METADATA_KEY = "onnxflip.format"  # the format `onnxflip convert` stored a model's values in
+COMPUTE_METADATA_KEY = "onnxflip.compute"  # the compute `onnxflip convert` wrote a model's graph in
+COMPUTES = ("native", "float32")  # as the format computes; float32 with the format met where values are stored
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,25 @@ def converted_format(model: ir.Model) -> str | None:
     folds BatchNorm); None otherwise."""
     converted = model.metadata_props.get(FORMAT_METADATA_KEY, "float32")
     return None if converted == "float32" else converted
+
+
+def converted_compute(model: ir.Model) -> str | None:
+    """The compute ``convert`` wrote the model's graph in (None for a model it did not write; a model it wrote
+    before the compute was recorded computes in float32)."""
+    if converted_format(model) is None:
+        return model.metadata_props.get(COMPUTE_METADATA_KEY)
+    return model.metadata_props.get(COMPUTE_METADATA_KEY, "float32")
+
+
+def describe_compute(fmt: str, compute: str) -> str:
+    """How a format's values are computed, in words (results and summaries say it)."""
+    if fmt in ("float32", "int8"):
+        return f"{fmt}, as stored" if fmt == "float32" else "int8 as ONNX Runtime's quantised kernels compute it"
+    if compute == "float32":
+        return f"float32 (emulated: values stored in {fmt} where written, computed in float32 between)"
+    if fmt == "float64":
+        return "float64 throughout (native)"
+    return f"{fmt} (native: every op's result rounded to {fmt}, sums accumulated in float32 as GPU kernels do)"
 
 
 def model_format(model: ir.Model) -> str:

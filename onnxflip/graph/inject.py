@@ -1,13 +1,18 @@
 """Insert FlipBits where a model stores values, in the chosen storage format: a sequence of passes.
 
-    model -> LiftStoredConstantsPass -> FoldBatchNormPass -> InferShapesPass -> (find sites)
-          -> StoreInFormatPass -> InsertFlipBitsPass -> injected model
+    model -> LiftStoredConstantsPass -> FoldBatchNormPass -> InferShapesPass
+          (float64, compute native: -> ComputeInFloat64Pass -> InferShapesPass) -> (find sites)
+          -> StoreInFormatPass (float16, bfloat16, compute native: -> RoundToFormatPass)
+          -> InsertFlipBitsPass -> LowerFloat64Pass -> injected model
           (int8 QDQ: -> StoreInt8AsUint8Pass -> NhwcIntegerConvPass, the same
           flips on the tensors ONNX Runtime's integer kernels read, see
           :mod:`onnxflip.graph.passes.qlinear`)
 
-``convert_format`` runs the same sequence up to StoreInFormatPass: the clean
-model in a format, what an injected model computes at p = 0.  Both work on a
+``convert_format`` runs the same sequence up to StoreInFormatPass (and
+RoundToFormatPass): the clean model in a format, what an injected model
+computes at p = 0; its float64 graph keeps its float64 Conv nodes (ONNX
+Runtime's CPU provider has no kernel for them: LowerFloat64Pass writes them
+in other ops where the model is injected).  Both work on a
 copy; the caller's model is not changed.  A model that already carries an
 injection record (:mod:`onnxflip.graph.record`) is refused (inject the
 original again).  A
@@ -29,8 +34,10 @@ from onnxflip.faults import ecc_word
 from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.coverage import Coverage, coverage_of
 from onnxflip.graph.formats import (
+    COMPUTE_METADATA_KEY,
     FORMAT_METADATA_KEY,
     StorageFormat,
+    converted_compute,
     converted_format,
     is_qdq,
     is_quantised,
@@ -41,11 +48,14 @@ from onnxflip.graph.formats import (
 )
 from onnxflip.graph.inputs import check_graph
 from onnxflip.graph.passes import (
+    ComputeInFloat64Pass,
     FoldBatchNormPass,
     InferShapesPass,
     InsertFlipBitsPass,
     LiftStoredConstantsPass,
+    LowerFloat64Pass,
     NhwcIntegerConvPass,
+    RoundToFormatPass,
     StoreInFormatPass,
     StoreInt8AsUint8Pass,
 )
@@ -55,7 +65,8 @@ from onnxflip.graph.sites import Selection, Site, all_nodes, find_sites
 from onnxflip.graph.stored import stored_tensors
 from onnxflip.runtime.contract import DOMAIN, ElementType, element_type
 
-__all__ = ["convert_format", "insert_flipbits", "is_injected", "plan_sites", "site_coverage", "why_no_sites"]
+__all__ = ["convert_format", "insert_flipbits", "is_injected", "plan_sites", "resolve_config", "rounding_passes",
+           "site_coverage", "why_no_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +95,33 @@ def _prepare(model: ir.Model, config: InjectionConfig) -> ir.Model:
     check_graph(model)
     passes = [LiftStoredConstantsPass(), *([FoldBatchNormPass()] if config.fold_batchnorm else [])]
     prepared = _run([*passes, InferShapesPass()], model.clone())
+    if config.format == "float64" and config.compute == "native" and _computes_in_float32(prepared):
+        prepared = _run([ComputeInFloat64Pass(), InferShapesPass()], prepared)
     prepared.graph.meta.update(model.graph.meta)  # e.g. that the model came with external data
     return prepared
 
 
+def _computes_in_float32(model: ir.Model) -> bool:
+    return (converted_format(model) is None and not is_quantised(model)
+            and native_float_type(model) == ir.DataType.FLOAT)
+
+
+def resolve_config(config: InjectionConfig, model: ir.Model) -> InjectionConfig:
+    """``config`` with the model's own format and compute where they are None: the format of
+    :func:`in_model_format`, the compute a converted model was written in (the only one it computes), else
+    native."""
+    config = in_model_format(config, model)
+    if config.compute is None:
+        written = converted_compute(model) if converted_format(model) == config.format else None
+        config = dataclasses.replace(config, compute=written or "native")
+    return config
+
+
 def plan_sites(model: ir.Model, config: InjectionConfig) -> tuple[ir.Model, StorageFormat, list[Site]]:
-    """A prepared copy of the model (BN folded, shapes inferred), the format as it applies, and the sites."""
+    """A prepared copy of the model (BN folded, shapes inferred, float64 retyped where it computes natively),
+    the format as it applies, and the sites."""
+    config = resolve_config(config, model)
+    _check_compute(model, config)
     prepared = _prepare(model, config)
     fmt = require_format_fits(prepared, storage_format(config.format))
     converted = converted_format(prepared) is not None  # its stored values are the outputs of convert's casts
@@ -120,6 +152,27 @@ def why_no_sites(coverage: Coverage) -> str:
     return f"no stored activation follows a Conv, Gemm, MatMul or embedding, and {parameters}"
 
 
+def _check_compute(model: ir.Model, config: InjectionConfig) -> None:
+    """Refuse a compute the model cannot be run in: float32 for a model that computes in another float type
+    itself, another compute than the one ``convert`` wrote a model in, float32 for int8."""
+    if config.compute == "native":
+        written = converted_compute(model)
+        if written == "float32" and converted_format(model) == config.format:
+            raise OnnxflipError(f"the model was converted to {config.format} with --compute float32; use "
+                                "--compute float32, or convert the original model again")
+        return
+    if config.format == "int8":
+        raise OnnxflipError("--compute float32 emulates a float format in float32; int8 computes as ONNX Runtime's "
+                            "quantised kernels do")
+    if converted_compute(model) == "native" and converted_format(model) is not None:
+        raise OnnxflipError(f"the model was converted to {config.format} with --compute native; use --compute "
+                            "native, or convert the original model again")
+    native = native_float_type(model)
+    if not is_quantised(model) and native != ir.DataType.FLOAT and converted_format(model) is None:
+        raise OnnxflipError(f"the model computes in {native.name.lower()} itself; --compute float32 emulates a "
+                            "format on a float32 model: give the float32 original")
+
+
 def _check_ecc_site(model: ir.Model, site: Site, ecc: str, etype: ElementType) -> None:
     """Raise OnnxflipError where ``ecc`` cannot protect the site: a width it has no code for, or a
     site inside an If/Loop/Scan body, whose word counts cannot reach the main graph's counts output."""
@@ -142,13 +195,14 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -
     ``config`` defaults to ``InjectionConfig()`` (float32, every target, p = 0); a format of None is the
     model's own (:func:`in_model_format`).  Raises OnnxflipError when no site matches the selection.
     """
-    config = in_model_format(config or InjectionConfig(), model)
+    config = resolve_config(config or InjectionConfig(), model)
     prepared, fmt, sites = plan_sites(model, config)
     coverage = site_coverage(prepared, sites, config)
     if not sites:
         raise OnnxflipError(f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format "
                             f"{config.format}): {why_no_sites(coverage)}")
-    passes = [StoreInFormatPass(fmt, sites), InsertFlipBitsPass(config, sites, coverage)]
+    passes = [StoreInFormatPass(fmt, sites), *rounding_passes(fmt, config), InsertFlipBitsPass(config, sites, coverage),
+              LowerFloat64Pass(refuse=_computes_in_float32(model))]
     if config.format == "int8" and is_qdq(prepared):  # the same flips, on the tensors ONNX Runtime's integer kernels read
         passes += [StoreInt8AsUint8Pass(), NhwcIntegerConvPass()]
     result = _run(passes, prepared)
@@ -156,12 +210,20 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -
     return result
 
 
-def convert_format(model: ir.Model, *, format: str, selection: Selection | None = None) -> ir.Model:
+def rounding_passes(fmt: StorageFormat, config: InjectionConfig) -> list[ir.passes.PassBase]:
+    """float16 and bfloat16 computed natively: every op's result rounded to the format."""
+    return [RoundToFormatPass(fmt)] if fmt.emulated and config.compute == "native" else []
+
+
+def convert_format(model: ir.Model, *, format: str, compute: str = "native",
+                   selection: Selection | None = None) -> ir.Model:
     """The clean model in a storage format: what an injected model computes at p = 0.
 
     float16, bfloat16 and float64 round every stored value (the sites of all
-    three target classes) through the format; float32 only folds BatchNorm.
-    The same site logic as :func:`insert_flipbits`.
+    three target classes) through the format, and compute as ``compute``
+    says (see :mod:`onnxflip.graph.formats`); float32 only folds BatchNorm.
+    The same site logic as :func:`insert_flipbits`.  A float64 model
+    computed natively is a float64 graph: it needs no format recorded.
     """
     if format == "int8":
         raise OnnxflipError("int8 models come from `onnxflip quantize`, not from convert")
@@ -171,7 +233,10 @@ def convert_format(model: ir.Model, *, format: str, selection: Selection | None 
     if is_quantised(model):
         raise OnnxflipError("the model is quantised: convert writes float formats of a float model; inject or "
                             "evaluate the int8 model as it is")
-    prepared, fmt, sites = plan_sites(model, InjectionConfig(format=format, selection=selection or Selection()))
-    result = _run([StoreInFormatPass(fmt, sites)], prepared)
-    result.metadata_props[FORMAT_METADATA_KEY] = format
+    config = InjectionConfig(format=format, compute=compute, selection=selection or Selection())
+    prepared, fmt, sites = plan_sites(model, config)
+    result = _run([StoreInFormatPass(fmt, sites), *rounding_passes(fmt, config)], prepared)
+    if fmt.emulated:
+        result.metadata_props[FORMAT_METADATA_KEY] = format
+        result.metadata_props[COMPUTE_METADATA_KEY] = compute
     return result

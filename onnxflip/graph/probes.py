@@ -34,8 +34,9 @@ from onnxflip.bits import field_mask
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel
 from onnxflip.graph.config import InjectionConfig
-from onnxflip.graph.inject import _run, plan_sites, site_coverage, why_no_sites
-from onnxflip.graph.passes import StoreInFormatPass
+from onnxflip.graph.formats import native_float_type
+from onnxflip.graph.inject import _run, plan_sites, resolve_config, rounding_passes, site_coverage, why_no_sites
+from onnxflip.graph.passes import LowerFloat64Pass, StoreInFormatPass
 from onnxflip.graph.passes.insert_probes import InsertProbesPass, probe_input_names, probe_value_name
 from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, Selection, Site
 from onnxflip.runtime.contract import ElementType, element_type
@@ -88,22 +89,24 @@ class Probes:
     sites: list[ProbeSite]
 
 
-def insert_probes(model: ir.Model, *, format: str = "float32", targets: Iterable[str] = DEFAULT_TARGETS,
-                  bits: str | int = "all", selection: Selection | None = None,
+def insert_probes(model: ir.Model, *, format: str = "float32", compute: str | None = "native",
+                  targets: Iterable[str] = DEFAULT_TARGETS, bits: str | int = "all", selection: Selection | None = None,
                   fold_batchnorm: bool = True) -> Probes:
     """The probed model, the template and the sites, in graph order; ``model`` is not changed."""
-    config = InjectionConfig.build(format=format, targets=targets, fault=FaultModel(bits=bits), selection=selection,
+    config = InjectionConfig.build(format=format, compute=compute, targets=targets, fault=FaultModel(bits=bits), selection=selection,
                                    fold_batchnorm=fold_batchnorm)
     prepared, fmt, sites = plan_sites(model, config)
     if not sites:
         raise OnnxflipError(f"no site matches the selection (targets {', '.join(config.targets)}, format "
                             f"{config.format}): {why_no_sites(site_coverage(prepared, sites, config))}")
-    converted = _run([StoreInFormatPass(fmt, sites)], prepared)
+    converted = _run([StoreInFormatPass(fmt, sites), *rounding_passes(fmt, resolve_config(config, model))], prepared)
     described = [_describe(converted.graph, index, site, bits) for index, site in enumerate(sites)]
     bound = {s.stored_name for s in described if s.stored_name is not None}
-    template = bound_per_session(runtime_proto(converted), bound)
+    lower = LowerFloat64Pass(refuse=native_float_type(model) == ir.DataType.FLOAT)
+    template = bound_per_session(runtime_proto(_run([lower], converted.clone())), bound)
     written = [d for d in described if d.target in PER_SAMPLE_TARGETS and d.unprobed is None]
-    _run([InsertProbesPass([sites[d.index] for d in written], indices=[d.index for d in written])], converted)
+    _run([InsertProbesPass([sites[d.index] for d in written], indices=[d.index for d in written]),
+          lower], converted)
     return Probes(converted, template, described)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from onnxflip.graph.formats import describe_compute
 from onnxflip.report.sites_table import percent
 
 __all__ = ["count", "evaluation_summary"]
@@ -61,6 +62,9 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
     exposure = result.get("exposure")
     if exposure:
         lines.append(_exposure_line(exposure))
+    fmt = result["settings"].get("format")
+    if fmt not in (None, "float32", "int8"):  # results written before the compute was recorded emulated it
+        lines.append(f"format {fmt}, computed in {describe_compute(fmt, result['settings'].get('compute', 'float32'))}")
     if mid["status"] in ("above", "below"):
         lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
     elif mid["status"] == "no fall":

@@ -63,7 +63,7 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(_exposure_line(exposure))
     if mid["status"] in ("above", "below"):
         lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
-    elif mid["status"] == "no fall":
+    elif mid["status"] in ("no fall", "non-monotone"):
         lines.append(f"no midpoint: {mid['note']}")
     elif mid["p"] is not None:
         span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
@@ -71,6 +71,8 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
     else:
         lines.append("midpoint not reached in the measured range")
+    if mid.get("note") and mid["status"] in ("grid", "not reached"):  # the points rise above the level again
+        lines.append(f"note: {mid['note']}")
     reached = (result.get("fit") or {}).get("at_bound") or []
     if reached:  # the data did not place these: the bound did, and the interval rests on that
         lines.append(f"the fitted curve's {', '.join(reached)} sits at the bound of its search: the trials do not "

@@ -52,13 +52,44 @@ def _class_zero_model(tmp_path: pathlib.Path, *, samples: int = 200, share: floa
     return tmp_path / "three.onnx", tmp_path / "three.npz"
 
 
-def test_a_grid_whose_score_dips_below_the_level_is_not_called_above_the_range(tmp_path, capsys):
-    """The user's grid: the table shows the score below the midpoint level at p = 1e-4 and above it at 1e-2 (the
-    NaN outputs there agree with the clean class 0); the verdict follows from every point, so it is not "above"
-    but non-monotone, naming both points, and no midpoint is claimed."""
+def test_outputs_all_nan_agree_with_nothing(tmp_path, capsys):
+    """The user's model: at p = 1e-2 every output is NaN or inf, and the clean model predicts class 0 for 70% of
+    the samples.  Under NumPy's argmax rule each NaN vector "predicted" class 0 and agreed 68% of the time, and the
+    run called the model robust ("midpoint above the range"); now a ruined output agrees with nothing, the table
+    shows the non-finite share beside the score, and results.json records the rule.  --nonfinite-score argmax
+    gives the old numbers back."""
     model, data = _class_zero_model(tmp_path)
-    code, out, err = _cli(capsys, "evaluate", model, "--data", data, "--metric", "agreement",
-                          "--p", "0,1e-4,1e-3,1e-2", "--trials", "3", "--out", tmp_path / "r")
+
+    def evaluate(*extra: str) -> tuple[dict, str]:
+        out = tmp_path / f"r{len(extra)}"
+        code, printed, err = _cli(capsys, "evaluate", model, "--data", data, "--metric", "agreement",
+                                  "--p", "0,1e-4,1e-3,1e-2", "--trials", "3", "--out", out, *extra)
+        assert code == 0, err
+        return json.loads((out / "results.json").read_text()), printed
+
+    result, printed = evaluate()
+    ruined = result["rows"][-1]
+    assert ruined["p"] == 1e-2 and ruined["nonfinite"] == 1.0  # every output NaN or inf
+    assert ruined["mean"] == 0.0 and result["midpoint"]["status"] == "below", result["midpoint"]
+    row = next(line for line in printed.splitlines() if line.split()[:1] == ["0.01"])
+    assert row.split()[:4] == ["0.01", "3", "0.0000", "100.0%"], printed
+    assert ("nonfinite: the share of samples whose output holds NaN or inf; agreement scores them as wrong "
+            "(--nonfinite-score wrong)") in printed
+    assert result["experiment"]["nonfinite_score"] == result["nonfinite_score"] == "wrong"
+
+    old, printed = evaluate("--nonfinite-score", "argmax")
+    assert old["rows"][-1]["nonfinite"] == 1.0 and 0.6 < old["rows"][-1]["mean"] <= 0.7  # NaN "agrees" on class 0
+    assert old["experiment"]["nonfinite_score"] == old["nonfinite_score"] == "argmax"
+    assert "agreement ranks NaN as the largest value (--nonfinite-score argmax)" in printed
+
+
+def test_a_grid_whose_score_dips_below_the_level_is_not_called_above_the_range(tmp_path, capsys):
+    """The user's grid, scored by the argmax rule: the table shows the score below the midpoint level at p = 1e-4
+    and above it at 1e-2 (the NaN outputs there agree with the clean class 0); the verdict follows from every
+    point, so it is not "above" but non-monotone, naming both points, and no midpoint is claimed."""
+    model, data = _class_zero_model(tmp_path)
+    code, out, err = _cli(capsys, "evaluate", model, "--data", data, "--metric", "agreement", "--nonfinite-score",
+                          "argmax", "--p", "0,1e-4,1e-3,1e-2", "--trials", "3", "--out", tmp_path / "r")
     assert code == 0, err
     result = json.loads((tmp_path / "r" / "results.json").read_text())
     mid, means = result["midpoint"], {r["p"]: r["mean"] for r in result["rows"]}

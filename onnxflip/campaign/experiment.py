@@ -93,6 +93,7 @@ class Experiment:
     trials_per_point: int = 3
     samples: int | None = None  # the first N samples (class-balanced) define the estimand; None: all
     metric: str = "top1"
+    nonfinite_score: str = "wrong"  # how top1, topK and agreement score outputs that hold NaN or inf
     output: str | None = None
     floor: float | None = None
     preprocess: str | None = None
@@ -111,7 +112,8 @@ class Experiment:
             "search": self.search.to_json() if self.search is not None else None,
             "probabilities": list(self.probabilities) if self.probabilities is not None else None,
             "trials_per_point": self.trials_per_point if self.probabilities is not None else None,
-            "samples": self.samples, "metric": self.metric, "output": self.output, "floor": self.floor,
+            "samples": self.samples, "metric": self.metric, "nonfinite_score": self.nonfinite_score,
+            "output": self.output, "floor": self.floor,
             "preprocess": self.preprocess, "classes": list(self.classes) if self.classes else None,
         }
 
@@ -284,7 +286,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
 
 def _local_runner(experiment: Experiment, model: ir.Model, data, on_batch) -> tuple[LocalRunner, object, Metric]:
     """The model injected, the data source opened and checked, the metric: the runner of the experiment's trials."""
-    metric = metric_from_spec(experiment.metric)
+    metric = metric_from_spec(experiment.metric, nonfinite_score=experiment.nonfinite_score)
     source, data_path = scored_source(model, data, metric=metric, output=experiment.output,
                                       preprocess=experiment.preprocess, classes=experiment.classes,
                                       samples=experiment.samples, cache_bytes=experiment.cache_bytes)
@@ -380,6 +382,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "settings": experiment.trials.to_json(),
         "experiment": experiment.to_json(),
         "metric": metric.name,
+        "nonfinite_score": getattr(metric, "nonfinite_score", None),  # the rule the metric applied (None: it has none)
         "output": runner.output,
         "exposure": runner.exposure,
         "floor": runner.floor,

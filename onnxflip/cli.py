@@ -43,6 +43,7 @@ from onnxflip.faults import FaultModel, resolve_probabilities
 from onnxflip.graph.config import InjectionConfig
 from onnxflip.graph.formats import COMPUTES, FORMATS
 from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, TARGETS, Selection
+from onnxflip.metrics import NONFINITE_METRICS, NONFINITE_SCORES
 from onnxflip.protection import Protection, read_plan
 from onnxflip.report.summary import count, evaluation_summary
 from onnxflip.runtime.contract import ECC_MODES, NONFINITE_POLICIES, ON_DETECTED, RANDOMNESS
@@ -343,7 +344,8 @@ FLIP_P_OPTION = click.option(
     "--flip-p", type=PROBABILITY, default=0.0, show_default=True,
     help="With --sweep stuck-at: a flip probability (in --direction) added to every faulty point.")
 
-# What a campaign scores, and on which samples: Experiment's fields of the same names (sensitivity shares the last four).
+# What a campaign scores, and on which samples: Experiment's fields of the same names (sensitivity shares all but
+# --samples and --metric; reproduce, whose cells score top1, --nonfinite-score).
 SCORED_OUTPUT_OPTION = _option("--output", "output", default=None,
                                help="The model output the metric reads [default: the first].")
 FLOOR_OPTION = _option("--floor", type=float, default=None,
@@ -351,6 +353,11 @@ FLOOR_OPTION = _option("--floor", type=float, default=None,
 PREPROCESS_OPTION = _option("--preprocess", default=None,
                             help="Image preprocessing: a JSON spec, a .json file or a preset (imagenet, cifar10) "
                                  "[default: the model's onnxflip.preprocess metadata].")
+NONFINITE_SCORE_OPTION = _option(
+    "--nonfinite-score", "nonfinite_score", type=click.Choice(NONFINITE_SCORES), default="wrong", show_default=True,
+    help=f"How {NONFINITE_METRICS} score a sample whose output holds NaN or inf: wrong (a ruined output agrees "
+         "with nothing), or argmax (NaN counts as the largest value, as in NumPy's argmax, so outputs all NaN "
+         "predict class 0).")
 CLASSES_OPTION = _option("--classes", "classes", type=ClassNames(), default=None,
                          help="The model's class names in output order: a comma list, or a file with one per line; "
                               "class folders are matched to them by name [default: the model's onnxflip.model "
@@ -361,6 +368,7 @@ SCORING_OPTIONS = [
     _option("--metric", default="top1", show_default=True,
             help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, greedy:N, or "
                  "package.module:function."),
+    NONFINITE_SCORE_OPTION,
     SCORED_OUTPUT_OPTION,
     FLOOR_OPTION,
     PREPROCESS_OPTION,
@@ -716,6 +724,7 @@ def _time_budget(text: str) -> float:
 @click.option("--metric", default="top1", show_default=True,
               help="top1, topK (top5...), agreement, rel-error, nonfinite, perplexity, or "
                    "package.module:function.")
+@NONFINITE_SCORE_OPTION
 @SCORED_OUTPUT_OPTION
 @FLOOR_OPTION
 @PREPROCESS_OPTION
@@ -735,9 +744,9 @@ def _time_budget(text: str) -> float:
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @SELECTION
 @FOLD_OPTION
-def sensitivity(model, data, fmt, compute, targets, bits, samples, metric, output, floor, preprocess, classes,
-                batch_size, seed, budget, width, plan_budgets, measure_plans, out, overwrite, selection,
-                no_fold_batchnorm):
+def sensitivity(model, data, fmt, compute, targets, bits, samples, metric, nonfinite_score, output, floor,
+                preprocess, classes, batch_size, seed, budget, width, plan_budgets, measure_plans, out, overwrite,
+                selection, no_fold_batchnorm):
     """Map how much one flip of each bit of each site costs, and where to protect.
 
     For every site and bit position: the vulnerability (the expected loss of
@@ -780,7 +789,8 @@ def sensitivity(model, data, fmt, compute, targets, bits, samples, metric, outpu
         mid = f"{row['midpoint']:.3g}" if row["midpoint"] else "not found"
         click.echo(f"onnxflip: {row['plan']}: midpoint {mid}", err=True)
 
-    result = run(model, data=data, out=out, settings=settings, metric=metric, samples=samples, output=output,
+    result = run(model, data=data, out=out, settings=settings, metric=metric, nonfinite_score=nonfinite_score,
+                 samples=samples, output=output,
                  floor=floor, preprocess=preprocess, classes=classes, overwrite=overwrite, plan_budgets=budgets,
                  measure_plans=measure_plans, on_round=on_round, on_plan=on_plan)
     lines = summary_lines(result)
@@ -959,6 +969,7 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
               help="Skip the int8 cells with float32 biases (MODELS-DIR/<name>_int8_floatbias.onnx).")
 @click.option("--no-extras", is_flag=True,
               help="Skip the one-direction, nonfinite-policy and write-vs-read-noise sections.")
+@NONFINITE_SCORE_OPTION
 @MEMORY_FAULTS
 @DATA_OPTION
 @click.option("--out", type=click.Path(path_type=pathlib.Path), default=pathlib.Path("results/reproduce"),
@@ -967,8 +978,8 @@ def train(name, width, epochs, batch_size, lr, steps, seed, device, threads, dat
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @_apply(EXECUTOR_OPTIONS)
 def reproduce(models, models_dir, formats, targets, bits, field_formats, field_models, samples, p_range, precision,
-              budget, target_sets, no_float_bias, no_extras, memory, data, out, resume, overwrite, executor,
-              ray_address):
+              budget, target_sets, no_float_bias, no_extras, nonfinite_score, memory, data, out, resume, overwrite,
+              executor, ray_address):
     """Run the paper's grid of midpoint searches and write report.md.
 
     One midpoint search per model x format x bit field, then tables of
@@ -991,7 +1002,7 @@ def reproduce(models, models_dir, formats, targets, bits, field_formats, field_m
         raise click.UsageError("--field-models names models that --models leaves out")
     spec = GridSpec(models=models, formats=formats, targets=targets, bits=bits, field_formats=field_formats,
                     field_models=field_models, samples=samples, extras=not no_extras, target_sets=target_sets,
-                    float_bias=not no_float_bias, fault=memory,
+                    float_bias=not no_float_bias, fault=memory, nonfinite_score=nonfinite_score,
                     search=SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)))
     command = "onnxflip " + " ".join(click.get_current_context().find_root().obj["argv"])
     with _open_executor(executor, ray_address, "cpu", _TaskLines()) as runs_trials:

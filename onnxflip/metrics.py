@@ -6,8 +6,8 @@ the clean score and the floor) means the same on every metric.
 
 | spec | score of a sample | needs | floor |
 | --- | --- | --- | --- |
-| ``top1``, ``topK`` (``top5``) | 1 if the label is among the K largest outputs | labels | K / classes |
-| ``agreement`` | 1 if the top-1 class equals the clean model's (for (batch, ..., classes) outputs, such as a language model's (batch, positions, vocabulary) logits: the share of positions that agree) | clean | 1 / classes |
+| ``top1``, ``topK`` (``top5``) | 1 if the label is among the K largest outputs and every output is finite | labels | K / classes |
+| ``agreement`` | 1 if every output is finite and the top-1 class equals the clean model's (for (batch, ..., classes) outputs, such as a language model's (batch, positions, vocabulary) logits: the share of positions that agree, a position whose logits hold NaN or inf agreeing with nothing) | clean | 1 / classes |
 | ``rel-error`` | 1 if ``||faulty - clean|| / ||clean|| <= threshold`` (L2 over the sample, default 0.1) | clean | 0 |
 | ``nonfinite`` | 1 if every output value is finite (the mean is 1 - the NaN/inf rate) | - | 0 |
 | ``perplexity`` | ``(log V - nll) / (log V - nll_clean)`` in [0, 1] of a decoder's next-token likelihood (:mod:`onnxflip.language`) | clean, input_ids | 0 |
@@ -15,13 +15,20 @@ the clean score and the floor) means the same on every metric.
 | ``package.module:function`` or ``file.py:function`` | what the function returns | - | 0 |
 
 Classification metrics read (batch, classes) outputs; ``classes`` is the
-output's last axis, never assumed.  A NaN counts as the largest value, as in
-NumPy's and PyTorch's argmax (ties go to the first index), so a logit
-vector holding NaN predicts the class of its first NaN.
+output's last axis, never assumed.  Ties go to the first index, as in
+NumPy's and PyTorch's argmax.  A ruined output is right about nothing: with
+``nonfinite_score="wrong"`` (the default) top1, topK and agreement score 0
+for a sample whose logits hold NaN or inf (for agreement on (batch, ...,
+classes) outputs: for each such position), so that outputs all NaN never
+"agree" with a clean model that favours one class.  ``nonfinite_score=
+"argmax"`` (``--nonfinite-score argmax``) keeps NumPy's argmax rule instead:
+NaN counts as the largest value, so a logit vector holding NaN predicts the
+class of its first NaN, and outputs all NaN agree wherever the clean model
+predicts class 0.
 
 The floor of ``agreement`` is chance: a model whose outputs no longer depend
-on the input (constant, random or all NaN) agrees with the clean model on
-about 1 / classes of the samples.
+on the input (constant or random) agrees with the clean model on about
+1 / classes of the samples; outputs all NaN or inf score 0, below it.
 
 A user metric is a callable ``function(faulty, clean, labels) -> scores``:
 ``faulty`` and ``clean`` are the batch's output arrays (batch, ...),
@@ -49,6 +56,7 @@ from onnxflip.errors import OnnxflipError
 __all__ = [
     "DEFAULT_REL_ERROR_THRESHOLD",
     "METRIC_NAMES",
+    "NONFINITE_SCORES",
     "Agreement",
     "Metric",
     "Nonfinite",
@@ -67,6 +75,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_REL_ERROR_THRESHOLD = 0.1
 METRIC_NAMES = ("top1", "topK (top5, ...)", "agreement", "rel-error", "nonfinite", "perplexity", "greedy:N",
                 "package.module:function")
+# How top1, topK and agreement score a sample whose logits hold NaN or inf: as wrong, or by NumPy's argmax
+# (NaN the largest value).
+NONFINITE_SCORES = ("wrong", "argmax")
+NONFINITE_METRICS = "top1, topK and agreement"  # the metrics a nonfinite score applies to
 
 
 @runtime_checkable
@@ -111,6 +123,16 @@ def nan_argmax(outputs: np.ndarray) -> np.ndarray:
     return np.argmax(outputs, axis=-1)
 
 
+def _check_nonfinite_score(rule: str) -> None:
+    if rule not in NONFINITE_SCORES:
+        raise OnnxflipError(f"a nonfinite score is {' or '.join(NONFINITE_SCORES)}, not {rule!r}")
+
+
+def _finite(outputs: np.ndarray) -> np.ndarray:
+    """Per row of the last axis (a sample's or a position's logits): whether every value is finite."""
+    return np.isfinite(outputs).all(axis=-1)
+
+
 def _check_labels(labels: np.ndarray | None, count: int, classes: int, *, metric: str) -> np.ndarray:
     if labels is None:
         raise OnnxflipError(f"{metric} needs labels, and the data has none; use agreement, rel-error or nonfinite")
@@ -123,15 +145,18 @@ def _check_labels(labels: np.ndarray | None, count: int, classes: int, *, metric
 
 @dataclass(frozen=True)
 class TopK:
-    """Top-K accuracy: the label is among the K largest outputs (NaN largest, ties to the lower index)."""
+    """Top-K accuracy: the label is among the K largest outputs (ties to the lower index); a sample whose outputs
+    hold NaN or inf is wrong, or with ``nonfinite_score="argmax"`` ranked with NaN as the largest value."""
 
     k: int = 1
+    nonfinite_score: str = "wrong"
     needs_labels: bool = True
     needs_clean: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise OnnxflipError(f"top-K needs K >= 1, not {self.k}")
+        _check_nonfinite_score(self.nonfinite_score)
 
     @property
     def name(self) -> str:
@@ -141,8 +166,16 @@ class TopK:
         logits = _logits(outputs, metric=self.name)
         count, classes = logits.shape
         labels = _check_labels(labels, count, classes, metric=self.name)
+        right = self._ranked(logits, labels)
+        if self.nonfinite_score == "wrong":
+            right &= _finite(logits)
+        return right.astype(np.float64)
+
+    def _ranked(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Whether each label is among the K largest, NaN ranked largest (argmax's order)."""
+        count, classes = logits.shape
         if self.k == 1:
-            return (nan_argmax(logits) == labels).astype(np.float64)
+            return nan_argmax(logits) == labels
         rows = np.arange(count)
         nan = np.isnan(logits)
         mine, mine_nan = logits[rows, labels][:, None], nan[rows, labels][:, None]
@@ -151,7 +184,7 @@ class TopK:
             tied = (nan & mine_nan) | (~nan & ~mine_nan & (logits == mine))
         before = np.arange(classes)[None, :] < labels[:, None]
         rank = above.sum(axis=1) + (tied & before).sum(axis=1)
-        return (rank < self.k).astype(np.float64)
+        return rank < self.k
 
     def floor(self, output_shape) -> float:
         classes = classes_of(output_shape, metric=self.name)
@@ -162,11 +195,16 @@ class TopK:
 
 @dataclass(frozen=True)
 class Agreement:
-    """Same top-1 class as the fault-free model on the same input: 1 - the silent-data-corruption rate."""
+    """Same top-1 class as the fault-free model on the same input: 1 - the silent-data-corruption rate.  Logits
+    that hold NaN or inf agree with nothing, or with ``nonfinite_score="argmax"`` predict their first NaN."""
 
+    nonfinite_score: str = "wrong"
     name: str = "agreement"
     needs_labels: bool = False
     needs_clean: bool = True
+
+    def __post_init__(self) -> None:
+        _check_nonfinite_score(self.nonfinite_score)
 
     def scores(self, outputs: np.ndarray, clean: np.ndarray | None, labels: np.ndarray | None) -> np.ndarray:
         if outputs.ndim < 2:
@@ -174,6 +212,8 @@ class Agreement:
                                 "the output to score with --output NAME")
         reference = _clean(clean, outputs, metric=self.name)
         same = nan_argmax(outputs) == nan_argmax(reference)  # (batch, ...): one class per position
+        if self.nonfinite_score == "wrong":
+            same &= _finite(outputs)
         return same.reshape(len(same), -1).mean(axis=1, dtype=np.float64)
 
     def floor(self, output_shape) -> float:
@@ -321,23 +361,30 @@ def targets_of(metric: Metric, batch) -> np.ndarray | None:
     return batch.feeds[name]
 
 
-def metric_from_spec(spec: str, *, threshold: float | None = None, k: int | None = None) -> Metric:
+def metric_from_spec(spec: str, *, threshold: float | None = None, k: int | None = None,
+                     nonfinite_score: str = "wrong") -> Metric:
     """The metric a spec names: top1, top5 / topK (with ``k``), agreement, rel-error, nonfinite, or a
-    user function ``package.module:function``; ``threshold`` is rel-error's (default 0.1)."""
+    user function ``package.module:function``; ``threshold`` is rel-error's (default 0.1); ``nonfinite_score``
+    how top1, topK and agreement score outputs that hold NaN or inf (``wrong``, or ``argmax``: NaN largest)."""
     text = spec.strip()
     lower = text.lower()
+    _check_nonfinite_score(nonfinite_score)
     if threshold is not None and lower != "rel-error":
         raise OnnxflipError(f"a threshold applies to rel-error only, not to {text}")
     if k is not None and lower not in ("topk", f"top{k}"):
         raise OnnxflipError(f"k applies to topK only, not to {text}")
+    classifies = lower == "agreement" or lower == "topk" or (lower.startswith("top") and lower[3:].isdigit())
+    if nonfinite_score != "wrong" and not classifies:
+        raise OnnxflipError(f"a nonfinite score of {nonfinite_score} applies to {NONFINITE_METRICS} only, not to "
+                            f"{text}")
     if lower == "topk":
         if k is None:
             raise OnnxflipError("topK needs k (or write top5, top3, ...)")
-        return TopK(k=k)
+        return TopK(k=k, nonfinite_score=nonfinite_score)
     if lower.startswith("top") and lower[3:].isdigit():
-        return TopK(k=int(lower[3:]))
+        return TopK(k=int(lower[3:]), nonfinite_score=nonfinite_score)
     if lower == "agreement":
-        return Agreement()
+        return Agreement(nonfinite_score=nonfinite_score)
     if lower == "rel-error":
         return RelError() if threshold is None else RelError(threshold=threshold)
     if lower == "nonfinite":

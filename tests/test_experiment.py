@@ -340,3 +340,56 @@ def test_read_noise_is_recorded_with_the_results(classifier_path, synthetic_data
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["settings"]["parameter_randomness"] == "per_run"
+
+
+class _Scored:
+    """A runner whose every trial at p > 0 scores ``score_at(p)`` (clean 1, floor 0): a table, given."""
+
+    samples, floor = 100, 0.0
+
+    def __init__(self, score_at) -> None:
+        self.score_at = score_at
+
+    def run(self, p, trials, samples):
+        from onnxflip.campaign.design import TrialOutcome
+
+        return [TrialOutcome(p, t, samples, 1.0 if p == 0 else self.score_at(p), 0.0) for t in trials]
+
+
+@pytest.mark.parametrize(("means", "status", "note"), [
+    ({1e-4: 0.9, 1e-3: 0.8, 1e-2: 0.6}, "above", "stays above the midpoint level up to p = 0.01"),
+    ({1e-4: 0.4, 1e-3: 0.2, 1e-2: 0.0}, "below", "below the midpoint level already at p = 0.0001"),
+    # Below at the lowest p, above at the highest: not "above" (the old verdict read only the last point).
+    ({1e-4: 0.3, 1e-3: 0.35, 1e-2: 0.7}, "non-monotone",
+     "falls below the midpoint level 0.5 at p = 0.0001 (mean 0.3000) but is above it again at p = 0.01 (mean 0.7000)"
+     ": the measured range holds no midpoint"),
+    # Above at the lowest p, below at the highest, one point back above between: the fitted curve crosses the
+    # level in the range, so the midpoint stands, and the note says which point rose again.
+    ({1e-6: 1.0, 1e-5: 0.95, 1e-4: 0.45, 1e-3: 0.55, 1e-2: 0.05, 1e-1: 0.0}, "grid",
+     "falls below the midpoint level 0.5 at p = 0.0001 (mean 0.4500) but is above it again at p = 0.001"),
+    ({1e-6: 1.0, 1e-5: 0.9, 1e-4: 0.6, 1e-3: 0.3, 1e-2: 0.0}, "grid", None),
+])
+def test_the_grid_verdict_follows_from_every_point(means, status, note):
+    from onnxflip.campaign.experiment import _grid, _midpoint
+
+    experiment = Experiment(search=None, probabilities=(0.0, *means), trials_per_point=3)
+    measured = []
+    fit, got, clean = _grid(_Scored(means.__getitem__), experiment, measured.extend)
+    mid = _midpoint(fit, got, clean[100], 0.0, measured, grid=True)
+    assert mid["status"] == status and mid["level"] == 0.5
+    assert (note is None and "note" not in mid) or note in mid["note"], mid
+    if status == "grid":
+        assert 1e-6 <= mid["p"] <= 1e-1  # the fitted curve crosses the level inside the range
+    else:
+        assert mid["p"] is None
+
+
+def test_a_search_whose_low_end_is_below_the_level_and_high_end_above_it_is_not_called_below():
+    from onnxflip.campaign.design import search_midpoint
+    from onnxflip.campaign.experiment import _midpoint
+
+    found = search_midpoint(_Scored(lambda p: 0.2 if p < 1e-5 else 0.9), SearchSettings(low=1e-9, high=1e-2))
+    mid = _midpoint(found.fit, found.status, 1.0, 0.0, found.outcomes)
+    assert found.status == "non-monotone" and mid["p"] is None and "bound_p" not in mid
+    assert mid["note"].startswith("the score falls below the midpoint level 0.5 at p = 1e-09 (mean 0.2000) but is "
+                                  "above it again at p = 0.01 (mean 0.9000)")

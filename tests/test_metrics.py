@@ -39,13 +39,48 @@ def topk_reference(row: np.ndarray, label: int, k: int) -> bool:
 
 @pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("classes", [4, 10, 1000])
-def test_topk_equals_a_sorting_reference_with_nan_as_largest(k, classes):
+def test_topk_with_the_argmax_rule_equals_a_sorting_reference_with_nan_as_largest(k, classes):
     x = logits_with_specials(64, classes, seed=classes + k)
     labels = np.random.default_rng(k).integers(0, classes, size=64)
-    expected = [topk_reference(row, label, k) for row, label in zip(x, labels)]
-    np.testing.assert_array_equal(TopK(k).scores(x, None, labels), np.asarray(expected, np.float64))
+    expected = np.asarray([topk_reference(row, label, k) for row, label in zip(x, labels)], np.float64)
+    np.testing.assert_array_equal(TopK(k, nonfinite_score="argmax").scores(x, None, labels), expected)
     if k == 1:  # NumPy's own argmax gives the same answer: NaN is largest, the first one wins
-        np.testing.assert_array_equal(TopK(1).scores(x, None, labels), np.argmax(x, axis=1) == labels)
+        np.testing.assert_array_equal(TopK(1, nonfinite_score="argmax").scores(x, None, labels),
+                                      np.argmax(x, axis=1) == labels)
+    # By default a row holding NaN or inf is wrong, and every finite row is ranked as before.
+    finite = np.isfinite(x).all(axis=1)
+    assert 0 < finite.sum() < 64 or classes == 1000
+    np.testing.assert_array_equal(TopK(k).scores(x, None, labels), expected * finite)
+
+
+@pytest.mark.parametrize("spec", ["top1", "top5", "agreement"])
+def test_outputs_that_hold_nan_or_inf_are_wrong_and_the_argmax_rule_restores_the_old_numbers(spec):
+    """Ten classes, the clean model and the labels all saying class 0: a row of NaN (or one NaN, or an inf) is
+    scored 0 by default; with the argmax rule NaN is the largest value, so NaN in class 0 (or an all-NaN row,
+    whose first NaN is class 0) is right, and a NaN in class 7 predicts class 7."""
+    clean = np.tile(np.linspace(1.0, 0.1, 10, dtype=np.float32), (4, 1))  # class 0 first, class 9 last
+    faulty = clean.copy()
+    faulty[0] = np.nan  # all NaN: argmax says class 0
+    faulty[1, 0] = np.nan  # NaN where the label is
+    faulty[2, 7] = np.nan  # NaN elsewhere: argmax says class 7 (among the top 5 still: 0, 7, 1, 2, 3)
+    faulty[3, 9] = np.inf  # inf elsewhere: argmax says class 9
+    labels = np.zeros(4, np.int64)
+    wrong, argmax = metric_from_spec(spec), metric_from_spec(spec, nonfinite_score="argmax")
+    np.testing.assert_array_equal(wrong.scores(faulty, clean, labels), [0, 0, 0, 0])
+    np.testing.assert_array_equal(argmax.scores(faulty, clean, labels), [1, 1, spec == "top5", spec == "top5"])
+    np.testing.assert_array_equal(wrong.scores(clean, clean, labels), [1, 1, 1, 1])  # finite rows as before
+
+
+def test_agreement_over_positions_counts_a_position_that_is_not_finite_as_disagreeing():
+    clean = np.random.default_rng(2).normal(size=(3, 4, 5)).astype(np.float32)  # (batch, positions, classes)
+    faulty = clean.copy()
+    faulty[0, 1, 2] = np.nan
+    faulty[1, :, 0] = np.inf
+    faulty[2, 3] = np.nan
+    np.testing.assert_array_equal(Agreement().scores(faulty, clean, None), [0.75, 0.0, 0.75])
+    old = Agreement(nonfinite_score="argmax").scores(faulty, clean, None)
+    expected = (np.argmax(faulty, axis=-1) == np.argmax(clean, axis=-1)).mean(axis=1)
+    np.testing.assert_array_equal(old, expected)
 
 
 @pytest.mark.parametrize(("spec", "shape", "floor"), [
@@ -72,8 +107,11 @@ def test_agreement_is_the_rate_of_the_same_top1():
     clean = np.random.default_rng(1).normal(size=(200, 10)).astype(np.float32)
     faulty = clean.copy()
     assert np.all(Agreement().scores(faulty, clean, None) == 1.0)
-    faulty[:50, 7] = np.nan  # a NaN predicts its class: agreement only where the clean model said 7
+    faulty[:50, 7] = np.nan  # a ruined output agrees with nothing
     scores = Agreement().scores(faulty, clean, None)
+    assert np.all(scores[:50] == 0.0) and np.all(scores[50:] == 1.0)
+    # The argmax rule: a NaN predicts its class, so agreement only where the clean model said 7.
+    scores = Agreement(nonfinite_score="argmax").scores(faulty, clean, None)
     np.testing.assert_array_equal(scores[:50], np.argmax(clean[:50], axis=1) == 7)
     assert np.all(scores[50:] == 1.0)
 
@@ -113,6 +151,10 @@ def test_nonfinite_scores_samples_whose_outputs_are_all_finite():
     (lambda: metric_from_spec("topk"), "topK needs k"),
     (lambda: metric_from_spec("rel-error", threshold=-1), "threshold must be a finite number"),
     (lambda: metric_from_spec("top0"), "K >= 1"),
+    (lambda: metric_from_spec("rel-error", nonfinite_score="argmax"),
+     "a nonfinite score of argmax applies to top1, topK and agreement only, not to rel-error"),
+    (lambda: metric_from_spec("top1", nonfinite_score="largest"), "a nonfinite score is wrong or argmax, not 'largest'"),
+    (lambda: Agreement(nonfinite_score="first"), "a nonfinite score is wrong or argmax"),
 ])
 def test_misuse_is_one_line(call, expected):
     with pytest.raises(OnnxflipError, match=expected) as excinfo:
@@ -123,6 +165,8 @@ def test_misuse_is_one_line(call, expected):
 def test_specs_name_their_metrics():
     assert metric_from_spec("top1") == TopK(1) and metric_from_spec("Top5") == TopK(5)
     assert metric_from_spec("topk", k=3) == TopK(3)
+    assert metric_from_spec("top5", nonfinite_score="argmax") == TopK(5, nonfinite_score="argmax")
+    assert metric_from_spec("agreement") == Agreement(nonfinite_score="wrong")
     assert metric_from_spec("rel-error", threshold=0.2) == RelError(threshold=0.2)
     assert (metric_from_spec("agreement").needs_clean, metric_from_spec("top1").needs_labels) == (True, True)
 

@@ -23,6 +23,84 @@ def _images(tmp_path: pathlib.Path, count: int = 40) -> pathlib.Path:
     return path
 
 
+def _class_zero_model(tmp_path: pathlib.Path, *, samples: int = 200, share: float = 0.7) -> tuple[pathlib.Path,
+                                                                                                   pathlib.Path]:
+    """A 3-class model (64 inputs, 1024 ReLU units, 3 logits) that predicts class 0 for ``share`` of its
+    ``samples`` samples (an .npz of inputs, no labels), and whose outputs at p = 1e-2 are all NaN or inf."""
+    import onnx
+    from conftest import model_from_text
+
+    rng = np.random.default_rng(0)
+    hidden, width = 1024, 64
+    w1 = (rng.normal(size=(hidden, width)) / 8).astype(np.float32)
+    w2 = (rng.normal(size=(3, hidden)) / 16).astype(np.float32)
+    x = rng.normal(size=(samples, width)).astype(np.float32)
+    logits = np.maximum(x @ w1.T, 0) @ w2.T
+    margin = logits[:, 0] - logits[:, 1:].max(axis=1)
+    bias = np.array([1e-3 - np.quantile(margin, 1 - share), 0, 0], np.float32)  # class 0 for `share` of them
+    assert np.mean((logits + bias).argmax(axis=1) == 0) == share
+    model = model_from_text(f"""
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[N,{width}] input) => (float[N,3] y) <float[{hidden},{width}] W1, float[3,{hidden}] W2, float[3] b> {{
+      h = Gemm <transB = 1> (input, W1)
+      r = Relu (h)
+      y = Gemm <transB = 1> (r, W2, b)
+    }}""", [onnx.numpy_helper.from_array(w1, "W1"), onnx.numpy_helper.from_array(w2, "W2"),
+            onnx.numpy_helper.from_array(bias, "b")])
+    onnx.save(model, tmp_path / "three.onnx")
+    np.savez(tmp_path / "three.npz", input=x)
+    return tmp_path / "three.onnx", tmp_path / "three.npz"
+
+
+def test_outputs_all_nan_agree_with_nothing(tmp_path, capsys):
+    """The user's model: at p = 1e-2 every output is NaN or inf, and the clean model predicts class 0 for 70% of
+    the samples.  Under NumPy's argmax rule each NaN vector "predicted" class 0 and agreed 68% of the time, and the
+    run called the model robust ("midpoint above the range"); now a ruined output agrees with nothing, the table
+    shows the non-finite share beside the score, and results.json records the rule.  --nonfinite-score argmax
+    gives the old numbers back."""
+    model, data = _class_zero_model(tmp_path)
+
+    def evaluate(*extra: str) -> tuple[dict, str]:
+        out = tmp_path / f"r{len(extra)}"
+        code, printed, err = _cli(capsys, "evaluate", model, "--data", data, "--metric", "agreement",
+                                  "--p", "0,1e-4,1e-3,1e-2", "--trials", "3", "--out", out, *extra)
+        assert code == 0, err
+        return json.loads((out / "results.json").read_text()), printed
+
+    result, printed = evaluate()
+    ruined = result["rows"][-1]
+    assert ruined["p"] == 1e-2 and ruined["nonfinite"] == 1.0  # every output NaN or inf
+    assert ruined["mean"] == 0.0 and result["midpoint"]["status"] == "below", result["midpoint"]
+    row = next(line for line in printed.splitlines() if line.split()[:1] == ["0.01"])
+    assert row.split()[:4] == ["0.01", "3", "0.0000", "100.0%"], printed
+    assert ("nonfinite: the share of samples whose output holds NaN or inf; agreement scores them as wrong "
+            "(--nonfinite-score wrong)") in printed
+    assert result["experiment"]["nonfinite_score"] == result["nonfinite_score"] == "wrong"
+
+    old, printed = evaluate("--nonfinite-score", "argmax")
+    assert old["rows"][-1]["nonfinite"] == 1.0 and 0.6 < old["rows"][-1]["mean"] <= 0.7  # NaN "agrees" on class 0
+    assert old["experiment"]["nonfinite_score"] == old["nonfinite_score"] == "argmax"
+    assert "agreement ranks NaN as the largest value (--nonfinite-score argmax)" in printed
+
+
+def test_a_grid_whose_score_dips_below_the_level_is_not_called_above_the_range(tmp_path, capsys):
+    """The user's grid, scored by the argmax rule: the table shows the score below the midpoint level at p = 1e-4
+    and above it at 1e-2 (the NaN outputs there agree with the clean class 0); the verdict follows from every
+    point, so it is not "above" but non-monotone, naming both points, and no midpoint is claimed."""
+    model, data = _class_zero_model(tmp_path)
+    code, out, err = _cli(capsys, "evaluate", model, "--data", data, "--metric", "agreement", "--nonfinite-score",
+                          "argmax", "--p", "0,1e-4,1e-3,1e-2", "--trials", "3", "--out", tmp_path / "r")
+    assert code == 0, err
+    result = json.loads((tmp_path / "r" / "results.json").read_text())
+    mid, means = result["midpoint"], {r["p"]: r["mean"] for r in result["rows"]}
+    assert means[1e-4] < mid["level"] <= means[1e-2], means  # the data the verdict must not contradict
+    assert mid["status"] == "non-monotone" and mid["p"] is None and "bound_p" not in mid
+    assert mid["note"].startswith(f"the score falls below the midpoint level 0.6667 at p = 0.0001 (mean "
+                                  f"{means[1e-4]:.4f}) but is above it again at p = 0.01 (mean {means[1e-2]:.4f}): the measured range holds no midpoint to claim")
+    assert f"no midpoint: {mid['note']}" in out and "above the range" not in out
+    assert result["stop_reason"] == "the points fall below the midpoint level and rise above it again"
+
+
 def test_a_grid_prints_the_score_of_each_probability_with_its_interval(vgg_path, tmp_path, capsys):
     code, out, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
                           "--p", "0,1e-3", "--trials", "3", "--out", tmp_path / "r")

@@ -53,6 +53,12 @@ def test_reproduce_writes_a_report_built_from_its_json(synthetic_data, tmp_path,
     again = json.loads((out / "report.json").read_text())
     assert {c["folder"]: c["evaluations"] for c in again["cells"]} == before
     assert again["cells"] == report["cells"]
+    # Its cells scored NaN and inf as wrong: a resume that would score the rest by argmax is refused, not mixed.
+    assert report["spec"]["nonfinite_score"] == "wrong"
+    capsys.readouterr()
+    assert main([*args, "--resume", "--nonfinite-score", "argmax"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was measured with --nonfinite-score wrong: resume with --nonfinite-score wrong" in err[0]
 
 
 def test_every_target_combination_gets_its_float32_and_int8_cells(synthetic_data, tmp_path, capsys):

@@ -370,7 +370,8 @@ def _block_deltas(trials: list[TrialOutcome], clean: dict[int, float], clean_blo
 
 
 def _bracket(c: _Campaign) -> tuple[float, float] | str:
-    """Bracket ends (log10 p) whose mean unit scores straddle 1/2, or 'above'/'below' the range."""
+    """Bracket ends (log10 p) whose mean unit scores straddle 1/2, or 'above'/'below' the range (both ends on that
+    side), or 'non-monotone' (the low end below 1/2, the high end above)."""
     lo, hi = math.log10(c.settings.low), math.log10(c.settings.high)
     for x, decided in ((lo, lambda z: z >= 0.9), (hi, lambda z: z <= 0.1)):
         c.run(x, BRACKET_TRIALS)
@@ -379,8 +380,8 @@ def _bracket(c: _Campaign) -> tuple[float, float] | str:
         # simulated campaigns whose midpoint lay 0.4 decades inside the range called it beyond; with twenty, 2).
         while not decided(c.mean_z(x)) and c.next_trial[_grid_p(x)] < END_TRIALS and not c.over_budget():
             c.run(x, 2)
-    if c.mean_z(lo) < 0.5:
-        return "below"
+    if c.mean_z(lo) < 0.5:  # beyond the range only where both ends say so
+        return "below" if c.mean_z(hi) < 0.5 else "non-monotone"
     if c.mean_z(hi) >= 0.5:
         return "above"
     while hi - lo > 1.0 and not c.over_budget():
@@ -502,7 +503,7 @@ def _out_of_reach(c: _Campaign, fit, done: int) -> str | None:
 
 @dataclass
 class SearchResult:
-    status: str  # precision | budget | above | below
+    status: str  # precision | budget | above | below | non-monotone
     fit: object | None
     outcomes: list[TrialOutcome]
     clean: dict[int, float]

@@ -8,7 +8,10 @@ with a fixed number of trials each, or the sequential midpoint search
 (:mod:`~onnxflip.campaign.results`) and accuracy.png (:mod:`onnxflip.report.plots`).
 
 "The midpoint lies beyond the range" is a result (``midpoint.status`` is
-``above`` or ``below``), not an error.
+``above`` or ``below``, said only where every measured point lies on that
+side of the midpoint level), not an error; points that fall below the level
+and rise above it again, ending above it or with no fitted curve crossing it
+in the range, are ``non-monotone``, and the note names the two points.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class Experiment:
     trials_per_point: int = 3
     samples: int | None = None  # the first N samples (class-balanced) define the estimand; None: all
     metric: str = "top1"
+    nonfinite_score: str = "wrong"  # how top1, topK and agreement score outputs that hold NaN or inf
     output: str | None = None
     floor: float | None = None
     preprocess: str | None = None
@@ -109,7 +113,8 @@ class Experiment:
             "search": self.search.to_json() if self.search is not None else None,
             "probabilities": list(self.probabilities) if self.probabilities is not None else None,
             "trials_per_point": self.trials_per_point if self.probabilities is not None else None,
-            "samples": self.samples, "metric": self.metric, "output": self.output, "floor": self.floor,
+            "samples": self.samples, "metric": self.metric, "nonfinite_score": self.nonfinite_score,
+            "output": self.output, "floor": self.floor,
             "preprocess": self.preprocess, "classes": list(self.classes) if self.classes else None,
         }
 
@@ -164,8 +169,46 @@ class _Replay:
         return [self.recorded.get((p, t, samples)) or fresh[t] for t in trials]
 
 
-def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[TrialOutcome], swept: str = "p") -> dict:
-    level = floor + (clean - floor) / 2
+def _level(clean: float, floor: float) -> float:
+    """The midpoint level: the score halfway from the clean score to the floor."""
+    return floor + (clean - floor) / 2
+
+
+def _point_means(outcomes: list[TrialOutcome]) -> list[tuple[float, float]]:
+    """(p, mean score) of each faulty point, in the order of p: what a grid's table shows."""
+    scores: dict[float, list[float]] = {}
+    for o in outcomes:
+        if o.p > 0:
+            scores.setdefault(o.p, []).append(o.score)
+    return [(p, sum(s) / len(s)) for p, s in sorted(scores.items())]
+
+
+def _side(means: list[tuple[float, float]], level: float) -> str | None:
+    """``above`` where every point's mean score is at or above the level, ``below`` where every one is under it,
+    None where they straddle it."""
+    below = [mean < level for _, mean in means]
+    return "below" if all(below) else None if any(below) else "above"
+
+
+def _rise(means: list[tuple[float, float]], level: float) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The first point below the level and the first after it at or above the level again: points that are not
+    monotone about the level (None where no later point rises above it)."""
+    first = next((i for i, (_, mean) in enumerate(means) if mean < level), None)
+    if first is None:
+        return None
+    again = next((point for point in means[first + 1:] if point[1] >= level), None)
+    return None if again is None else (means[first], again)
+
+
+def _rise_note(rise, level: float, swept: str) -> str:
+    (low_p, low_mean), (high_p, high_mean) = rise
+    return (f"the score falls below the midpoint level {level:.4g} at {swept} = {low_p:.3g} (mean {low_mean:.4f}) "
+            f"but is above it again at {swept} = {high_p:.3g} (mean {high_mean:.4f})")
+
+
+def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[TrialOutcome], swept: str = "p",
+              grid: bool = False) -> dict:
+    level = _level(clean, floor)
     result = {"status": status, "level": level, "p": None, "low": None, "high": None, "log10": None}
     if status in ("above", "below"):
         faulty = [o.p for o in outcomes if o.p > 0]
@@ -177,6 +220,13 @@ def _midpoint(fit, status: str, clean: float, floor: float, outcomes: list[Trial
     if status == "no fall":
         result["note"] = f"the clean score {clean:.4g} is not above the floor {floor:.4g}: there is no midpoint"
         return result
+    rise = _rise(_point_means(outcomes), level) if grid or status == "non-monotone" else None
+    if status == "non-monotone":
+        result["note"] = (_rise_note(rise, level, swept) if rise else "the points are not monotone about the "
+                          "midpoint level") + ": the measured range holds no midpoint to claim"
+        return result
+    if rise is not None:
+        result["note"] = _rise_note(rise, level, swept)
     if fit is None:
         result["status"] = "not reached"
         return result
@@ -212,19 +262,23 @@ def _grid(runner, experiment: Experiment, on_trials) -> tuple[object, str, dict[
     floor = runner.floor
     if no_fall:
         return None, "no fall", {samples: clean.score}
+    means, level = _point_means(outcomes), _level(clean.score, floor)
+    if not means:
+        return None, "not reached", {samples: clean.score}
+    side = _side(means, level)  # beyond the range only where every point says so
+    if side is not None:
+        return None, side, {samples: clean.score}
     points: dict[float, list[float]] = {}
     for o in outcomes:
         points.setdefault(math.log10(o.p), []).append(min(max((o.score - floor) / (clean.score - floor), 0.0), 1.0))
     data = [PointData.from_scores(x, z) for x, z in sorted(points.items())]
-    means = [sum(z) / len(z) for _, z in sorted(points.items())]
-    if not means:
-        return None, "not reached", {samples: clean.score}
-    if means[-1] >= 0.5:
-        return None, "above", {samples: clean.score}
-    if means[0] < 0.5:
-        return None, "below", {samples: clean.score}
     fit = fit_curve(data)
-    return (with_profile(data, fit) if fit is not None else None), "grid", {samples: clean.score}
+    fit = with_profile(data, fit) if fit is not None else None
+    inside = fit is not None and min(points) <= fit.m <= max(points)
+    if _rise(means, level) is not None and (means[-1][1] >= level or not inside):
+        # Back above the level at the top of the range, or no curve crossing it inside: no midpoint to claim.
+        return fit, "non-monotone", {samples: clean.score}
+    return fit, "grid", {samples: clean.score}
 
 
 def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, out: pathlib.Path, resume: bool = False,
@@ -248,7 +302,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
 
 def _local_runner(experiment: Experiment, model: ir.Model, data, on_batch) -> tuple[LocalRunner, object, Metric]:
     """The model injected, the data source opened and checked, the metric: the runner of the experiment's trials."""
-    metric = metric_from_spec(experiment.metric)
+    metric = metric_from_spec(experiment.metric, nonfinite_score=experiment.nonfinite_score)
     source, data_path = scored_source(model, data, metric=metric, output=experiment.output,
                                       preprocess=experiment.preprocess, classes=experiment.classes,
                                       samples=experiment.samples, cache_bytes=experiment.cache_bytes)
@@ -344,6 +398,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "settings": experiment.trials.to_json(),
         "experiment": experiment.to_json(),
         "metric": metric.name,
+        "nonfinite_score": getattr(metric, "nonfinite_score", None),  # the rule the metric applied (None: it has none)
         "output": runner.output,
         "exposure": runner.exposure,
         "floor": runner.floor,
@@ -399,7 +454,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         log, design_samples = [], runner.samples
     clean = clean_scores[design_samples]
     swept = "the stuck-at rate" if experiment.trials.sweep == "stuck-at" else "p"
-    midpoint = _midpoint(fit, status, clean, runner.floor, trials, swept)
+    midpoint = _midpoint(fit, status, clean, runner.floor, trials, swept, grid=experiment.search is None)
     final = snapshot({
         "clean_score": clean, "clean_scores": {str(n): s for n, s in clean_scores.items()},
         "clean_accuracy": clean if metric.name == "top1" else None,
@@ -407,7 +462,8 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "stop_reason": {"precision": "the interval reached the precision", "budget": "the budget was spent",
                         "above": "the midpoint lies above the range", "below": "the midpoint lies below the range",
                         "grid": "the grid was measured", "no fall": "the clean score is not above the floor",
-                        "not reached": "no curve could be fitted (fewer than two probabilities above 0)"}[status],
+                        "not reached": "no curve could be fitted (fewer than two probabilities above 0)",
+                        "non-monotone": "the points fall below the midpoint level and rise above it again"}[status],
         "fit": fit.to_json() if fit is not None else None,
         "curve": _curve(fit, clean, runner.floor, trials) if fit is not None else None,
         "design": {"samples_per_trial": design_samples, "samples": runner.samples,

@@ -113,6 +113,7 @@ class GridSpec:
     search: SearchSettings = field(default_factory=SearchSettings)
     # The memory faults of every cell (stuck-at rates, ECC words); each cell sets its own bits and nonfinite policy
     fault: FaultModel = field(default_factory=FaultModel)
+    nonfinite_score: str = "wrong"  # how every cell's top1 scores outputs that hold NaN or inf
 
     def __post_init__(self) -> None:
         TrialSettings(fault=self.fault)  # a grid's fault model gives no flip probabilities or seed
@@ -204,13 +205,19 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
     if results.is_file():
         done = json.loads(results.read_text())
         if "midpoint" in done:
+            # A finished cell counts only if it scored NaN and inf as this grid does (results from before the
+            # choice was recorded used the argmax rule).
+            recorded = (done.get("experiment") or {}).get("nonfinite_score", "argmax")
+            if recorded != spec.nonfinite_score:
+                raise OnnxflipError(f"cell {cell.key} was measured with --nonfinite-score {recorded}: resume with "
+                                    f"--nonfinite-score {recorded}, or use --overwrite to start again")
             return done
     experiment = Experiment(
         trials=TrialSettings(format=cell.format, targets=cell.targets,
                              fault=replace(spec.fault, bits=cell.bits, nonfinite=cell.nonfinite),
                              direction=cell.direction, batch_size=cell.batch_size or spec.batch_size, seed=spec.seed,
                              parameter_randomness=cell.randomness),
-        search=spec.search, samples=spec.samples)
+        search=spec.search, samples=spec.samples, nonfinite_score=spec.nonfinite_score)
     return run(experiment, model_path=_model_path(models_dir, cell), data=data_dir, out=folder,
                resume=results.is_file(), overwrite=not results.is_file(), executor=executor)
 

@@ -433,14 +433,15 @@ def _parameter_trial(scorer: _Scorer, cell: Cell, rng: np.random.Generator) -> f
 
 
 def run(model_path: pathlib.Path, *, data, out: pathlib.Path, settings: SensitivitySettings, metric: str = "top1",
-        samples: int = 100, output: str | None = None, floor: float | None = None, preprocess: str | None = None,
+        nonfinite_score: str = "wrong", samples: int = 100, output: str | None = None, floor: float | None = None, preprocess: str | None = None,
         classes: Sequence[str] | None = None, overwrite: bool = False, plan_budgets: Sequence[float] = (),
         measure_plans: bool = False, on_round: Callable[[dict], None] | None = None,
         on_plan: Callable[[dict], None] | None = None) -> dict:
     """Measure the map of a model file and write it to ``out`` (:mod:`onnxflip.report.sensitivity`); with plan
     budgets, write a plan per budget (``plan.json``, or ``plan-<budget>.json`` for several); with
     ``measure_plans``, find the midpoint of the unprotected model and of each plan (``evaluate --protect``,
-    same format, targets, bits, metric and samples) and write ``plans.json`` and ``plans.png``."""
+    same format, targets, bits, metric and samples) and write ``plans.json`` and ``plans.png``.  ``nonfinite_score``:
+    how top1, topK and agreement score outputs that hold NaN or inf (:func:`~onnxflip.metrics.metric_from_spec`)."""
     from onnxflip.campaign.experiment import scored_source
     from onnxflip.campaign.results import prepare_output, removed_if_left_empty
     from onnxflip.metrics import metric_from_spec
@@ -448,14 +449,15 @@ def run(model_path: pathlib.Path, *, data, out: pathlib.Path, settings: Sensitiv
     from onnxflip.report.sensitivity import plot_plans, write_map
 
     model = load_model(model_path)
-    scorer = metric_from_spec(metric)
+    scorer = metric_from_spec(metric, nonfinite_score=nonfinite_score)
     source, data_path = scored_source(model, data, metric=scorer, output=output, preprocess=preprocess,
                                       classes=classes, samples=samples, cache_bytes=2 << 30)
     prepare_output(out, resume=False, overwrite=overwrite, inputs=(model_path, data_path),
                    markers=("sensitivity.json",), resumable=False)
     with removed_if_left_empty(out):
         found = measure(model, source, scorer, settings, output=output, floor=floor, on_round=on_round)
-        result = {"model": str(model_path), "data": str(data_path), "metric": scorer.name, **found.to_json()}
+        result = {"model": str(model_path), "data": str(data_path), "metric": scorer.name,
+                  "nonfinite_score": nonfinite_score, **found.to_json()}
         write_map(result, out)
         plans = []
         for budget in plan_budgets:
@@ -465,7 +467,8 @@ def run(model_path: pathlib.Path, *, data, out: pathlib.Path, settings: Sensitiv
             plans.append((name, plan))
         result["plans"] = [name for name, _ in plans]
         if measure_plans and plans:
-            measured = _measure_plans(model_path, data, out, settings, plans, metric=metric, samples=samples,
+            measured = _measure_plans(model_path, data, out, settings, plans, metric=metric,
+                                      nonfinite_score=nonfinite_score, samples=samples,
                                       output=output, floor=floor, preprocess=preprocess, classes=classes,
                                       on_plan=on_plan)
             write_atomically(out / "plans.json", (json.dumps(measured, indent=1) + "\n").encode())
@@ -474,8 +477,8 @@ def run(model_path: pathlib.Path, *, data, out: pathlib.Path, settings: Sensitiv
     return result
 
 
-def _measure_plans(model_path, data, out, settings, plans, *, metric, samples, output, floor, preprocess, classes,
-                   on_plan) -> list[dict]:
+def _measure_plans(model_path, data, out, settings, plans, *, metric, nonfinite_score, samples, output, floor,
+                   preprocess, classes, on_plan) -> list[dict]:
     """The midpoint of the unprotected model and of each plan, each an ``evaluate --midpoint`` campaign in
     ``out/plans/<name>``."""
     from onnxflip.campaign.design import Budget, SearchSettings
@@ -495,7 +498,8 @@ def _measure_plans(model_path, data, out, settings, plans, *, metric, samples, o
                                fold_batchnorm=settings.fold_batchnorm, protection=protection)
         experiment = Experiment(trials=trials, search=SearchSettings(budget=plan_search_budget), probabilities=None,
                                 samples=None,
-                                metric=metric, output=output, floor=floor, preprocess=preprocess, classes=classes)
+                                metric=metric, nonfinite_score=nonfinite_score, output=output, floor=floor,
+                                preprocess=preprocess, classes=classes)
         folder = out / "plans" / pathlib.Path(name).stem
         result = run_experiment(experiment, model_path=model_path, data=data, out=folder, overwrite=True)
         mid = result.get("midpoint") or {}

@@ -7,7 +7,7 @@ import pathlib
 from onnxflip.graph.formats import describe_compute
 from onnxflip.report.sites_table import percent
 
-__all__ = ["count", "evaluation_summary"]
+__all__ = ["count", "evaluation_summary", "share"]
 
 
 def count(n: int, noun: str) -> str:
@@ -15,14 +15,40 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def share(value: float) -> str:
+    """A share of the samples as a percentage that reads 0 only when it is 0 (``<0.1%`` below a tenth)."""
+    return "0" if value == 0 else "<0.1%" if value < 0.001 else percent(value)
+
+
 def _score_table(rows: list[dict], swept: str) -> list[str]:
-    """A grid's scores: per point, the trials, the mean score and its 95% interval over the trials."""
-    lines = [f"{swept:>9}  {'trials':>6}  {'mean':>6}  95% interval"]
+    """A grid's scores: per point, the trials, the mean score, the share of samples whose outputs hold NaN or inf
+    (where a point has any) and the mean's 95% interval over the trials."""
+    nonfinite = any(r.get("nonfinite") for r in rows)
+    lines = [f"{swept:>9}  {'trials':>6}  {'mean':>6}  " + (f"{'nonfinite':>9}  " if nonfinite else "") +
+             "95% interval"]
     for r in rows:
         span = (f"[{r['low']:.4f}, {r['high']:.4f}]" if r.get("low") is not None
                 else "(the clean model)" if r["p"] == 0 else "- (one trial)")
-        lines.append(f"{r['p']:9.3g}  {r['trials']:6d}  {r['mean']:6.4f}  {span}")
+        ruined = f"{share(r['nonfinite']):>9}  " if nonfinite else ""
+        lines.append(f"{r['p']:9.3g}  {r['trials']:6d}  {r['mean']:6.4f}  {ruined}{span}")
     return lines
+
+
+def _nonfinite_line(result: dict, swept: str, *, grid: bool) -> list[str]:
+    """Where outputs held NaN or inf: what the table's column means, or (a search, no table) the largest share of
+    any point; and how the metric scored them."""
+    rows = [r for r in result["rows"] if r.get("nonfinite")]
+    if not rows:
+        return []
+    if grid:
+        line = "nonfinite: the share of samples whose output holds NaN or inf"
+    else:
+        worst = max(rows, key=lambda r: (r["nonfinite"], -r["p"]))
+        line = (f"outputs with NaN or inf: up to {share(worst['nonfinite'])} of the samples (at {swept} = "
+                f"{worst['p']:.3g}; results.csv has each point's share)")
+    rule = result.get("nonfinite_score")
+    scored = {"wrong": "scores them as wrong", "argmax": "ranks NaN as the largest value"}.get(rule)
+    return [f"{line}; {result['metric']} {scored} (--nonfinite-score {rule})" if scored else line]
 
 
 def _word_table(rows: list[dict], swept: str) -> list[str]:
@@ -48,8 +74,8 @@ def _exposure_line(exposure: dict) -> str:
 
 
 def evaluation_summary(result: dict, out: pathlib.Path) -> str:
-    """What ``onnxflip evaluate`` prints of a result: the clean score and the trials, a grid's table, the word
-    fractions with ECC, the sites, and the midpoint."""
+    """What ``onnxflip evaluate`` prints of a result: the clean score and the trials, a grid's table, the share of
+    outputs that hold NaN or inf (where it is not 0), the word fractions with ECC, the sites, and the midpoint."""
     mid = result["midpoint"]
     swept = "stuck-at rate" if result["settings"].get("sweep") == "stuck-at" else "p"
     scored = result["metric"] + (" score" if result["metric"] == "perplexity" else "")  # 1 clean, 0 at chance
@@ -58,6 +84,7 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
              f"{result['wall_seconds']:.0f} s ({result['stop_reason']}); results in {out}",
              *(_score_table(result["rows"], "rate" if swept != "p" else "p")
                if result["experiment"]["mode"] == "grid" else []),
+             *_nonfinite_line(result, swept, grid=result["experiment"]["mode"] == "grid"),
              *_word_table(result["rows"], "rate" if swept != "p" else "p")]
     exposure = result.get("exposure")
     if exposure:
@@ -67,7 +94,7 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(f"format {fmt}, computed in {describe_compute(fmt, result['settings'].get('compute', 'float32'))}")
     if mid["status"] in ("above", "below"):
         lines.append(f"midpoint {mid['status']} the range: {mid['note']}")
-    elif mid["status"] == "no fall":
+    elif mid["status"] in ("no fall", "non-monotone"):
         lines.append(f"no midpoint: {mid['note']}")
     elif mid["p"] is not None:
         span = f" [{mid['low']:.3g}, {mid['high']:.3g}], {mid['width_decades']:.2f} decades" if mid["low"] else \
@@ -75,6 +102,8 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
     else:
         lines.append("midpoint not reached in the measured range")
+    if mid.get("note") and mid["status"] in ("grid", "not reached"):  # the points rise above the level again
+        lines.append(f"note: {mid['note']}")
     reached = (result.get("fit") or {}).get("at_bound") or []
     if reached:  # the data did not place these: the bound did, and the interval rests on that
         lines.append(f"the fitted curve's {', '.join(reached)} sits at the bound of its search: the trials do not "

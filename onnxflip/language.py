@@ -22,7 +22,9 @@ and ``present.<i>.key`` / ``.value``, the cache with the new entries.
 - **greedy:N**: N tokens generated greedily after each sample's prompt (its
   ``input_ids``), in a decode loop that feeds ``present.*`` back as
   ``past_key_values.*``, one token per step; a sample's score is the share
-  of its N tokens equal to the clean model's.  Floor: 1 / V.  Every step is
+  of its N tokens equal to the clean model's; a token chosen from logits
+  that hold NaN or inf agrees with none (the decode goes on with their
+  argmax).  Floor: 1 / V.  Every step is
   one run of the model, so activation flips are drawn anew at each step
   (each step its own seed).
 """
@@ -42,6 +44,8 @@ from onnxflip.errors import OnnxflipError
 __all__ = ["Greedy", "Perplexity"]
 
 logger = logging.getLogger(__name__)
+
+RUINED_TOKEN = -1  # what greedy:N records for a step whose logits are not all finite: equal to no clean token
 
 
 
@@ -113,8 +117,9 @@ class Greedy:
         for step in range(self.tokens):
             outputs = run(feeds, step)
             logits = outputs[output]
-            following = np.argmax(logits[:, -1, :], axis=-1).astype(np.int64)  # NaN counts as the largest
-            generated.append(following)
+            last = logits[:, -1, :]
+            following = np.argmax(last, axis=-1).astype(np.int64)  # the decode goes on (NaN counts as the largest)
+            generated.append(np.where(np.isfinite(last).all(axis=-1), following, RUINED_TOKEN))  # but agrees with none
             feeds[INPUT_IDS] = following[:, None]
             feeds[ATTENTION_MASK] = np.concatenate([feeds[ATTENTION_MASK], np.ones((len(following), 1), np.int64)],
                                                    axis=1)

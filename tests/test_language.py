@@ -120,6 +120,26 @@ def test_metric_specs_name_the_language_metrics():
         metric_from_spec("greedy:x")
 
 
+def test_a_greedy_token_chosen_from_non_finite_logits_agrees_with_no_clean_token():
+    """The decode loop of greedy:N on a stand-in model: step 1's logits are all NaN (argmax: token 0, which is
+    also the clean model's token there); that step scores 0, the others 1, and the loop goes on."""
+    vocabulary, steps = 4, 3
+
+    def run(feeds, step):
+        logits = np.full((2, 1, vocabulary), -1.0, np.float32)
+        logits[:, :, 0] = 1.0
+        if step == 1:
+            logits[:] = np.nan
+        return {"logits": logits, "present.0.key": np.zeros((2, 1, 1, 1), np.float32)}
+
+    feeds = {"input_ids": np.zeros((2, 3), np.int64), "attention_mask": np.ones((2, 3), np.int64)}
+    metric = Greedy(tokens=steps)
+    tokens = metric.generate(run, feeds, output="logits", pairs=[("past_key_values.0.key", "present.0.key")])
+    clean = np.zeros((2, steps), np.int64)
+    np.testing.assert_array_equal(metric.scores(tokens, clean, None), [2 / 3, 2 / 3])
+    assert tokens.shape == (2, steps) and (tokens[:, [0, 2]] == 0).all()
+
+
 def test_token_data_is_completed_for_a_decoder_with_a_cache(real_exports):
     model = load_model(real_exports["gpt2_past_optimum"].path)
     ids = np.zeros((5, 7), np.int64)

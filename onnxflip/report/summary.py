@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from onnxflip.campaign.estimate import MIN_TRIALS
 from onnxflip.graph.formats import describe_compute
 from onnxflip.report.sites_table import percent
 
@@ -73,6 +74,19 @@ def _exposure_line(exposure: dict) -> str:
     return f"sites: {sites}; {percent(share)} of the stored parameter elements are sites{missing}"
 
 
+def _narrow_line(result: dict) -> str | None:
+    """Where a search's interval is under half the width asked for (a maximum), why."""
+    search, fit, mid = result["experiment"].get("search") or {}, result.get("fit") or {}, result["midpoint"]
+    asked, width = search.get("precision"), mid.get("width_decades")
+    if not asked or width is None or width >= asked / 2:
+        return None
+    why = (" (activations flip in every sample, so each trial's score varies little)"
+           if "activations" in result["settings"].get("targets", ()) else "")
+    return (f"the interval is {width:.2f} decades, under half the {asked:g} asked for (a maximum): no interval is "
+            f"given before {MIN_TRIALS} trials where the curve falls ({fit.get('central_trials')} here), and those "
+            f"trials placed the midpoint more precisely than asked{why}")
+
+
 def evaluation_summary(result: dict, out: pathlib.Path) -> str:
     """What ``onnxflip evaluate`` prints of a result: the clean score and the trials, a grid's table, the share of
     outputs that hold NaN or inf (where it is not 0), the word fractions with ECC, the sites, and the midpoint."""
@@ -102,6 +116,9 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
     else:
         lines.append("midpoint not reached in the measured range")
+    narrow = _narrow_line(result)
+    if narrow:
+        lines.append(narrow)
     if mid.get("note") and mid["status"] in ("grid", "not reached"):  # the points rise above the level again
         lines.append(f"note: {mid['note']}")
     reached = (result.get("fit") or {}).get("at_bound") or []

@@ -4,7 +4,10 @@ Regimes (tests/campaign_sim.py): smooth degradation (activation flips), bimodal
 ruinous trials (float32 weights), a mixture of the two (neither fitted family is
 the truth), a midpoint 0.4 decades inside the bracket's low end, and two
 realistic regimes with fixed per-sample correctness and partly damaged trials
-(float32-like and int8-like).  Each coverage test runs 400 seeded campaigns to
+(float32-like and int8-like), and nearly exact trials of activation flips
+whose curve no fitted family is (``exact``: a trial's normalised score varies
+by about 0.018 at the midpoint on 500 samples, as VGG-A's float16 activation
+trials do, 0.014 to 0.024).  Each coverage test runs 400 seeded campaigns to
 the default precision (0.2 decades) and needs the 95% interval to cover the true
 midpoint in at least 93% of the campaigns that report one (binomial sd at 0.95
 and 400 runs: 1.1 points, so 93% is 1.8 sd below the nominal rate), in the
@@ -46,7 +49,7 @@ def _campaigns(regime: str, count: int, precision: float = 0.2) -> list[tuple]:
         return list(pool.map(_campaign, [(regime, seed, precision) for seed in range(count)], chunksize=10))
 
 
-@pytest.mark.parametrize("regime", ["smooth", "ruinous", "mixture", "edge", "float32", "int8"])
+@pytest.mark.parametrize("regime", ["smooth", "ruinous", "mixture", "edge", "float32", "int8", "exact"])
 def test_the_interval_covers_the_true_midpoint_at_its_stated_rate(regime):
     """At least 93% everywhere; in the realistic regimes (fixed per-sample correctness, partly damaged trials)
     also at most 98%, and there the same intervals halved or doubled fail: the test can tell an honest
@@ -60,7 +63,7 @@ def test_the_interval_covers_the_true_midpoint_at_its_stated_rate(regime):
                               for m, low, high, truth, _, _ in reported]))
 
     assert coverage(1.0) >= 0.93, coverage(1.0)
-    if regime in ("float32", "int8"):
+    if regime in ("float32", "int8", "exact"):
         assert coverage(1.0) <= 0.98 and coverage(0.5) < 0.93 and coverage(2.0) > 0.98
     widths = [high - low for _, low, high, _, status, _ in reported if status == "precision"]
     assert max(widths) <= 0.2 + 1e-9

@@ -58,6 +58,22 @@ multiplied by F, Finney's heterogeneity factor (*Probit Analysis*, 3rd ed.,
 sample) a curve family's small misfit would otherwise give intervals far
 narrower than the differences between runs with other seeds.
 
+Misfit: where the trials are nearly exact (activation flips scored on
+many samples), the points pin the fitted curve so tightly that its interval
+shrinks below the error the curve family itself makes: the family's midpoint
+is the one that best fits every point, not where the true curve crosses 1/2.
+A model-free estimate of the crossing sets that error: a weighted linear
+fit of the point means against log10 p over the points where the fitted
+curve lies in ``LOCAL`` (0.25 to 0.75), each mean weighted by its
+variance (the pooled spread of trials about their point means).  The
+squared difference between the two midpoints, less the local estimate's own
+sampling variance, estimates the squared bias of the family's midpoint
+(the logic of Hausman's specification test, Econometrica 46, 1978: under a
+right family the difference has mean 0 and the local estimate's variance at
+most); where positive it is added to the variance of m, in quadrature like
+the image term (``misfit_variance``), and planning counts it too, so a
+search does not stop on an interval narrower than its family's error.
+
 Safeguards: the steepness is bounded (``MAX_SHAPE``), and a fit that reaches
 the bound (separation) or rests on fewer than ``MIN_TRIALS`` trials where the
 fitted curve lies between 0.1 and 0.9 gives no interval, so a search never
@@ -85,6 +101,7 @@ LAMBDA_RANGE = (0.01, 4.0)
 M_MARGIN = 3.0  # decades beyond the measured probabilities the fit may put the midpoint
 MIN_TRIALS = 40  # trials where the fitted curve is between 0.1 and 0.9, before any interval is given
 CENTRAL = (0.1, 0.9)
+LOCAL = (0.25, 0.75)  # where the fitted curve is near enough to a line for the model-free crossing
 _LN10 = math.log(10.0)
 _EPS = 1e-9
 
@@ -156,6 +173,7 @@ class Fit:
     heterogeneity: float = 1.0  # max(1, lack-of-fit F): the factor the variances carry (Finney's)
     m_bounds: tuple[float, float] | None = None  # where the fit may put the midpoint (log10 p), as it searched
     points: int = 0  # the probabilities the trials ran at (0: unknown, then the trials set the degrees of freedom)
+    misfit_variance: float = 0.0  # added variance of m: the curve family's squared bias, where the data show one
 
     @property
     def m(self) -> float:
@@ -213,7 +231,7 @@ class Fit:
         """The Wald (sandwich) standard error of m, the sample term included; for planning."""
         if not self.supported:
             return None
-        variance = float(self.covariance[0, 0]) + self.image_variance
+        variance = float(self.covariance[0, 0]) + self.image_variance + self.misfit_variance
         return math.sqrt(variance) if variance > 0 and math.isfinite(variance) else None
 
     @property
@@ -231,7 +249,7 @@ class Fit:
             return None
         t = self.t_quantile()
         sandwich = t * math.sqrt(float(self.covariance[0, 0]))
-        extra = t * math.sqrt(self.image_variance)
+        extra = t * math.sqrt(self.image_variance + self.misfit_variance)
         low, high = self.profile
         below = max(self.m - low, sandwich)
         above = max(high - self.m, sandwich)
@@ -262,7 +280,8 @@ class Fit:
         s, jac = _jacobian(x, np.array([m, math.log(k), math.log(lam)]))
         if self.covariance is None:
             return s, s, s
-        var = np.einsum("ni,ij,nj->n", jac, self.covariance, jac) + (jac[:, 0] ** 2) * self.image_variance
+        var = np.einsum("ni,ij,nj->n", jac, self.covariance, jac) + (jac[:, 0] ** 2) * (
+            self.image_variance + self.misfit_variance)
         half = self.t_quantile() * np.sqrt(np.maximum(var, 0.0))
         return s, np.clip(s - half, 0.0, 1.0), np.clip(s + half, 0.0, 1.0)
 
@@ -270,7 +289,8 @@ class Fit:
         interval = self.interval
         return {
             "method": "quasi-binomial Aranda-Ordaz dose-response fit in log10 p; profile quasi-likelihood interval "
-                      "of the midpoint, F(1, K-3) with K the probabilities tried, image term added in quadrature",
+                      "of the midpoint, F(1, K-3) with K the probabilities tried, image and misfit terms added in "
+                      "quadrature",
             "log10_midpoint": self.m,
             "steepness_k": self.k,
             "shape_lambda": self.shape,
@@ -285,6 +305,7 @@ class Fit:
             "lack_of_fit_p": self.lack_of_fit_p,
             "heterogeneity": self.heterogeneity,
             "image_variance": self.image_variance,
+            "misfit_variance": self.misfit_variance,
             "at_bound": self.bounds_reached,
         }
 
@@ -405,7 +426,43 @@ def fit_curve(points: Sequence[PointData], *, start: tuple[float, float, float] 
     xs = [p.x for p in points]
     return Fit(_natural(theta), cov, sum(p.trials for p in points), central, _deviance(points, theta),
                dispersion * heterogeneity, lack_of_fit, confidence=confidence, heterogeneity=heterogeneity,
-               m_bounds=(min(xs) - M_MARGIN, max(xs) + M_MARGIN), points=len(set(xs)))
+               m_bounds=(min(xs) - M_MARGIN, max(xs) + M_MARGIN), points=len(set(xs)),
+               misfit_variance=_misfit_variance(points, fitted, float(theta[0])))
+
+
+def local_crossing(points: Sequence[PointData], fitted: np.ndarray) -> tuple[float, float] | None:
+    """Where the point means cross 1/2 by a weighted linear fit on log10 p over the points whose fitted value
+    lies in ``LOCAL``, and the variance of that root (delta method); None with fewer than three such points,
+    too few trials to pool their spread, or no fall."""
+    local = [(p, s) for p, s in zip(points, fitted) if LOCAL[0] <= s <= LOCAL[1]]
+    if len({p.x for p, _ in local}) < 3:
+        return None
+    n = np.array([p.trials for p, _ in local], dtype=np.float64)
+    sz, sz2 = np.array([p.sum_z for p, _ in local]), np.array([p.sum_z2 for p, _ in local])
+    if n.sum() - len(local) < 2:
+        return None
+    pooled = float(np.sum(np.maximum(sz2 - sz * sz / n, 0.0))) / (n.sum() - len(local))
+    x, z, w = np.array([p.x for p, _ in local]), sz / n, n / max(pooled, 1e-12)
+    design = np.stack([np.ones_like(x), x], axis=1)
+    try:
+        cov = np.linalg.inv(design.T @ (design * w[:, None]))
+    except np.linalg.LinAlgError:
+        return None
+    a, b = cov @ design.T @ (w * z)
+    if b >= 0:
+        return None
+    root = (0.5 - a) / b
+    gradient = np.array([-1.0 / b, -(0.5 - a) / b**2])
+    return float(root), float(gradient @ cov @ gradient)
+
+
+def _misfit_variance(points: Sequence[PointData], fitted: np.ndarray, m: float) -> float:
+    """The curve family's squared bias at the midpoint where the data show one (see the module docstring)."""
+    local = local_crossing(points, fitted)
+    if local is None:
+        return 0.0
+    root, variance = local
+    return max((m - root) ** 2 - variance, 0.0)
 
 
 def _crossing_guess(points: Sequence[PointData]) -> float:

@@ -232,3 +232,38 @@ def test_resume_never_shrinks_a_grid(vgg_path, tmp_path, capsys):
         code, _, err = _cli(capsys, *common, *fewer, "--resume")
         assert code == 1 and err.count("\n") == 1 and "that these settings leave out" in err
     assert (tmp_path / "r" / "results.json").read_text() == before
+
+
+def test_an_injected_model_refuses_the_options_it_fixes_unless_they_are_its_own(vgg_path, tmp_path, capsys):
+    """evaluate on a model inject wrote flips what the model holds: an option that fixes the injection, given with
+    another value, is refused in one line naming it (nothing written); left out or given as the model's, the
+    numbers are the same and results.json records the model's sites, nonfinite policy and ECC words."""
+    injected = tmp_path / "injected.onnx"
+    assert _cli(capsys, "inject", vgg_path, "-o", injected, "--p", "0", "--exclude", "classifier", "--nonfinite",
+                "zero", "--ecc", "secded")[0] == 0
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"protect": [{"site": "features.0.weight", "bit": 30}]}))
+    common = ["evaluate", injected, "--data", _images(tmp_path), "--metric", "agreement", "--p", "0,3e-3",
+              "--trials", "2"]
+    for option, *extra in (["--include", "features"], ["--exclude", "features"], ["--ops", "Relu"],
+                           ["--nonfinite", "keep"], ["--ecc", "none"], ["--on-detected", "--ecc", "secded"],
+                           ["--bits", "sign"], ["--targets", "weights"], ["--format", "float16"],
+                           ["--every-intermediate"], ["--no-fold-batchnorm"], ["--protect", plan]):
+        if option == "--on-detected":
+            extra = ["zero", *extra]
+        code, _, err = _cli(capsys, *common, "--out", tmp_path / "refused", option, *extra)
+        assert code == 1 and err.count("\n") == 1, (option, err)
+        assert err.startswith("onnxflip: error: the model is injected with ") and f"leave {option} out" in err
+        assert not (tmp_path / "refused").exists()
+    results = []
+    for extra in ([], ["--exclude", "classifier", "--nonfinite", "zero", "--ecc", "secded", "--format", "float32",
+                       "--targets", "biases,weights,activations"]):
+        out = tmp_path / f"r{len(results)}"
+        code, _, err = _cli(capsys, *common, "--out", out, *extra)
+        assert code == 0, err
+        results.append(json.loads((out / "results.json").read_text()))
+    left_out, as_held = results
+    assert left_out["settings"] == as_held["settings"] and left_out["exposure"] == as_held["exposure"]
+    assert [r["mean"] for r in left_out["rows"]] == [r["mean"] for r in as_held["rows"]]
+    held = left_out["settings"]
+    assert (held["selection"]["exclude"], held["nonfinite"], held["ecc"]) == ("classifier", "zero", "secded")

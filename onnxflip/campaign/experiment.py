@@ -114,24 +114,23 @@ class Experiment:
 
 
 def resolve_format(model, requested: str | None) -> str:
-    """The format to evaluate in: the one an injected model records, else the one asked for, else the model's
-    own (int8 for a quantised model, else the float type it computes in)."""
-    recorded = injected_format(model)
-    if recorded is not None and requested is not None and requested != recorded:
-        raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")
-    return recorded or requested or model_format(model)
+    """The format to evaluate in: the one asked for, else the one an injected model records, else the model's
+    own (int8 for a quantised model, else the float type it computes in).  An injected model refuses another
+    (:func:`settings_for_model`)."""
+    return requested or injected_format(model) or model_format(model)
 
 
 def settings_for_model(model: ir.Model, settings: TrialSettings, *, fmt: str | None,
                        given: frozenset[str]) -> TrialSettings:
-    """The trial settings of a campaign on ``model``: in the batch size its inputs fix (unless ``batch_size`` is
-    in ``given``, the settings set by the user), with the targets and bits an injected model holds (see
-    :func:`~onnxflip.campaign.trials.injected_settings`), in the format :func:`resolve_format` gives."""
+    """The trial settings of a campaign on ``model``, in the format :func:`resolve_format` gives: in the batch
+    size its inputs fix (unless ``--batch-size`` is in ``given``, the options the user gave, spelled as on the
+    command line), and for an injected model with what it holds (an option in ``given`` that it fixes otherwise
+    is refused: :func:`~onnxflip.campaign.trials.injected_settings`)."""
     fixed = batch_dimension(model)
-    if fixed is not None and "batch_size" not in given:
+    if fixed is not None and "--batch-size" not in given:
         settings = dataclasses.replace(settings, batch_size=fixed)  # exported with a fixed batch: batches of it
-    settings = injected_settings(model, settings, given=given)
-    return dataclasses.replace(settings, format=resolve_format(model, fmt))
+    settings = dataclasses.replace(settings, format=resolve_format(model, fmt))
+    return injected_settings(model, settings, given=given)
 
 
 class _Replay:

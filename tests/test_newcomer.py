@@ -267,3 +267,27 @@ def test_an_injected_model_refuses_the_options_it_fixes_unless_they_are_its_own(
     assert [r["mean"] for r in left_out["rows"]] == [r["mean"] for r in as_held["rows"]]
     held = left_out["settings"]
     assert (held["selection"]["exclude"], held["nonfinite"], held["ecc"]) == ("classifier", "zero", "secded")
+
+
+def test_results_record_the_preprocessing_applied_also_when_the_model_stores_it(vgg_path, synthetic_data, tmp_path,
+                                                                                capsys):
+    """The zoo's export stores its preprocessing (onnxflip.preprocess): results.json records the spec applied,
+    completed for the model's input, whether stored or given with --preprocess; an .npz is fed as it is (null)."""
+    import onnx
+
+    from onnxflip.data.preprocess import PREPROCESS_METADATA_KEY
+
+    stored = {p.key: p.value for p in onnx.load(vgg_path).metadata_props}[PREPROCESS_METADATA_KEY]
+    applied = {}
+    for name, data, extra in (("stored", synthetic_data, []),
+                              ("given", synthetic_data, ["--preprocess", '{"mean": [0.5, 0.5, 0.5]}']),
+                              ("npz", _images(tmp_path), [])):
+        out = tmp_path / name
+        code, _, err = _cli(capsys, "evaluate", vgg_path, "--data", data, "--metric", "agreement", "--p", "0",
+                            "--trials", "1", "--out", out, *extra)
+        assert code == 0, err
+        applied[name] = json.loads((out / "results.json").read_text())["preprocess"]
+    base = {"scale": True, "std": [1.0, 1.0, 1.0], "channels": "RGB", "layout": "NCHW"}
+    assert applied["stored"] == {**base, **json.loads(stored), "mean": [0.0, 0.0, 0.0]}
+    assert applied["given"] == {**base, "resize": [32, 32], "mean": [0.5, 0.5, 0.5]}
+    assert applied["npz"] is None

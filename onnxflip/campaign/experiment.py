@@ -226,7 +226,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
                                              data, on_batch)
     with removed_if_left_empty(out), (executor or LocalExecutor()).bind(local) as runner:
         return _run(experiment, runner, metric, model_path=model_path, data_path=data_path, out=out, resume=resume,
-                    overwrite=overwrite, on_step=on_step)
+                    overwrite=overwrite, on_step=on_step, preprocess=local.source.preprocess)
 
 
 def _local_runner(experiment: Experiment, model: ir.Model, data, on_batch) -> tuple[LocalRunner, object, Metric]:
@@ -310,7 +310,8 @@ def _check_grid_covers(experiment: Experiment, recorded: list[TrialOutcome]) -> 
 
 
 def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_path: pathlib.Path, data_path,
-         out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None) -> dict:
+         out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None,
+         preprocess: Preprocess | None = None) -> dict:
     search = experiment.search
     if search is not None and search.budget.seconds is not None:
         # Refuse a time budget that cannot pay for the bracket before anything is written.
@@ -324,6 +325,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "model": str(model_path),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "data": str(data_path),
+        "preprocess": preprocess.as_dict() if preprocess is not None else None,  # as applied: asked for, or stored
         "settings": experiment.trials.to_json(),
         "experiment": experiment.to_json(),
         "metric": metric.name,

@@ -210,8 +210,8 @@ def test_bad_search_settings_are_refused(kwargs):
 
 
 def test_a_fit_at_any_bound_of_its_search_is_flagged(tmp_path):
-    """Each parameter left at a bound is named in the fit's record and in evaluate's summary; a fit inside its
-    bounds names none."""
+    """Each parameter left at a bound is named in the fit's record, and evaluate's summary says what it means
+    and what to do; a fit inside its bounds names none, nor does one whose shape is the Weibull limit."""
     from onnxflip.campaign.estimate import LAMBDA_RANGE, MAX_SHAPE, Fit
     from onnxflip.report.summary import evaluation_summary
 
@@ -226,6 +226,14 @@ def test_a_fit_at_any_bound_of_its_search_is_flagged(tmp_path):
                            "level": 0.5}, "settings": {}, "metric": "top1", "clean_score": 0.9,
               "design": {"samples_per_trial": 500}, "evaluations": 40, "wall_seconds": 3.0, "stop_reason": "x",
               "rows": [], "experiment": {"mode": "search"}, "fit": fit(-5.0, 1.0, LAMBDA_RANGE[0]).to_json()}
-    assert "shape_lambda sits at the bound" in evaluation_summary(result, tmp_path)
+    assert "note:" not in evaluation_summary(result, tmp_path)  # the Weibull curve, the family's limit
+    notes = {(-5.0, 1.0, LAMBDA_RANGE[1]): "more trials at the highest probabilities",
+             (-5.0, MAX_SHAPE, 1.0): "measure more probabilities between the last intact and the first ruined",
+             (-5.0, 0.05, 1.0): "widen the range of --p or --p-range",
+             (-1.0, 1.0, 1.0): "extend --p or --p-range towards it"}
+    for theta, advice in notes.items():
+        result["fit"] = fit(*theta).to_json()
+        lines = [line for line in evaluation_summary(result, tmp_path).splitlines() if line.startswith("note:")]
+        assert len(lines) == 1 and advice in lines[0] and "(fit.at_bound in results.json)" in lines[0]
     result["fit"] = fit(-5.0, 1.0, 1.0).to_json()
-    assert "at the bound" not in evaluation_summary(result, tmp_path)
+    assert "note:" not in evaluation_summary(result, tmp_path)

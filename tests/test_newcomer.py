@@ -291,3 +291,15 @@ def test_results_record_the_preprocessing_applied_also_when_the_model_stores_it(
     assert applied["stored"] == {**base, **json.loads(stored), "mean": [0.0, 0.0, 0.0]}
     assert applied["given"] == {**base, "resize": [32, 32], "mean": [0.5, 0.5, 0.5]}
     assert applied["npz"] is None
+
+
+def test_a_fit_at_the_weibull_limit_of_its_shape_prints_no_note(vgg_path, tmp_path, capsys):
+    """Ruinous weight flips give the Weibull curve, the family's limit (shape lambda at its lower bound): the
+    fit records the bound, and the summary prints no note, since it changes nothing (a note at a bound that
+    matters says what to do: tests/test_campaign_statistics.py)."""
+    code, out, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
+                          "--targets", "weights", "--p", "1e-7:1e-3:9", "--trials", "3", "--out", tmp_path / "r")
+    assert code == 0, err
+    fit = json.loads((tmp_path / "r" / "results.json").read_text())["fit"]
+    assert fit["at_bound"] == ["shape_lambda"] and fit["shape_lambda"] < 0.011
+    assert "bound" not in out and "note:" not in out

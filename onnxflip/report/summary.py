@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from onnxflip.campaign.estimate import bound_notes
 from onnxflip.report.sites_table import percent
 
 __all__ = ["count", "evaluation_summary"]
@@ -71,8 +72,6 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(f"midpoint {swept} = {mid['p']:.3g}{span} (score {mid['level']:.3f})")
     else:
         lines.append("midpoint not reached in the measured range")
-    reached = (result.get("fit") or {}).get("at_bound") or []
-    if reached:  # the data did not place these: the bound did, and the interval rests on that
-        lines.append(f"the fitted curve's {', '.join(reached)} sits at the bound of its search: the trials do not "
-                     "place it, and the interval assumes the bound (fit.at_bound in results.json)")
+    for note in bound_notes(result.get("fit") or {}):  # the data did not place these: the bound did
+        lines.append(f"note: {note} (fit.at_bound in results.json)")
     return "\n".join(lines)

@@ -455,7 +455,7 @@ def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None
     if as_json:
         click.echo(json.dumps({"sites": rows, "coverage": coverage.to_json() if coverage else None}, indent=2))
         return
-    click.echo(format_site_table(rows, coverage, batch=batch_dimension(loaded)))
+    click.echo(format_site_table(rows, coverage, batch=batch_dimension(loaded), selection=config.selection))
     if coverage is not None:
         click.echo("")
         click.echo(format_coverage(coverage))

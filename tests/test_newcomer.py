@@ -303,3 +303,13 @@ def test_a_fit_at_the_weibull_limit_of_its_shape_prints_no_note(vgg_path, tmp_pa
     fit = json.loads((tmp_path / "r" / "results.json").read_text())["fit"]
     assert fit["at_bound"] == ["shape_lambda"] and fit["shape_lambda"] < 0.011
     assert "bound" not in out and "note:" not in out
+
+
+def test_an_include_pattern_that_matches_nothing_says_so_and_names_a_few_sites(vgg_path, tmp_path, capsys):
+    for command in (["inject", vgg_path, "-o", tmp_path / "x.onnx"],
+                    ["evaluate", vgg_path, "--data", _images(tmp_path), "--out", tmp_path / "r"]):
+        code, _, err = _cli(capsys, *command, "--include", "nomatch")
+        assert code == 1 and err.count("\n") == 1, err
+        assert "the --include 'nomatch' pattern matches no site's tensor or node name" in err
+        assert "sites without it include features.0.weight, features.0.bias" in err
+        assert "no stored activation" not in err

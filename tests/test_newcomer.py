@@ -313,3 +313,11 @@ def test_an_include_pattern_that_matches_nothing_says_so_and_names_a_few_sites(v
         assert "the --include 'nomatch' pattern matches no site's tensor or node name" in err
         assert "sites without it include features.0.weight, features.0.bias" in err
         assert "no stored activation" not in err
+
+
+def test_a_missing_data_folder_says_how_to_fetch_one(vgg_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ONNXFLIP_DATA", str(tmp_path / "nowhere"))
+    for data in ([], ["--data", tmp_path / "missing"]):
+        code, _, err = _cli(capsys, "evaluate", vgg_path, *data)
+        assert code == 1 and err.count("\n") == 1 and "does not exist" in err
+        assert "give --data DIR" in err and "add --download to fetch the official CIFAR-10 release" in err

@@ -321,3 +321,23 @@ def test_a_missing_data_folder_says_how_to_fetch_one(vgg_path, tmp_path, capsys,
         code, _, err = _cli(capsys, "evaluate", vgg_path, *data)
         assert code == 1 and err.count("\n") == 1 and "does not exist" in err
         assert "give --data DIR" in err and "add --download to fetch the official CIFAR-10 release" in err
+
+
+def test_compare_writes_every_probability_in_one_format(vgg_path, tmp_path, capsys):
+    """Midpoints of different magnitudes (2.88e-06 and 0.00023 as %g writes them) and their intervals all in
+    scientific notation with three significant digits."""
+    out = tmp_path / "r"
+    code, _, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
+                        "--p", "0,1e-4,1e-3", "--trials", "2", "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "results.json").read_text())
+    folders = []
+    for name, (p, low, high) in (("a", (2.88e-6, 2.5e-6, 3.3e-6)), ("b", (2.3e-4, 1.95e-4, 2.71e-4))):
+        result["midpoint"].update(p=p, low=low, high=high, status="grid")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+        folders.append(tmp_path / name)
+    code, table, err = _cli(capsys, "compare", *folders, "-o", tmp_path / "curves.png")
+    assert code == 0, err
+    rows = [line.split()[-4:-1] for line in table.splitlines()[1:]]
+    assert rows == [["2.88e-06", "[2.50e-06,", "3.30e-06]"], ["2.30e-04", "[1.95e-04,", "2.71e-04]"]], table

@@ -341,3 +341,33 @@ def test_compare_writes_every_probability_in_one_format(vgg_path, tmp_path, caps
     assert code == 0, err
     rows = [line.split()[-4:-1] for line in table.splitlines()[1:]]
     assert rows == [["2.88e-06", "[2.50e-06,", "3.30e-06]"], ["2.30e-04", "[1.95e-04,", "2.71e-04]"]], table
+
+
+def test_a_row_s_samples_is_the_number_results_csv_has_and_older_lists_still_resume(vgg_path, tmp_path, capsys):
+    """results.json's rows give the samples each trial scored as the number results.csv has (a list only where a
+    point's trials scored different numbers, the CSV's 500/2000); a file written when every row held a list
+    still resumes to the same trials."""
+    import csv
+
+    from onnxflip.campaign.design import TrialOutcome
+    from onnxflip.campaign.results import rows_of
+
+    out = tmp_path / "r"
+    common = ["evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement", "--p", "0,1e-3",
+              "--out", out]
+    assert _cli(capsys, *common, "--trials", "2")[0] == 0
+    result = json.loads((out / "results.json").read_text())
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["samples"] for r in result["rows"]] == [40, 40] == [int(r["samples"]) for r in table]
+    for row in result["rows"]:  # as files written before rows held a number have it
+        row["samples"] = [row["samples"]]
+    (out / "results.json").write_text(json.dumps(result))
+    code, _, err = _cli(capsys, *common, "--trials", "3", "--resume")
+    assert code == 0, err
+    resumed = json.loads((out / "results.json").read_text())
+    assert {json.dumps(t) for t in result["trials"]} <= {json.dumps(t) for t in resumed["trials"]}
+    assert [r["samples"] for r in resumed["rows"]] == [40, 40]
+    mixed = [TrialOutcome(p=1e-3, trial=t, samples=n, score=0.5, sample_variance=0.25)
+             for t, n in ((0, 500), (1, 2000))]
+    assert rows_of(mixed, lambda p: (p, p, 0.0, 0.0))[0]["samples"] == [500, 2000]

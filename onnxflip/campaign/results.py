@@ -147,7 +147,9 @@ def mean_interval(scores: np.ndarray) -> tuple[float | None, float | None]:
 def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
     """One row per probability: its rates, trials, samples, mean score and its 95% interval
     (:func:`mean_interval`), spread between trials, extremes,
-    non-finite share, and with ECC the word fractions.  ``rates_of(p)`` is (p01, p10, s0, s1)."""
+    non-finite share, and with ECC the word fractions.  ``rates_of(p)`` is (p01, p10, s0, s1).  ``samples``
+    is the number every trial scored, as results.csv writes it; where a point's trials scored different
+    numbers (a search that moved on to more samples per trial), the list of them (the CSV's ``500/2000``)."""
     by_p: dict[float, list[TrialOutcome]] = defaultdict(list)
     for o in outcomes:
         by_p[o.p].append(o)
@@ -157,9 +159,10 @@ def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
         scores = np.array([o.score for o in group])
         p01, p10, s0, s1 = rates_of(p)
         low, high = mean_interval(scores)
+        samples = sorted({o.samples for o in group})
         rows.append({
             "p": p, "p01": p01, "p10": p10, "s0": s0, "s1": s1, "trials": len(group),
-            "samples": sorted({o.samples for o in group}),
+            "samples": samples[0] if len(samples) == 1 else samples,
             "mean": float(scores.mean()), "low": low, "high": high,
             "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
             "min": float(scores.min()), "max": float(scores.max()),
@@ -167,6 +170,12 @@ def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
             **_word_fractions(group),
         })
     return rows
+
+
+def _cell(row: dict, column: str) -> object:
+    """A row's value in results.csv: several sample counts (a list) joined by ``/``."""
+    value = row.get(column, "")
+    return "/".join(map(str, value)) if isinstance(value, list) else value
 
 
 def write_results(out: pathlib.Path, data: dict) -> None:
@@ -177,7 +186,7 @@ def write_results(out: pathlib.Path, data: dict) -> None:
     columns = CSV_COLUMNS + (WORD_COLUMNS if any("corrected" in row for row in data["rows"]) else ())
     writer.writerow(columns)
     for row in data["rows"]:
-        writer.writerow(["/".join(map(str, row[c])) if c == "samples" else row.get(c, "") for c in columns])
+        writer.writerow([_cell(row, c) for c in columns])
     write_atomically(out / "results.csv", buffer.getvalue().encode())
 
 

@@ -371,3 +371,24 @@ def test_a_row_s_samples_is_the_number_results_csv_has_and_older_lists_still_res
     mixed = [TrialOutcome(p=1e-3, trial=t, samples=n, score=0.5, sample_variance=0.25)
              for t, n in ((0, 500), (1, 2000))]
     assert rows_of(mixed, lambda p: (p, p, 0.0, 0.0))[0]["samples"] == [500, 2000]
+
+
+def test_a_results_file_written_while_trials_run_has_a_pending_midpoint(vgg_path, tmp_path, capsys):
+    """A campaign interrupted after its first write leaves results.json with midpoint status pending (every key
+    of a midpoint, no value); resumed, it finishes with the midpoint measured."""
+    metric = tmp_path / "interrupting.py"  # the second score it gives, the first trial at p > 0: Ctrl-C, once
+    metric.write_text("import pathlib\n\nimport numpy as np\n\ncalls = []\n\n\ndef score(faulty, clean, labels):\n"
+                      "    calls.append(1)\n    once = pathlib.Path(__file__).with_suffix('.interrupted')\n"
+                      "    if len(calls) == 2 and not once.exists():\n        once.touch()\n"
+                      "        raise KeyboardInterrupt\n    return np.ones(len(faulty))\n")
+    out = tmp_path / "r"
+    common = ["evaluate", vgg_path, "--data", _images(tmp_path), "--p", "0,1e-3", "--trials", "2", "--out", out]
+    code, _, _ = _cli(capsys, *common, "--metric", f"{metric}:score")
+    assert code == 130
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["midpoint"] == {"status": "pending", "level": None, "p": None, "low": None, "high": None,
+                                   "log10": None}
+    assert [t["p"] for t in partial["trials"]] == [0.0]
+    code, _, err = _cli(capsys, *common, "--metric", f"{metric}:score", "--resume")
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["midpoint"]["status"] != "pending"

@@ -29,6 +29,7 @@ from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, 
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import (
+    PENDING_MIDPOINT,
     outcomes_from,
     prepare_output,
     removed_if_left_empty,
@@ -359,7 +360,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
     def snapshot(extra: dict | None = None) -> dict:
         ordered = sorted(trials, key=lambda o: (o.p, o.samples, o.trial))
         data = {**header, "providers": list(runner.providers), "wall_seconds": clock(),
-                "evaluations": len(trials), **(extra or {}),
+                "evaluations": len(trials), "midpoint": PENDING_MIDPOINT, **(extra or {}),
                 "rows": rows_of(ordered, experiment.trials.rates),
                 "trials": [o.to_json() for o in ordered]}
         write_results(out, data)

@@ -33,11 +33,20 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import write_atomically
 
-__all__ = ["check_inputs_outside", "default_folder", "prepare_output", "removed_if_left_empty", "rows_of", "versions", "write_results"]
+__all__ = ["PENDING_MIDPOINT", "check_inputs_outside", "default_folder", "finished", "prepare_output",
+           "removed_if_left_empty", "rows_of", "versions", "write_results"]
 
 CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "low", "high", "sd", "min", "max",
                "nonfinite")
 WORD_COLUMNS = ("corrected", "detected", "silent")  # with ECC: fractions of the words read
+# The midpoint of a results.json written while trials run (or left by an interruption): not measured yet.
+PENDING_MIDPOINT = {"status": "pending", "level": None, "p": None, "low": None, "high": None, "log10": None}
+
+
+def finished(data: dict) -> bool:
+    """Whether a results.json holds a finished campaign: its midpoint is not pending (a file written before
+    partial ones had a midpoint has none)."""
+    return (data.get("midpoint") or PENDING_MIDPOINT)["status"] != "pending"
 
 
 def default_folder(model: pathlib.Path, fmt: str) -> pathlib.Path:

@@ -558,7 +558,8 @@ def evaluate(model, data, fmt, targets, bits, direction, nonfinite, sweep, flip_
     MODEL may be clean (it is injected with these options) or injected: it
     flips what it holds, and an option that fixes the injection (--format,
     --targets, --bits, --nonfinite, --ecc, --on-detected, --protect, the
-    site selection, --no-fold-batchnorm) is refused unless it is the model's.  With --midpoint, a sequential design finds the
+    site selection, --no-fold-batchnorm) is refused unless it is the
+    model's.  With --midpoint, a sequential design finds the
     probability at which the score has fallen halfway from clean to the
     floor, to the interval width --precision; else each --p gets --trials
     trials.  Writes results.json, results.csv and accuracy.png to the results

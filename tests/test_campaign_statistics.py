@@ -9,7 +9,8 @@ the default precision (0.2 decades) and needs the 95% interval to cover the true
 midpoint in at least 93% of the campaigns that report one (binomial sd at 0.95
 and 400 runs: 1.1 points, so 93% is 1.8 sd below the nominal rate), in the
 realistic regimes also in at most 98% (1.8 sd above), and at most 1% of
-campaigns without one.
+campaigns without one.  Those simulations (2,700 campaigns) are marked
+``statistical``: ``pytest -m statistical`` runs them, the plain ``pytest`` does not.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def _campaigns(regime: str, count: int, precision: float = 0.2) -> list[tuple]:
         return list(pool.map(_campaign, [(regime, seed, precision) for seed in range(count)], chunksize=10))
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("regime", ["smooth", "ruinous", "mixture", "edge", "float32", "int8"])
 def test_the_interval_covers_the_true_midpoint_at_its_stated_rate(regime):
     """At least 93% everywhere; in the realistic regimes (fixed per-sample correctness, partly damaged trials)
@@ -66,6 +68,7 @@ def test_the_interval_covers_the_true_midpoint_at_its_stated_rate(regime):
     assert max(widths) <= 0.2 + 1e-9
 
 
+@pytest.mark.statistical
 def test_the_error_shrinks_as_the_precision_is_tightened():
     errors = {}
     for precision in (0.4, 0.2, 0.1):

@@ -26,6 +26,7 @@ import time
 
 import onnx
 
+from onnxflip.campaign.results import finished
 from onnxflip.cli import main as onnxflip
 
 
@@ -52,7 +53,7 @@ def _train(out: pathlib.Path, name: str, data: str, epochs: int, lr: float, *ext
 def _midpoint(model: pathlib.Path, data: str, target: str, precision: float, budget: str) -> dict:
     folder = model.parent / "cells" / f"{model.stem}-{target}"
     results = folder / "results.json"
-    if not (results.is_file() and "midpoint" in json.loads(results.read_text())):
+    if not (results.is_file() and finished(json.loads(results.read_text()))):
         _run("evaluate", str(model), "--data", data, "--targets", target, "--midpoint", "--p-range", "1e-9:0.5",
              "--precision",
              str(precision), "--budget", budget, "--out", str(folder), *(["--overwrite"] if folder.exists() else []))

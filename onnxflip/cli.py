@@ -469,7 +469,7 @@ def inspect(model: pathlib.Path, config: InjectionConfig, as_json: bool) -> None
     if as_json:
         click.echo(json.dumps({"sites": rows, "coverage": coverage.to_json() if coverage else None}, indent=2))
         return
-    click.echo(format_site_table(rows, coverage, batch=batch_dimension(loaded)))
+    click.echo(format_site_table(rows, coverage, batch=batch_dimension(loaded), selection=config.selection))
     if coverage is not None:
         click.echo("")
         click.echo(format_coverage(coverage))
@@ -573,8 +573,11 @@ def evaluate(model, data, fmt, compute, targets, bits, direction, nonfinite, swe
              overwrite, executor, ray_address, selection, no_fold_batchnorm):
     """Measure how MODEL's score falls as the bit-flip probability rises.
 
-    MODEL may be clean (it is injected with these options) or injected (its
-    format is read from it).  With --midpoint, a sequential design finds the
+    MODEL may be clean (it is injected with these options) or injected: it
+    flips what it holds, and an option that fixes the injection (--format,
+    --targets, --bits, --nonfinite, --ecc, --on-detected, --protect, the
+    site selection, --no-fold-batchnorm) is refused unless it is the
+    model's.  With --midpoint, a sequential design finds the
     probability at which the score has fallen halfway from clean to the
     floor, to the interval width --precision; else each --p gets --trials
     trials.  Writes results.json, results.csv and accuracy.png to the results
@@ -608,9 +611,7 @@ def evaluate(model, data, fmt, compute, targets, bits, direction, nonfinite, swe
                                  parameter_randomness=parameter_randomness)
     except OnnxflipError as exc:
         raise click.UsageError(str(exc)) from None
-    context = click.get_current_context()
-    given = frozenset(name for name in ("targets", "bits", "batch_size")
-                      if context.get_parameter_source(name) != DEFAULT)
+    given = frozenset(_given(param.name for param in click.get_current_context().command.params))
     settings = settings_for_model(clean_or_injected, settings, fmt=fmt, given=given, compute=compute)
     search = SearchSettings.from_range(p_range, precision=precision, budget=Budget.parse(budget)) if midpoint else None
     experiment = Experiment(

@@ -246,3 +246,19 @@ def test_a_converted_model_computes_as_it_was_written():
     assert InjectionRecord.read(injected).config.compute == "float32"
     with pytest.raises(OnnxflipError, match="--compute float32"):
         insert_flipbits(converted, config=InjectionConfig(format="bfloat16", compute="native"))
+
+
+def test_an_injected_model_computes_as_it_was_injected(tmp_path, capsys):
+    """evaluate reads the compute from the injection record; another --compute is refused in one line."""
+    save_model(_conv_net(), tmp_path / "m.onnx")
+    assert _cli(capsys, "inject", tmp_path / "m.onnx", "-o", tmp_path / "i.onnx", "--format", "float64",
+                "--compute", "float32")[0] == 0
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(8, 3, 12, 12)).astype(np.float32))
+    args = ["evaluate", tmp_path / "i.onnx", "--data", tmp_path / "d.npz", "--metric", "agreement", "--p", "0,1e-3",
+            "--trials", "1"]
+    code, _, err = _cli(capsys, *args, "--out", tmp_path / "a", "--compute", "native")
+    assert code == 1 and err.count("\n") == 1 and "injected with --compute float32, not --compute native" in err
+    code, _, err = _cli(capsys, *args, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["settings"]["compute"] == "float32"

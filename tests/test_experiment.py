@@ -203,7 +203,7 @@ def test_an_injected_model_brings_its_format(classifier_path, synthetic_data, tm
     capsys.readouterr()
     assert main(["evaluate", str(injected), "--data", str(synthetic_data), "--format", "float16", "--p", "1e-3",
                  "--out", str(tmp_path / "r2")]) == 1
-    assert "injected in format bfloat16" in capsys.readouterr().err
+    assert "the model is injected with --format bfloat16, not --format float16" in capsys.readouterr().err
 
 
 def test_budgets_in_the_experiment_are_recorded(classifier_path, synthetic_data, tmp_path):

@@ -162,22 +162,20 @@ def test_a_build_that_cannot_fetch_the_headers_says_what_to_do_in_one_line(tmp_p
 
 
 def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
-    """The README's first Python example (inject, a session, flip_bits on an array, ECC counts) runs on a model
-    named model.onnx, every name it uses defined."""
+    """The README's first Python example (inject, a session run on a batch, flip_bits on an array, ECC counts)
+    runs as written where the checkout's models/ folder is, on the shipped VGG-A, every name it uses defined."""
     import re
 
-    from conftest import template_classifier
-
-    from onnxflip.modelio import save_model
-
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    start = readme.index("From Python:")
+    root = pathlib.Path(__file__).parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start = readme.index("From Python")  # the first example
     code = re.search(r"```python\n(.*?)```", readme[start:], re.DOTALL).group(1)
-    save_model(template_classifier(), tmp_path / "model.onnx")
+    (tmp_path / "models").symlink_to(root / "models")  # the checkout's root, but noisy.onnx written in tmp_path
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "noisy.onnx").is_file() and namespace["y"].shape == namespace["x"].shape
+    assert namespace["logits"].shape == (8, 10) and np.isfinite(namespace["logits"]).all()
 
 
 def test_warnings_and_counts_read_like_the_command_s_own_lines(vgg_path, tmp_path):
@@ -310,3 +308,163 @@ def test_resume_never_shrinks_a_grid(vgg_path, tmp_path, capsys):
         code, _, err = _cli(capsys, *common, *fewer, "--resume")
         assert code == 1 and err.count("\n") == 1 and "that these settings leave out" in err
     assert (tmp_path / "r" / "results.json").read_text() == before
+
+
+def test_an_injected_model_refuses_the_options_it_fixes_unless_they_are_its_own(vgg_path, tmp_path, capsys):
+    """evaluate on a model inject wrote flips what the model holds: an option that fixes the injection, given with
+    another value, is refused in one line naming it (nothing written); left out or given as the model's, the
+    numbers are the same and results.json records the model's sites, nonfinite policy and ECC words."""
+    injected = tmp_path / "injected.onnx"
+    assert _cli(capsys, "inject", vgg_path, "-o", injected, "--p", "0", "--exclude", "classifier", "--nonfinite",
+                "zero", "--ecc", "secded")[0] == 0
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"protect": [{"site": "features.0.weight", "bit": 30}]}))
+    common = ["evaluate", injected, "--data", _images(tmp_path), "--metric", "agreement", "--p", "0,3e-3",
+              "--trials", "2"]
+    for option, *extra in (["--include", "features"], ["--exclude", "features"], ["--ops", "Relu"],
+                           ["--nonfinite", "keep"], ["--ecc", "none"], ["--on-detected", "--ecc", "secded"],
+                           ["--bits", "sign"], ["--targets", "weights"], ["--format", "float16"],
+                           ["--every-intermediate"], ["--no-fold-batchnorm"], ["--protect", plan]):
+        if option == "--on-detected":
+            extra = ["zero", *extra]
+        code, _, err = _cli(capsys, *common, "--out", tmp_path / "refused", option, *extra)
+        assert code == 1 and err.count("\n") == 1, (option, err)
+        assert err.startswith("onnxflip: error: the model is injected with ") and f"leave {option} out" in err
+        assert not (tmp_path / "refused").exists()
+    results = []
+    for extra in ([], ["--exclude", "classifier", "--nonfinite", "zero", "--ecc", "secded", "--format", "float32",
+                       "--targets", "biases,weights,activations"]):
+        out = tmp_path / f"r{len(results)}"
+        code, _, err = _cli(capsys, *common, "--out", out, *extra)
+        assert code == 0, err
+        results.append(json.loads((out / "results.json").read_text()))
+    left_out, as_held = results
+    assert left_out["settings"] == as_held["settings"] and left_out["exposure"] == as_held["exposure"]
+    assert [r["mean"] for r in left_out["rows"]] == [r["mean"] for r in as_held["rows"]]
+    held = left_out["settings"]
+    assert (held["selection"]["exclude"], held["nonfinite"], held["ecc"]) == ("classifier", "zero", "secded")
+
+
+def test_results_record_the_preprocessing_applied_also_when_the_model_stores_it(vgg_path, synthetic_data, tmp_path,
+                                                                                capsys):
+    """The zoo's export stores its preprocessing (onnxflip.preprocess): results.json records the spec applied,
+    completed for the model's input, whether stored or given with --preprocess; an .npz is fed as it is (null)."""
+    import onnx
+
+    from onnxflip.data.preprocess import PREPROCESS_METADATA_KEY
+
+    stored = {p.key: p.value for p in onnx.load(vgg_path).metadata_props}[PREPROCESS_METADATA_KEY]
+    applied = {}
+    for name, data, extra in (("stored", synthetic_data, []),
+                              ("given", synthetic_data, ["--preprocess", '{"mean": [0.5, 0.5, 0.5]}']),
+                              ("npz", _images(tmp_path), [])):
+        out = tmp_path / name
+        code, _, err = _cli(capsys, "evaluate", vgg_path, "--data", data, "--metric", "agreement", "--p", "0",
+                            "--trials", "1", "--out", out, *extra)
+        assert code == 0, err
+        applied[name] = json.loads((out / "results.json").read_text())["preprocess"]
+    base = {"scale": True, "std": [1.0, 1.0, 1.0], "channels": "RGB", "layout": "NCHW"}
+    assert applied["stored"] == {**base, **json.loads(stored), "mean": [0.0, 0.0, 0.0]}
+    assert applied["given"] == {**base, "resize": [32, 32], "mean": [0.5, 0.5, 0.5]}
+    assert applied["npz"] is None
+
+
+def test_a_fit_at_the_weibull_limit_of_its_shape_prints_no_note(vgg_path, tmp_path, capsys):
+    """Ruinous weight flips give the Weibull curve, the family's limit (shape lambda at its lower bound): the
+    fit records the bound, and the summary prints no note, since it changes nothing (a note at a bound that
+    matters says what to do: tests/test_campaign_statistics.py)."""
+    code, out, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
+                          "--targets", "weights", "--p", "1e-7:1e-3:9", "--trials", "3", "--out", tmp_path / "r")
+    assert code == 0, err
+    fit = json.loads((tmp_path / "r" / "results.json").read_text())["fit"]
+    assert fit["at_bound"] == ["shape_lambda"] and fit["shape_lambda"] < 0.011
+    assert "bound" not in out and "note:" not in out
+
+
+def test_an_include_pattern_that_matches_nothing_says_so_and_names_a_few_sites(vgg_path, tmp_path, capsys):
+    for command in (["inject", vgg_path, "-o", tmp_path / "x.onnx"],
+                    ["evaluate", vgg_path, "--data", _images(tmp_path), "--out", tmp_path / "r"]):
+        code, _, err = _cli(capsys, *command, "--include", "nomatch")
+        assert code == 1 and err.count("\n") == 1, err
+        assert "the --include 'nomatch' pattern matches no site's tensor or node name" in err
+        assert "sites without it include features.0.weight, features.0.bias" in err
+        assert "no stored activation" not in err
+
+
+def test_a_missing_data_folder_says_how_to_fetch_one(vgg_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ONNXFLIP_DATA", str(tmp_path / "nowhere"))
+    for data in ([], ["--data", tmp_path / "missing"]):
+        code, _, err = _cli(capsys, "evaluate", vgg_path, *data)
+        assert code == 1 and err.count("\n") == 1 and "does not exist" in err
+        assert "give --data DIR" in err and "add --download to fetch the official CIFAR-10 release" in err
+
+
+def test_compare_writes_every_probability_in_one_format(vgg_path, tmp_path, capsys):
+    """Midpoints of different magnitudes (2.88e-06 and 0.00023 as %g writes them) and their intervals all in
+    scientific notation with three significant digits."""
+    out = tmp_path / "r"
+    code, _, err = _cli(capsys, "evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement",
+                        "--p", "0,1e-4,1e-3", "--trials", "2", "--out", out)
+    assert code == 0, err
+    result = json.loads((out / "results.json").read_text())
+    folders = []
+    for name, (p, low, high) in (("a", (2.88e-6, 2.5e-6, 3.3e-6)), ("b", (2.3e-4, 1.95e-4, 2.71e-4))):
+        result["midpoint"].update(p=p, low=low, high=high, status="grid")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+        folders.append(tmp_path / name)
+    code, table, err = _cli(capsys, "compare", *folders, "-o", tmp_path / "curves.png")
+    assert code == 0, err
+    rows = [line.split()[-4:-1] for line in table.splitlines()[1:]]
+    assert rows == [["2.88e-06", "[2.50e-06,", "3.30e-06]"], ["2.30e-04", "[1.95e-04,", "2.71e-04]"]], table
+
+
+def test_a_row_s_samples_is_the_number_results_csv_has_and_older_lists_still_resume(vgg_path, tmp_path, capsys):
+    """results.json's rows give the samples each trial scored as the number results.csv has (a list only where a
+    point's trials scored different numbers, the CSV's 500/2000); a file written when every row held a list
+    still resumes to the same trials."""
+    import csv
+
+    from onnxflip.campaign.design import TrialOutcome
+    from onnxflip.campaign.results import rows_of
+
+    out = tmp_path / "r"
+    common = ["evaluate", vgg_path, "--data", _images(tmp_path), "--metric", "agreement", "--p", "0,1e-3",
+              "--out", out]
+    assert _cli(capsys, *common, "--trials", "2")[0] == 0
+    result = json.loads((out / "results.json").read_text())
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["samples"] for r in result["rows"]] == [40, 40] == [int(r["samples"]) for r in table]
+    for row in result["rows"]:  # as files written before rows held a number have it
+        row["samples"] = [row["samples"]]
+    (out / "results.json").write_text(json.dumps(result))
+    code, _, err = _cli(capsys, *common, "--trials", "3", "--resume")
+    assert code == 0, err
+    resumed = json.loads((out / "results.json").read_text())
+    assert {json.dumps(t) for t in result["trials"]} <= {json.dumps(t) for t in resumed["trials"]}
+    assert [r["samples"] for r in resumed["rows"]] == [40, 40]
+    mixed = [TrialOutcome(p=1e-3, trial=t, samples=n, score=0.5, sample_variance=0.25)
+             for t, n in ((0, 500), (1, 2000))]
+    assert rows_of(mixed, lambda p: (p, p, 0.0, 0.0))[0]["samples"] == [500, 2000]
+
+
+def test_a_results_file_written_while_trials_run_has_a_pending_midpoint(vgg_path, tmp_path, capsys):
+    """A campaign interrupted after its first write leaves results.json with midpoint status pending (every key
+    of a midpoint, no value); resumed, it finishes with the midpoint measured."""
+    metric = tmp_path / "interrupting.py"  # the second score it gives, the first trial at p > 0: Ctrl-C, once
+    metric.write_text("import pathlib\n\nimport numpy as np\n\ncalls = []\n\n\ndef score(faulty, clean, labels):\n"
+                      "    calls.append(1)\n    once = pathlib.Path(__file__).with_suffix('.interrupted')\n"
+                      "    if len(calls) == 2 and not once.exists():\n        once.touch()\n"
+                      "        raise KeyboardInterrupt\n    return np.ones(len(faulty))\n")
+    out = tmp_path / "r"
+    common = ["evaluate", vgg_path, "--data", _images(tmp_path), "--p", "0,1e-3", "--trials", "2", "--out", out]
+    code, _, _ = _cli(capsys, *common, "--metric", f"{metric}:score")
+    assert code == 130
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["midpoint"] == {"status": "pending", "level": None, "p": None, "low": None, "high": None,
+                                   "log10": None}
+    assert [t["p"] for t in partial["trials"]] == [0.0]
+    code, _, err = _cli(capsys, *common, "--metric", f"{metric}:score", "--resume")
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["midpoint"]["status"] != "pending"

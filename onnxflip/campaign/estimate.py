@@ -93,7 +93,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as scipy_stats
 
-__all__ = ["MAX_SHAPE", "MIN_TRIALS", "Fit", "PointData", "fit_curve", "profile_interval", "survival", "with_profile"]
+__all__ = ["MAX_SHAPE", "MIN_TRIALS", "Fit", "PointData", "bound_notes", "fit_curve", "profile_interval", "survival",
+           "with_profile"]
 
 MAX_SHAPE = 30.0  # k at most: the fall from 90% to 10% then spans 0.045 (lam = 0.01) to 0.14 (lam = 4) decades of p
 MIN_SHAPE = 0.05
@@ -308,6 +309,29 @@ class Fit:
             "misfit_variance": self.misfit_variance,
             "at_bound": self.bounds_reached,
         }
+
+
+def bound_notes(fit: dict) -> list[str]:
+    """What each parameter a recorded fit (``Fit.to_json``) left at a bound of its search means, and what to
+    do, in one sentence each.  None for a shape at its lower bound: that curve is the family's limit, the
+    Weibull curve of ruinous flips (within 0.002 of it on the unit scale), so the bound changes nothing."""
+    notes = []
+    for name in fit.get("at_bound") or []:
+        if name == "steepness_k" and fit["steepness_k"] >= 1:
+            notes.append(f"the score falls like a step (steepness k at its bound {MAX_SHAPE:g}): too few trials "
+                         "where it falls to give an interval; measure more probabilities between the last intact "
+                         "and the first ruined one (or use --midpoint)")
+        elif name == "steepness_k":
+            notes.append(f"the score falls so slowly over the probabilities measured that the fit cannot place the "
+                         f"curve (steepness k at its bound {MIN_SHAPE:g}); widen the range of --p or --p-range")
+        elif name == "shape_lambda" and fit["shape_lambda"] > 1:
+            notes.append(f"the score nears the floor more slowly than the fitted family allows (shape lambda at its "
+                         f"bound {LAMBDA_RANGE[1]:g}) and the interval assumes that bound; more trials at the "
+                         "highest probabilities tell the tail apart")
+        elif name == "log10_midpoint":
+            notes.append(f"the fitted midpoint lies {M_MARGIN:g} decades beyond the probabilities measured (the "
+                         "bound of its search), so they do not place it; extend --p or --p-range towards it")
+    return notes
 
 
 def _unpack(points: Sequence[PointData]) -> tuple[np.ndarray, ...]:

@@ -32,6 +32,7 @@ from onnxflip.campaign.design import SearchSettings, TrialOutcome, TrialRunner, 
 from onnxflip.campaign.estimate import PointData, fit_curve, with_profile
 from onnxflip.campaign.executors import Executor, LocalExecutor
 from onnxflip.campaign.results import (
+    PENDING_MIDPOINT,
     outcomes_from,
     prepare_output,
     removed_if_left_empty,
@@ -120,39 +121,38 @@ class Experiment:
 
 
 def resolve_format(model, requested: str | None) -> str:
-    """The format to evaluate in: the one an injected model records, else the one asked for, else the model's
-    own (int8 for a quantised model, else the float type it computes in)."""
-    recorded = injected_format(model)
-    if recorded is not None and requested is not None and requested != recorded:
-        raise OnnxflipError(f"the model is injected in format {recorded}, not {requested}")
-    return recorded or requested or model_format(model)
+    """The format to evaluate in: the one asked for, else the one an injected model records, else the model's
+    own (int8 for a quantised model, else the float type it computes in).  An injected model refuses another
+    (:func:`settings_for_model`)."""
+    return requested or injected_format(model) or model_format(model)
 
 
 def resolve_compute(model, fmt: str, requested: str | None) -> str:
-    """How to compute ``fmt``: as an injected model records, else as ``convert`` wrote the model, else as asked
-    for, else native (:data:`~onnxflip.graph.formats.COMPUTES`)."""
+    """How to compute ``fmt``: as asked for, else as an injected model records (another one is refused with the
+    other options it fixes, :func:`~onnxflip.campaign.trials.injected_settings`) or as ``convert`` wrote the
+    model, else native (:data:`~onnxflip.graph.formats.COMPUTES`)."""
     record = InjectionRecord.read(model)
-    fixed = record.config.compute if record is not None else (
-        converted_compute(model) if converted_format(model) == fmt else None)
-    if fixed is not None and requested is not None and requested != fixed:
-        how = "injected" if record is not None else f"converted to {fmt}"
-        raise OnnxflipError(f"the model is {how} with --compute {fixed}, not {requested}; leave --compute out, or "
-                            "give the original model")
-    return fixed or requested or "native"
+    if record is not None:
+        return requested or record.config.compute or "native"
+    written = converted_compute(model) if converted_format(model) == fmt else None
+    if written is not None and requested is not None and requested != written:
+        raise OnnxflipError(f"the model is converted to {fmt} with --compute {written}, not {requested}; leave "
+                            "--compute out, or give the original model")
+    return written or requested or "native"
 
 
 def settings_for_model(model: ir.Model, settings: TrialSettings, *, fmt: str | None,
                        given: frozenset[str], compute: str | None = None) -> TrialSettings:
-    """The trial settings of a campaign on ``model``: in the batch size its inputs fix (unless ``batch_size`` is
-    in ``given``, the settings set by the user), with the targets and bits an injected model holds (see
-    :func:`~onnxflip.campaign.trials.injected_settings`), in the format :func:`resolve_format` gives, computed
-    as :func:`resolve_compute` says."""
+    """The trial settings of a campaign on ``model``, in the format :func:`resolve_format` gives, computed as
+    :func:`resolve_compute` says: in the batch size its inputs fix (unless ``--batch-size`` is in ``given``, the
+    options the user gave, spelled as on the command line), and for an injected model with what it holds (an
+    option in ``given`` that it fixes otherwise is refused: :func:`~onnxflip.campaign.trials.injected_settings`)."""
     fixed = batch_dimension(model)
-    if fixed is not None and "batch_size" not in given:
+    if fixed is not None and "--batch-size" not in given:
         settings = dataclasses.replace(settings, batch_size=fixed)  # exported with a fixed batch: batches of it
-    settings = injected_settings(model, settings, given=given)
     fmt = resolve_format(model, fmt)
-    return dataclasses.replace(settings, format=fmt, compute=resolve_compute(model, fmt, compute))
+    settings = dataclasses.replace(settings, format=fmt, compute=resolve_compute(model, fmt, compute))
+    return injected_settings(model, settings, given=given)
 
 
 class _Replay:
@@ -297,7 +297,7 @@ def run(experiment: Experiment, *, model_path: str | pathlib.Path, data=None, ou
                                              data, on_batch)
     with removed_if_left_empty(out), (executor or LocalExecutor()).bind(local) as runner:
         return _run(experiment, runner, metric, model_path=model_path, data_path=data_path, out=out, resume=resume,
-                    overwrite=overwrite, on_step=on_step)
+                    overwrite=overwrite, on_step=on_step, preprocess=local.source.preprocess)
 
 
 def _local_runner(experiment: Experiment, model: ir.Model, data, on_batch) -> tuple[LocalRunner, object, Metric]:
@@ -381,7 +381,8 @@ def _check_grid_covers(experiment: Experiment, recorded: list[TrialOutcome]) -> 
 
 
 def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_path: pathlib.Path, data_path,
-         out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None) -> dict:
+         out: pathlib.Path, resume: bool, overwrite: bool, on_step: Callable[[dict], None] | None,
+         preprocess: Preprocess | None = None) -> dict:
     search = experiment.search
     if search is not None and search.budget.seconds is not None:
         # Refuse a time budget that cannot pay for the bracket before anything is written.
@@ -395,6 +396,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
         "model": str(model_path),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "data": str(data_path),
+        "preprocess": preprocess.as_dict() if preprocess is not None else None,  # as applied: asked for, or stored
         "settings": experiment.trials.to_json(),
         "experiment": experiment.to_json(),
         "metric": metric.name,
@@ -429,7 +431,7 @@ def _run(experiment: Experiment, runner: TrialRunner, metric: Metric, *, model_p
     def snapshot(extra: dict | None = None) -> dict:
         ordered = sorted(trials, key=lambda o: (o.p, o.samples, o.trial))
         data = {**header, "providers": list(runner.providers), "wall_seconds": clock(),
-                "evaluations": len(trials), **(extra or {}),
+                "evaluations": len(trials), "midpoint": PENDING_MIDPOINT, **(extra or {}),
                 "rows": rows_of(ordered, experiment.trials.rates),
                 "trials": [o.to_json() for o in ordered]}
         write_results(out, data)

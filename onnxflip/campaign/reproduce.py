@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from onnxflip.campaign.design import SearchSettings
 from onnxflip.campaign.executors import Executor
 from onnxflip.campaign.experiment import Experiment, run
-from onnxflip.campaign.results import check_inputs_outside, prepare_output
+from onnxflip.campaign.results import check_inputs_outside, finished, prepare_output
 from onnxflip.campaign.trials import TrialSettings
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import FaultModel
@@ -204,7 +204,7 @@ def _run_cell(cell: Cell, spec: GridSpec, models_dir: pathlib.Path, data_dir, ou
     results = folder / "results.json"
     if results.is_file():
         done = json.loads(results.read_text())
-        if "midpoint" in done:
+        if finished(done):
             # A finished cell counts only if it scored NaN and inf as this grid does (results from before the
             # choice was recorded used the argmax rule).
             recorded = (done.get("experiment") or {}).get("nonfinite_score", "argmax")

@@ -33,11 +33,20 @@ from onnxflip.campaign.design import TrialOutcome
 from onnxflip.errors import OnnxflipError
 from onnxflip.modelio import write_atomically
 
-__all__ = ["check_inputs_outside", "default_folder", "prepare_output", "removed_if_left_empty", "rows_of", "versions", "write_results"]
+__all__ = ["PENDING_MIDPOINT", "check_inputs_outside", "default_folder", "finished", "prepare_output",
+           "removed_if_left_empty", "rows_of", "versions", "write_results"]
 
 CSV_COLUMNS = ("p", "p01", "p10", "s0", "s1", "trials", "samples", "mean", "low", "high", "sd", "min", "max",
                "nonfinite")
 WORD_COLUMNS = ("corrected", "detected", "silent")  # with ECC: fractions of the words read
+# The midpoint of a results.json written while trials run (or left by an interruption): not measured yet.
+PENDING_MIDPOINT = {"status": "pending", "level": None, "p": None, "low": None, "high": None, "log10": None}
+
+
+def finished(data: dict) -> bool:
+    """Whether a results.json holds a finished campaign: its midpoint is not pending (a file written before
+    partial ones had a midpoint has none)."""
+    return (data.get("midpoint") or PENDING_MIDPOINT)["status"] != "pending"
 
 
 def default_folder(model: pathlib.Path, fmt: str) -> pathlib.Path:
@@ -147,7 +156,9 @@ def mean_interval(scores: np.ndarray) -> tuple[float | None, float | None]:
 def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
     """One row per probability: its rates, trials, samples, mean score and its 95% interval
     (:func:`mean_interval`), spread between trials, extremes,
-    non-finite share, and with ECC the word fractions.  ``rates_of(p)`` is (p01, p10, s0, s1)."""
+    non-finite share, and with ECC the word fractions.  ``rates_of(p)`` is (p01, p10, s0, s1).  ``samples``
+    is the number every trial scored, as results.csv writes it; where a point's trials scored different
+    numbers (a search that moved on to more samples per trial), the list of them (the CSV's ``500/2000``)."""
     by_p: dict[float, list[TrialOutcome]] = defaultdict(list)
     for o in outcomes:
         by_p[o.p].append(o)
@@ -157,9 +168,10 @@ def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
         scores = np.array([o.score for o in group])
         p01, p10, s0, s1 = rates_of(p)
         low, high = mean_interval(scores)
+        samples = sorted({o.samples for o in group})
         rows.append({
             "p": p, "p01": p01, "p10": p10, "s0": s0, "s1": s1, "trials": len(group),
-            "samples": sorted({o.samples for o in group}),
+            "samples": samples[0] if len(samples) == 1 else samples,
             "mean": float(scores.mean()), "low": low, "high": high,
             "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
             "min": float(scores.min()), "max": float(scores.max()),
@@ -167,6 +179,12 @@ def rows_of(outcomes: Sequence[TrialOutcome], rates_of) -> list[dict]:
             **_word_fractions(group),
         })
     return rows
+
+
+def _cell(row: dict, column: str) -> object:
+    """A row's value in results.csv: several sample counts (a list) joined by ``/``."""
+    value = row.get(column, "")
+    return "/".join(map(str, value)) if isinstance(value, list) else value
 
 
 def write_results(out: pathlib.Path, data: dict) -> None:
@@ -177,7 +195,7 @@ def write_results(out: pathlib.Path, data: dict) -> None:
     columns = CSV_COLUMNS + (WORD_COLUMNS if any("corrected" in row for row in data["rows"]) else ())
     writer.writerow(columns)
     for row in data["rows"]:
-        writer.writerow(["/".join(map(str, row[c])) if c == "samples" else row.get(c, "") for c in columns])
+        writer.writerow([_cell(row, c) for c in columns])
     write_atomically(out / "results.csv", buffer.getvalue().encode())
 
 

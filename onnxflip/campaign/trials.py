@@ -32,7 +32,6 @@ on each side of every activation site.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +54,7 @@ from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.passes.materialize import materialize_parameters, parameter_flips
 from onnxflip.graph.passes.qlinear import StoreInt8AsUint8Pass
 from onnxflip.graph.record import InjectionRecord
-from onnxflip.graph.sites import DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
+from onnxflip.graph.sites import DEFAULT_ACTIVATION_OPS, DEFAULT_TARGETS, PER_SAMPLE_TARGETS, TARGETS, Selection
 from onnxflip.metrics import Metric, targets_of
 from onnxflip.protection import Protection
 from onnxflip.runtime.flip import as_ortvalue
@@ -207,39 +206,72 @@ def injected_format(model: ir.Model) -> str | None:
     return None if record is None else record.config.format
 
 
+def _sorted_targets(targets: Sequence[str]) -> str:
+    return ",".join(t for t in TARGETS if t in targets)
+
+
+def _op_order(op: str) -> tuple[int, str]:
+    """Activation op types in the default list's order, others after it by name."""
+    return (DEFAULT_ACTIVATION_OPS.index(op) if op in DEFAULT_ACTIVATION_OPS else len(DEFAULT_ACTIVATION_OPS), op)
+
+
+# What an injected model fixes, by the option that sets it: how a campaign's settings hold it.  An injected model
+# flips what it holds, so its settings are the model's (:func:`injected_settings`).
+FIXED_BY_INJECTION: dict[str, Callable[[TrialSettings], object]] = {
+    "--format": lambda s: s.format,
+    "--compute": lambda s: s.compute,
+    "--targets": lambda s: _sorted_targets(s.targets),
+    "--bits": lambda s: s.fault.bits,
+    "--nonfinite": lambda s: s.fault.nonfinite,
+    "--ecc": lambda s: s.fault.ecc,
+    "--on-detected": lambda s: s.fault.on_detected,
+    "--ops": lambda s: ",".join(sorted(s.selection.activation_ops, key=_op_order)),
+    "--every-intermediate": lambda s: s.selection.every_intermediate,
+    "--include": lambda s: s.selection.include,
+    "--exclude": lambda s: s.selection.exclude,
+    "--no-fold-batchnorm": lambda s: not s.fold_batchnorm,
+    "--protect": lambda s: s.protection.masks,
+}
+
+
+def _as_injected(record: InjectionRecord, settings: TrialSettings) -> TrialSettings:
+    """``settings`` with what the record fixes (:data:`FIXED_BY_INJECTION`) taken from it; the fault model of
+    its first target class stands for all (inject gives every class the same)."""
+    config = record.config
+    held = next((config.fault_model(t) for t in config.targets), settings.fault)
+    fault = replace(settings.fault, bits=held.bits, nonfinite=held.nonfinite, ecc=held.ecc,
+                    on_detected=held.on_detected)
+    return replace(settings, format=config.format, compute=config.compute or "native", targets=config.targets,
+                   fault=fault, selection=config.selection, fold_batchnorm=config.fold_batchnorm,
+                   protection=config.protection)
+
+
+def _shown(option: str, value: object) -> str:
+    """A fixed value as the option gives it: ``--bits mantissa``, ``no --include``, ``--every-intermediate``,
+    ``a --protect plan of 3 sites``."""
+    if option == "--protect" and value:
+        return f"a --protect plan of {len(value)} sites"
+    if option == "--no-fold-batchnorm" and not value:
+        return "BatchNorm folded into Conv"
+    if value is None or value is False or option == "--protect":
+        return f"no {option}"
+    return option if value is True else f"{option} {value}"
+
+
 def injected_settings(model: ir.Model, settings: TrialSettings, *, given: frozenset[str]) -> TrialSettings:
-    """The settings of a campaign on ``model``: for an injected model, the targets and bits it flips (those in
-    ``given``, set by the user, must be the model's: an injected model flips what it holds, and the results
-    record what was measured); a clean model's settings as they are."""
+    """The settings of a campaign on ``model``: a clean model's as they are; an injected model's as it holds
+    them, so that the results record what was measured.  An option in ``given`` (those the user gave, spelled
+    as on the command line) that the model fixes (:data:`FIXED_BY_INJECTION`) must be the model's value, else
+    it is refused: the model would flip what it holds whatever the option said."""
     record = InjectionRecord.read(model)
     if record is None:
         return settings
-    if settings.protection.masks:
-        raise OnnxflipError("the model is injected already: protect its bits when injecting (inject --protect), or "
-                            "give the clean model")
-    faults = {target: record.config.fault_model(target) for target in record.config.targets}
-    recorded = {"targets": tuple(faults), "bits": next(iter(faults.values())).bits if faults else settings.fault.bits}
-    asked_for = {"targets": settings.targets, "bits": settings.fault.bits}
-    for name, value in recorded.items():
-        asked = asked_for[name]
-        if name in given and asked != value:
-            shown = ",".join(value) if name == "targets" else value
-            raise OnnxflipError(f"the model is injected with --{name} {shown}, not "
-                                f"{','.join(asked) if name == 'targets' else asked}; leave --{name} out, or give "
-                                "the clean model")
-    return dataclasses.replace(settings, targets=recorded["targets"], protection=record.config.protection,
-                               fault=dataclasses.replace(settings.fault, bits=recorded["bits"]))
-
-
-def _check_injected_ecc(record: InjectionRecord, settings: TrialSettings) -> None:
-    """An injected model's ECC words are fixed in its nodes: they must be the ones the settings ask for."""
-    asked = settings.fault
-    for target in record.config.targets:
-        fault = record.config.fault_model(target)
-        if (fault.ecc, fault.on_detected) != (asked.ecc, asked.on_detected):
-            raise OnnxflipError(f"the model's {target} are injected with ecc {fault.ecc}, on-detected "
-                                f"{fault.on_detected}, not ecc {asked.ecc}, on-detected "
-                                f"{asked.on_detected}; give the same options or a clean model")
+    held = _as_injected(record, settings)
+    for option, value_of in FIXED_BY_INJECTION.items():
+        if option in given and value_of(settings) != value_of(held):
+            raise OnnxflipError(f"the model is injected with {_shown(option, value_of(held))}, not "
+                                f"{_shown(option, value_of(settings))}; leave {option} out, or give the clean model")
+    return held
 
 
 def _describe_outputs(outputs: list[ir.Value]) -> str:
@@ -282,12 +314,7 @@ class LocalRunner:
         record = InjectionRecord.read(model)
         if record is not None:
             self.injected = model
-            if record.config.format != settings.format:
-                raise OnnxflipError(f"the model is injected in format {record.config.format}, not {settings.format}")
-            if record.config.compute != settings.compute and settings.format not in ("float32", "int8"):
-                raise OnnxflipError(f"the model is injected with --compute {record.config.compute}, not "
-                                    f"{settings.compute}")
-            _check_injected_ecc(record, settings)
+            injected_settings(model, settings, given=frozenset(FIXED_BY_INJECTION))  # refuses what it does not hold
         else:
             self.injected = insert_flipbits(model, config=settings.injection())
             record = InjectionRecord.read(self.injected)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -22,6 +22,9 @@ import onnx_ir as ir
 
 from onnxflip.errors import OnnxflipError
 from onnxflip.graph.inputs import data_inputs
+
+if TYPE_CHECKING:
+    from onnxflip.data.preprocess import Preprocess
 
 __all__ = [
     "ArraySource",
@@ -49,6 +52,8 @@ class Batch:
 @runtime_checkable
 class DataSource(Protocol):
     """Where a campaign's inputs come from."""
+
+    preprocess: Preprocess | None  # how images became inputs (an image source's); None: arrays fed as they are
 
     def __len__(self) -> int: ...
 
@@ -169,9 +174,10 @@ class ArraySource:
     """Samples held in memory as one array per input (npz files, cached sources)."""
 
     def __init__(self, feeds: dict[str, np.ndarray], labels: np.ndarray | None, *, name: str = "arrays",
-                 constants: dict[str, np.ndarray] | None = None) -> None:
+                 constants: dict[str, np.ndarray] | None = None, preprocess: Preprocess | None = None) -> None:
         """``feeds``: one array per input, the first axis the sample; ``constants``: inputs without a sample axis
-        (a Loop's trip count), fed as they are with every batch."""
+        (a Loop's trip count), fed as they are with every batch; ``preprocess``: how they were made from images
+        (an image source's cache), None for arrays given as they are."""
         sizes = {len(a) for a in feeds.values()} | ({len(labels)} if labels is not None else set())
         if not feeds or len(sizes) != 1:
             raise OnnxflipError(f"{name}: the arrays hold different numbers of samples ({sorted(sizes)})")
@@ -179,6 +185,7 @@ class ArraySource:
         self.labels = labels
         self.name = name
         self.constants = dict(constants or {})
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
@@ -195,7 +202,7 @@ class ArraySource:
         keep = balanced_order(self.labels, len(self))[:count]
         labels = self.labels[keep] if self.labels is not None else None
         return ArraySource({k: v[keep] for k, v in self.feeds.items()}, labels, name=self.name,
-                           constants=self.constants)
+                           constants=self.constants, preprocess=self.preprocess)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         if batch_size < 1:

@@ -98,7 +98,9 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
     if path.is_file():
         raise OnnxflipError(f"{path} is a file; this needs a data folder ({_LAYOUTS_HELP})")
     if not path.is_dir():
-        raise OnnxflipError(f"data folder {path} does not exist; {_LAYOUTS_HELP}")
+        raise OnnxflipError(f"data folder {path} does not exist: give --data DIR (or ${DATA_ENV_VAR}), or add "
+                            f"--download to fetch the official CIFAR-10 release into it (needs internet); "
+                            f"{_LAYOUTS_HELP}")
     return path
 
 

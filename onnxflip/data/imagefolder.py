@@ -151,7 +151,7 @@ class ImageSource:
         for i, batch in enumerate(self.batches(256)):
             chunk = batch.feeds[self.spec.name]
             array[i * 256 : i * 256 + len(chunk)] = chunk
-        return ArraySource({self.spec.name: array}, self.labels, name=self.name)
+        return ArraySource({self.spec.name: array}, self.labels, name=self.name, preprocess=self.preprocess)
 
 
 def find_images(folder: pathlib.Path) -> list[pathlib.Path]:

@@ -131,9 +131,13 @@ class Preprocess:
             raise OnnxflipError(f"preprocessing spec is not valid JSON ({exc})") from None
         return cls.from_dict(values)
 
-    def to_json(self) -> str:
+    def as_dict(self) -> dict[str, Any]:
+        """The spec as a JSON object (the keys that are set)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None})
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
 
     # --- applying --------------------------------------------------------------------------------
 

@@ -23,7 +23,9 @@ import onnx_ir as ir
 from onnxflip.graph.sites import Site
 from onnxflip.graph.stored import PARAMETER_ROLES, StoredTensor
 
-__all__ = ["Coverage", "StoredRow", "coverage_of"]
+__all__ = ["EXCLUDED_BY_SELECTION", "Coverage", "StoredRow", "coverage_of"]
+
+EXCLUDED_BY_SELECTION = "excluded by the selection (--include/--exclude)"  # the reason of a targeted non-site
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def _reason(stored: StoredTensor, targets: tuple[str, ...]) -> str:
     if stored.role not in targets:
         hint = " (a quantisation scale or zero point)" if stored.role == "qparams" else ""
         return f"target {stored.role} not selected{hint}"
-    return "excluded by the selection (--include/--exclude)"
+    return EXCLUDED_BY_SELECTION
 
 
 def coverage_of(stored: list[StoredTensor], sites: list[Site], targets: tuple[str, ...], *,

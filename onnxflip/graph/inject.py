@@ -32,7 +32,7 @@ import onnx_ir as ir
 from onnxflip.errors import OnnxflipError
 from onnxflip.faults import ecc_word
 from onnxflip.graph.config import InjectionConfig
-from onnxflip.graph.coverage import Coverage, coverage_of
+from onnxflip.graph.coverage import EXCLUDED_BY_SELECTION, Coverage, coverage_of
 from onnxflip.graph.formats import (
     COMPUTE_METADATA_KEY,
     FORMAT_METADATA_KEY,
@@ -144,8 +144,22 @@ def site_coverage(prepared: ir.Model, sites: list[Site], config: InjectionConfig
                        folded_batchnorms=prepared.graph.meta.get(FOLDED_KEY, 0))
 
 
-def why_no_sites(coverage: Coverage) -> str:
-    """Why a selection found no site: no activation of a compute op, and what keeps each parameter out."""
+def why_no_sites(coverage: Coverage, selection: Selection | None = None) -> str:
+    """Why a selection found no site: its --include pattern matched none (or its --exclude pattern dropped
+    every one), naming a few of the parameter sites there are without it; else no activation of a compute op,
+    and what keeps each parameter out."""
+    selection = selection or Selection()
+    patterns = [f"--{name} {pattern!r}" for name, pattern in (("include", selection.include),
+                                                              ("exclude", selection.exclude)) if pattern is not None]
+    left_out = [row.tensor for row in coverage.not_sites() if row.reason == EXCLUDED_BY_SELECTION]
+    if selection.include is not None or (patterns and left_out):
+        it = "it" if len(patterns) == 1 else "them"
+        what = (f"the {' and '.join(patterns)} patterns leave no site" if len(patterns) == 2 else
+                f"the {patterns[0]} pattern matches no site's tensor or node name" if selection.include is not None
+                else f"the {patterns[0]} pattern drops every site")
+        named = f"sites without {it} include {', '.join(left_out[:4])}{', ...' if len(left_out) > 4 else ''}; " \
+            if left_out else ""
+        return f"{what} ({named}onnxflip inspect without {it} lists them)"
     reasons = list(dict.fromkeys(row.reason for row in coverage.not_sites()))
     parameters = (f"its {len(coverage.parameters)} stored parameter tensor(s) are not sites: {'; '.join(reasons[:3])}"
                   if coverage.parameters else "it stores no parameter tensor")
@@ -200,7 +214,7 @@ def insert_flipbits(model: ir.Model, *, config: InjectionConfig | None = None) -
     coverage = site_coverage(prepared, sites, config)
     if not sites:
         raise OnnxflipError(f"no site matches the selection (targets {', '.join(config.targets) or 'none'}, format "
-                            f"{config.format}): {why_no_sites(coverage)}")
+                            f"{config.format}): {why_no_sites(coverage, config.selection)}")
     passes = [StoreInFormatPass(fmt, sites), *rounding_passes(fmt, config), InsertFlipBitsPass(config, sites, coverage),
               LowerFloat64Pass(refuse=_computes_in_float32(model))]
     if config.format == "int8" and is_qdq(prepared):  # the same flips, on the tensors ONNX Runtime's integer kernels read

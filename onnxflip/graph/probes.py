@@ -98,7 +98,7 @@ def insert_probes(model: ir.Model, *, format: str = "float32", compute: str | No
     prepared, fmt, sites = plan_sites(model, config)
     if not sites:
         raise OnnxflipError(f"no site matches the selection (targets {', '.join(config.targets)}, format "
-                            f"{config.format}): {why_no_sites(site_coverage(prepared, sites, config))}")
+                            f"{config.format}): {why_no_sites(site_coverage(prepared, sites, config), config.selection)}")
     converted = _run([StoreInFormatPass(fmt, sites), *rounding_passes(fmt, resolve_config(config, model))], prepared)
     described = [_describe(converted.graph, index, site, bits) for index, site in enumerate(sites)]
     bound = {s.stored_name for s in described if s.stored_name is not None}

@@ -29,6 +29,11 @@ def load_results(path: str | os.PathLike[str]) -> dict:
     return data
 
 
+def _probability(p: float | None) -> str:
+    """A probability as the table shows every one: three significant digits in scientific notation."""
+    return f"{p:.2e}" if p else "-"
+
+
 _RESULT_FILES = ("accuracy.png", "results.json", "results.csv", "report.json", "report.md")  # what a run writes
 
 
@@ -53,8 +58,9 @@ def compare_results(paths: Sequence[str | os.PathLike[str]], output: str | os.Pa
     for label, result in zip(labels, results):
         mid = result.get("midpoint") or {}
         p = mid.get("p")
-        interval = f"[{mid['low']:.3g}, {mid['high']:.3g}]" if mid.get("low") and mid.get("high") else "-"
+        interval = f"[{_probability(mid['low'])}, {_probability(mid['high'])}]" if mid.get("low") and mid.get("high") \
+            else "-"
         ratio = f"{p / first:.3g}" if p and first else "-"
         lines.append(f"{label:<{width}} {result.get('clean_score', float('nan')):>6.3f} "
-                     f"{(f'{p:.3g}' if p else '-'):>10} {interval:>22} {ratio:>8}")
+                     f"{_probability(p):>10} {interval:>22} {ratio:>8}")
     return "\n".join(lines)

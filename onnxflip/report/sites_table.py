@@ -13,7 +13,7 @@ from onnxflip.graph.coverage import Coverage
 from onnxflip.graph.inject import in_model_format, plan_sites, site_coverage, why_no_sites
 from onnxflip.graph.passes.insert_flipbits import InsertFlipBitsPass
 from onnxflip.graph.record import InjectionRecord
-from onnxflip.graph.sites import PER_SAMPLE_TARGETS, TARGETS
+from onnxflip.graph.sites import PER_SAMPLE_TARGETS, TARGETS, Selection
 from onnxflip.modelio import load_model
 
 __all__ = ["describe_sites", "format_coverage", "format_site_table", "percent"]
@@ -41,11 +41,13 @@ def describe_sites(model: str | os.PathLike[str] | ir.Model, *,
     return [describe(site) for site in sites], coverage
 
 
-def format_site_table(rows: list[dict], coverage: Coverage | None = None, *, batch: int | None = None) -> str:
+def format_site_table(rows: list[dict], coverage: Coverage | None = None, *, batch: int | None = None,
+                      selection: Selection | None = None) -> str:
     """The rows as an aligned table, then totals per target class (a site of unknown size is said so; the
-    activations of a model whose inputs fix the batch size are counted per batch of that size)."""
+    activations of a model whose inputs fix the batch size are counted per batch of that size); no rows, why
+    ``selection`` found none."""
     if not rows:
-        return "no sites" + (f": {why_no_sites(coverage)}" if coverage is not None else "")
+        return "no sites" + (f": {why_no_sites(coverage, selection)}" if coverage is not None else "")
     header = ("tensor", "target", "dtype", "elements", "bits", "mask")
     cells = [[str(r[h] if r[h] is not None else "?") for h in header] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]

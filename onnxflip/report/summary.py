@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from onnxflip.campaign.estimate import MIN_TRIALS
+from onnxflip.campaign.estimate import MIN_TRIALS, bound_notes
 from onnxflip.graph.formats import describe_compute
 from onnxflip.report.sites_table import percent
 
@@ -121,8 +121,6 @@ def evaluation_summary(result: dict, out: pathlib.Path) -> str:
         lines.append(narrow)
     if mid.get("note") and mid["status"] in ("grid", "not reached"):  # the points rise above the level again
         lines.append(f"note: {mid['note']}")
-    reached = (result.get("fit") or {}).get("at_bound") or []
-    if reached:  # the data did not place these: the bound did, and the interval rests on that
-        lines.append(f"the fitted curve's {', '.join(reached)} sits at the bound of its search: the trials do not "
-                     "place it, and the interval assumes the bound (fit.at_bound in results.json)")
+    for note in bound_notes(result.get("fit") or {}):  # the data did not place these: the bound did
+        lines.append(f"note: {note} (fit.at_bound in results.json)")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """float64 ops that ONNX Runtime's CPU provider has no kernel for, written in float64 ops that it has.
 
-    Conv(x, W, B)          -> Transpose(MatMul(Transpose(Concat(Slice(Pad(x))...)), Reshape(Transpose(W))) + B)
+    Conv(x, W, B)          -> Reshape(MatMul(Reshape(Transpose(W)), Reshape(Concat(Slice(Pad(x))...)))) + B
                               (im2col: one slice of the padded input per kernel tap, one float64 GEMM)
     Conv(x, W, B), depthwise -> sum over taps of Slice(Pad(x)) * W[:, :, i, j] + B
     Conv, group g          -> Concat over groups of the group's im2col Conv
@@ -48,12 +48,17 @@ class _Writer:
         self.graph.register_initializer(value)
         return value
 
-    def op(self, op_type: str, inputs, attributes=None) -> ir.Value:
+    def op(self, op_type: str, inputs, attributes=None, *, dtype: ir.DataType = ir.DataType.DOUBLE) -> ir.Value:
         node = ir.node(op_type, inputs, attributes or {}, name=f"{self.prefix}/{op_type}{next(self._count)}")
         node.outputs[0].name = node.name
-        node.outputs[0].dtype = ir.DataType.DOUBLE
+        node.outputs[0].dtype = dtype
         self.nodes.append(node)
         return node.outputs[0]
+
+    def dims(self, value: ir.Value, start: int, end: int) -> ir.Value:
+        """Dimensions start..end - 1 of a value's shape, at run time."""
+        shape = self.op("Shape", [value], dtype=ir.DataType.INT64)
+        return self.op("Slice", [shape, self.ints([start]), self.ints([end]), self.ints([0])], dtype=ir.DataType.INT64)
 
     def ints(self, values) -> ir.Value:
         return self.const(np.asarray(values, np.int64))
@@ -92,6 +97,8 @@ def _pads(node: ir.Node, x: ir.Value, kernel: list[int], strides: list[int], dil
 
 def _taps(w: _Writer, x: ir.Value, kernel, strides, dilations, pads) -> list[ir.Value]:
     """The padded input read once per kernel tap (i, j), strided: each (N, C, Ho, Wo)."""
+    if list(kernel) == [1, 1] and list(strides) == [1, 1] and not any(pads):
+        return [x]  # a pointwise kernel reads the input as it is
     if any(pads):
         x = w.op("Pad", [x, w.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]])])
     taps = []
@@ -104,18 +111,19 @@ def _taps(w: _Writer, x: ir.Value, kernel, strides, dilations, pads) -> list[ir.
 
 
 def _sum(w: _Writer, terms: list[ir.Value]) -> ir.Value:
-    total = terms[0]
-    for term in terms[1:]:
-        total = w.op("Add", [total, term])
-    return total
+    return terms[0] if len(terms) == 1 else w.op("Sum", terms)
 
 
 def _im2col(w: _Writer, taps: list[ir.Value], weight: ir.Value, channels: int, outputs: int, kernel) -> ir.Value:
-    cols = taps[0] if len(taps) == 1 else w.op("Concat", taps, {"axis": 1})
-    rows = w.op("Transpose", [cols], {"perm": [0, 2, 3, 1]})  # (N, Ho, Wo, taps * C)
-    filters = w.op("Reshape", [w.op("Transpose", [weight], {"perm": [2, 3, 1, 0]}),
-                               w.ints([kernel[0] * kernel[1] * channels, outputs])])
-    return w.op("Transpose", [w.op("MatMul", [rows, filters])], {"perm": [0, 3, 1, 2]})
+    """(M, taps * C) filters times the (N, taps * C, Ho * Wo) columns: (N, M, Ho, Wo), without a transpose of
+    the activations."""
+    cols = taps[0] if len(taps) == 1 else w.op("Concat", taps, {"axis": 1})  # channel tap * C + c
+    filters = w.op("Reshape", [w.op("Transpose", [weight], {"perm": [0, 2, 3, 1]}),
+                               w.ints([outputs, kernel[0] * kernel[1] * channels])])
+    flat = w.op("Reshape", [cols, w.ints([0, kernel[0] * kernel[1] * channels, -1])])
+    shape = w.op("Concat", [w.dims(cols, 0, 1), w.ints([outputs]), w.dims(cols, 2, 4)], {"axis": 0},
+                 dtype=ir.DataType.INT64)
+    return w.op("Reshape", [w.op("MatMul", [filters, flat]), shape])
 
 
 def _conv(w: _Writer, node: ir.Node) -> ir.Value:

@@ -10,8 +10,14 @@ float64 (Gemm, Relu), so its native float64 needs no rewrite; the shipped
 MobileNetV2 needs its float64 Conv and pools written in other ops
 (:mod:`onnxflip.graph.passes.lower_float64`).
 
+With ``--timing MODELS``, instead: the time of one run of each model
+injected (p = 0) in float32, and in float16 and float64 with each compute,
+on one batch of 500 test images, the median of 5 runs after a warm-up, side
+by side in one process.
+
 Usage: python benchmarks/bench_compute.py [--data ../shared/cifar10] [--cells mlp:float64,mobilenetv2s:float64]
        [--precision 0.2] [--budget 180s] [--out results/bench-compute]
+       python benchmarks/bench_compute.py --timing vgg11,resnet20,mobilenetv2s
 """
 
 from __future__ import annotations
@@ -63,6 +69,35 @@ def train_mlp(data: str, path: pathlib.Path, *, epochs: int = 4, seed: int = 0) 
     return path
 
 
+def timing(models: list[str], data: str) -> None:
+    """One run's time per (format, compute), at p = 0, 500 images."""
+    from onnxflip.data import load_split
+    from onnxflip.graph.config import InjectionConfig
+    from onnxflip.graph.inject import insert_flipbits
+    from onnxflip.modelio import load_model
+    from onnxflip.runtime.session import make_session
+
+    images = load_split(data, "test").as_float_nchw()[:500]
+    cells = [("float32", "native"), ("float16", "float32"), ("float16", "native"), ("float64", "float32"),
+             ("float64", "native")]
+    for name in models:
+        model = load_model(f"models/{name}.onnx")
+        times = {}
+        for fmt, compute in cells:
+            session = make_session(insert_flipbits(model, config=InjectionConfig(format=fmt, compute=compute)))
+            feeds = {session.get_inputs()[0].name: images}
+            session.run(None, feeds)
+            runs = []
+            for _ in range(5):
+                began = time.perf_counter()
+                session.run(None, feeds)
+                runs.append(time.perf_counter() - began)
+            times[(fmt, compute)] = float(np.median(runs))
+        base = times[("float32", "native")]
+        print(f"{name}: " + "; ".join(f"{f} {c} {t * 1e3:.0f} ms ({t / base:.2f}x)" for (f, c), t in times.items()),
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="../shared/cifar10")
@@ -70,7 +105,11 @@ def main() -> None:
     parser.add_argument("--precision", type=float, default=0.2)
     parser.add_argument("--budget", default="180s")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/bench-compute"))
+    parser.add_argument("--timing", default=None, help="comma-separated shipped models: time one run instead")
     args = parser.parse_args()
+    if args.timing:
+        timing(args.timing.split(","), args.data)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     for cell in args.cells.split(","):
         name, fmt = cell.split(":")

@@ -69,7 +69,7 @@ COMPUTES = ("native", "float32")  # as the format computes; float32 with the for
 @dataclass(frozen=True)
 class StorageFormat:
     name: str  # also the name of the element type FlipBits flips (for int8: of activations and weights)
-    emulated: bool  # computed in float32, cast at each stored value
+    emulated: bool  # a float32 graph stores it through a cast at each site (how it computes: COMPUTES)
 
     @property
     def element_type(self) -> ElementType:

@@ -45,7 +45,7 @@ from onnxflip.data.base import DataSource, model_outputs
 from onnxflip.data.preprocess import Preprocess
 from onnxflip.data.sources import check_labels, match_classes, model_class_names, open_source, resolve_data
 from onnxflip.errors import OnnxflipError
-from onnxflip.graph.formats import converted_compute, converted_format, model_format
+from onnxflip.graph.formats import model_format, written_compute
 from onnxflip.graph.inputs import batch_dimension
 from onnxflip.graph.record import InjectionRecord
 from onnxflip.metrics import Metric, metric_from_spec
@@ -134,7 +134,7 @@ def resolve_compute(model, fmt: str, requested: str | None) -> str:
     record = InjectionRecord.read(model)
     if record is not None:
         return requested or record.config.compute or "native"
-    written = converted_compute(model) if converted_format(model) == fmt else None
+    written = written_compute(model, fmt)
     if written is not None and requested is not None and requested != written:
         raise OnnxflipError(f"the model is converted to {fmt} with --compute {written}, not {requested}; leave "
                             "--compute out, or give the original model")

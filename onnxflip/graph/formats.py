@@ -136,6 +136,11 @@ def converted_compute(model: ir.Model) -> str | None:
     return model.metadata_props.get(COMPUTE_METADATA_KEY, "float32")
 
 
+def written_compute(model: ir.Model, fmt: str) -> str | None:
+    """The compute of a model ``convert`` wrote in ``fmt`` (the only one it computes); None for any other."""
+    return converted_compute(model) if converted_format(model) == fmt else None
+
+
 def describe_compute(fmt: str, compute: str) -> str:
     """How a format's values are computed, in words (results and summaries say it)."""
     if fmt in ("float32", "int8"):

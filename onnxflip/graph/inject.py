@@ -45,6 +45,7 @@ from onnxflip.graph.formats import (
     native_float_type,
     require_format_fits,
     storage_format,
+    written_compute,
 )
 from onnxflip.graph.inputs import check_graph
 from onnxflip.graph.passes import (
@@ -112,8 +113,7 @@ def resolve_config(config: InjectionConfig, model: ir.Model) -> InjectionConfig:
     native."""
     config = in_model_format(config, model)
     if config.compute is None:
-        written = converted_compute(model) if converted_format(model) == config.format else None
-        config = dataclasses.replace(config, compute=written or "native")
+        config = dataclasses.replace(config, compute=written_compute(model, config.format) or "native")
     return config
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxflip.graph.formats import StorageFormat
+from onnxflip.graph.passes.store_in_format import take_over_output
 from onnxflip.graph.sites import all_nodes
 
 __all__ = ["ROUND_PREFIX", "ComputeInFloat64Pass", "RoundToFormatPass"]
@@ -50,18 +51,13 @@ _FIXED_TYPE_ATTRIBUTES = {"Cast": "to", "RandomNormal": "dtype", "RandomUniform"
                           "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "EyeLike": "dtype", "Bernoulli": "dtype"}
 
 
-def _graphs(graph: ir.Graph):
-    yield graph
-    for node in all_nodes(graph):
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield attr.value
-            elif attr.type == ir.AttributeType.GRAPHS:
-                yield from attr.value
+def _graphs(graph: ir.Graph) -> list[ir.Graph]:
+    """The graph and every If/Loop/Scan body in it, each once."""
+    return [graph, *graph.subgraphs()]
 
 
 def _values(graph: ir.Graph):
-    for g in dict.fromkeys(_graphs(graph)):
+    for g in _graphs(graph):
         yield from g.inputs
         yield from g.initializers.values()
         for node in g:
@@ -121,7 +117,7 @@ class RoundToFormatPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        for graph in dict.fromkeys(_graphs(model.graph)):
+        for graph in _graphs(model.graph):
             modified |= self._round_graph(graph)
         return ir.passes.PassResult(model, modified=modified)
 
@@ -185,6 +181,4 @@ class RoundToFormatPass(ir.passes.InPlacePass):
         for user, index in uses:
             user.replace_input_with(index, result)
         if value.is_graph_output():
-            from onnxflip.graph.passes.store_in_format import take_over_output
-
             take_over_output(value, result, suffix="_unrounded")
